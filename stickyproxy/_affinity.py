@@ -1,0 +1,98 @@
+"""
+An in-memory stick table: learned key -> backend bindings that expire when
+idle and are bounded in number.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import attrs
+from zope.interface import implementer
+
+from twisted.internet.interfaces import IReactorTime
+
+from .interfaces import IStickTable
+
+
+@attrs.define
+class _Entry:
+    backend: str
+    holds: int
+    last_used: float
+
+
+@implementer(IStickTable)
+@attrs.define(eq=False)
+class StickTable:
+    """
+    Bindings kept in least-recently-used order, so the oldest is evicted
+    first when C{size} is reached and the expiry sweep can stop at the first
+    entry that is still fresh.  Expiry is read off the clock: a lookup never
+    returns an expired binding, and expired ones are swept out as new ones
+    come in, so the table needs no timer of its own.
+
+    :ivar timeout: seconds a binding with no holds survives unused.
+    :ivar size: the most bindings kept.
+    """
+
+    clock: IReactorTime
+    timeout: float
+    size: int
+    _entries: OrderedDict[bytes, _Entry] = attrs.field(factory=OrderedDict)
+    _last_sweep: float = 0.0
+
+    def get(self, key: bytes) -> str | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        now = self.clock.seconds()
+        if entry.holds == 0 and now - entry.last_used >= self.timeout:
+            del self._entries[key]
+            return None
+        entry.last_used = now
+        self._entries.move_to_end(key)
+        return entry.backend
+
+    def bind(self, key: bytes, backend: str) -> None:
+        now = self.clock.seconds()
+        entry = self._entries.get(key)
+        if entry is None:
+            self._entries[key] = _Entry(backend, 1, now)
+            if now - self._last_sweep >= self.timeout:
+                self.sweep()
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        else:
+            entry.backend = backend
+            entry.holds += 1
+            entry.last_used = now
+            self._entries.move_to_end(key)
+
+    def release(self, key: bytes) -> None:
+        entry = self._entries.get(key)
+        if entry is not None and entry.holds > 0:
+            entry.holds -= 1
+            entry.last_used = self.clock.seconds()
+            self._entries.move_to_end(key)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def sweep(self) -> None:
+        """
+        Forget expired bindings, oldest first, stopping at the first one that
+        is still fresh (held bindings never expire and are stepped over).
+        """
+        now = self.clock.seconds()
+        self._last_sweep = now
+        cutoff = now - self.timeout
+        expired = []
+        for key, entry in self._entries.items():
+            if entry.holds:
+                continue
+            if entry.last_used > cutoff:
+                break
+            expired.append(key)
+        for key in expired:
+            del self._entries[key]

@@ -1,0 +1,268 @@
+"""
+The configuration: a TOML file (or the short command-line flags, turned
+into the same tables) loaded into frozen, validated attrs objects.
+
+Everything that can be checked without a reactor is checked here; endpoint
+strings and strategy options are checked when L{ProxyService} builds the
+running objects, with the same L{ConfigError} and key paths.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import attrs
+
+from ._backends import AdminState
+from ._balancers import BALANCERS
+from ._options import ConfigError, OptionReader, join_path
+from ._strategies import StrategyRegistry
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MODES = ("tcp", "http")
+
+
+@attrs.frozen
+class BackendConfig:
+    """
+    One C{[[pool.NAME.backend]]} table.
+    """
+
+    name: str
+    address: str
+    weight: int = 1
+    admin_state: AdminState = AdminState.READY
+    route: str = ""
+    path: str = ""
+
+
+@attrs.frozen
+class PoolConfig:
+    """
+    One C{[pool.NAME]} table.
+    """
+
+    name: str
+    backends: tuple[BackendConfig, ...]
+    balance: str = "roundrobin"
+    balance_factor: float | None = None
+    connect_timeout: float = 3.0
+    retries: int = 2
+    send_proxy: str | None = None
+    path: str = ""
+
+
+@attrs.frozen
+class PersistenceConfig:
+    """
+    One C{[frontend.persistence]} table: a strategy name and its options.
+    """
+
+    strategy: str
+    options: Mapping[str, object] = attrs.field(
+        factory=dict, converter=lambda m: MappingProxyType(dict(m))
+    )
+    path: str = ""
+
+
+@attrs.frozen
+class FrontendConfig:
+    """
+    One C{[[frontend]]} table.
+    """
+
+    name: str
+    mode: str
+    listen: str
+    pool: str
+    persistence: tuple[PersistenceConfig, ...] = ()
+    idle_timeout: float | None = None
+    strict: bool = False
+    path: str = ""
+
+
+@attrs.frozen
+class AdminConfig:
+    """
+    The C{[admin]} table.
+    """
+
+    listen: str
+
+
+@attrs.frozen
+class ProxyConfig:
+    """
+    The whole configuration.
+    """
+
+    frontends: tuple[FrontendConfig, ...]
+    pools: Mapping[str, PoolConfig] = attrs.field(
+        converter=lambda m: MappingProxyType(dict(m))
+    )
+    admin: AdminConfig | None = None
+
+
+def _backend(reader: OptionReader, index: int) -> BackendConfig:
+    name = reader.string("name", f"backend{index + 1}")
+    backend = BackendConfig(
+        name=name,
+        address=reader.string("address"),
+        weight=reader.integer("weight", 1, minimum=0, maximum=256),
+        admin_state=AdminState(
+            reader.string("admin_state", "ready", choices=[s.value for s in AdminState])
+        ),
+        route=reader.string("route", name),
+        path=reader.path,
+    )
+    reader.finish()
+    return backend
+
+
+def _pool(name: str, reader: OptionReader) -> PoolConfig:
+    backend_readers = reader.tables("backend")
+    if not backend_readers:
+        raise reader.fail("backend", "at least one [[pool.NAME.backend]] table")
+    backends = tuple(_backend(r, i) for i, r in enumerate(backend_readers))
+    seen: set[str] = set()
+    for backend in backends:
+        if backend.name in seen:
+            raise ConfigError(
+                join_path(backend.path, "name"),
+                f"duplicate backend name {backend.name!r}",
+            )
+        seen.add(backend.name)
+    balance = reader.string("balance", "roundrobin", choices=list(BALANCERS))
+    factor = reader.optional_number("balance_factor")
+    if factor is not None and (balance != "hash" or factor <= 1.0):
+        raise reader.fail("balance_factor", 'a number above 1.0, with balance = "hash"')
+    pool = PoolConfig(
+        name=name,
+        backends=backends,
+        balance=balance,
+        balance_factor=factor,
+        connect_timeout=reader.number("connect_timeout", 3.0, positive=True),
+        retries=reader.integer("retries", 2, minimum=0, maximum=100),
+        send_proxy=reader.optional_string("send_proxy"),
+        path=reader.path,
+    )
+    if pool.send_proxy not in (None, "v1", "v2"):
+        raise reader.fail("send_proxy", "'v1' or 'v2'")
+    reader.finish()
+    return pool
+
+
+def _persistence(
+    reader: OptionReader, mode: str, registry: StrategyRegistry
+) -> PersistenceConfig:
+    name = reader.string("strategy")
+    factory = registry.get(name, reader.key("strategy"))
+    if mode not in factory.modes:
+        raise ConfigError(
+            reader.key("strategy"),
+            f"strategy {name!r} fits {' and '.join(sorted(factory.modes))} "
+            f"frontends, not mode = {mode!r}",
+        )
+    return PersistenceConfig(strategy=name, options=reader.rest(), path=reader.path)
+
+
+def _frontend(
+    reader: OptionReader,
+    index: int,
+    pools: Mapping[str, PoolConfig],
+    registry: StrategyRegistry,
+) -> FrontendConfig:
+    mode = reader.string("mode", "tcp", choices=MODES)
+    if mode == "http":
+        raise ConfigError(
+            reader.key("mode"), "expected 'tcp' (HTTP frontends are not built yet)"
+        )
+    pool = reader.string("pool")
+    if pool not in pools:
+        known = ", ".join(sorted(pools)) or "none defined"
+        raise ConfigError(
+            reader.key("pool"),
+            f"expected the name of a [pool.NAME] table ({known}), got {pool!r}",
+        )
+    persistence: tuple[PersistenceConfig, ...] = ()
+    if reader.has("persistence"):
+        persistence = tuple(
+            _persistence(r, mode, registry) for r in reader.tables("persistence")
+        )
+    frontend = FrontendConfig(
+        name=reader.string("name", f"frontend{index}"),
+        mode=mode,
+        listen=reader.string("listen"),
+        pool=pool,
+        persistence=persistence,
+        idle_timeout=reader.optional_number("idle_timeout"),
+        strict=reader.boolean("strict", False),
+        path=reader.path,
+    )
+    reader.finish()
+    return frontend
+
+
+def load_config(data: Mapping[str, object], registry: StrategyRegistry) -> ProxyConfig:
+    """
+    Validate parsed TOML and build the configuration.
+
+    :param registry: where strategy names are looked up.
+    :raises ConfigError: the first mistake, with its key path.
+    """
+    top = OptionReader(data, "")
+    pools = {
+        name: _pool(name, OptionReader(table, join_path("pool", name)))
+        for name, table in _named_tables(top, "pool").items()
+    }
+    frontend_readers = top.tables("frontend", [])
+    if not frontend_readers:
+        raise ConfigError("frontend", "expected at least one [[frontend]] table")
+    frontends = tuple(
+        _frontend(r, i, pools, registry) for i, r in enumerate(frontend_readers)
+    )
+    names = [f.name for f in frontends]
+    for index, name in enumerate(names):
+        if names.index(name) != index:
+            raise ConfigError(
+                f"frontend[{index}].name", f"duplicate frontend name {name!r}"
+            )
+    admin = None
+    if top.has("admin"):
+        admin_reader = top.table("admin")
+        admin = AdminConfig(listen=admin_reader.string("listen"))
+        admin_reader.finish()
+    top.finish()
+    return ProxyConfig(frontends=frontends, pools=pools, admin=admin)
+
+
+def _named_tables(reader: OptionReader, name: str) -> dict[str, object]:
+    tables = reader.table(name).rest()
+    for key, value in tables.items():
+        if not isinstance(value, Mapping):
+            raise ConfigError(join_path(name, key), "expected a table")
+    return tables
+
+
+def read_config_file(path: str, registry: StrategyRegistry) -> ProxyConfig:
+    """
+    Read and validate a TOML config file.
+
+    :raises ConfigError: the file cannot be read, is not TOML, or is wrong.
+    """
+    try:
+        with open(path, "rb") as stream:
+            data = tomllib.load(stream)
+    except OSError as error:
+        raise ConfigError(
+            path, f"cannot read the config file: {error.strerror}"
+        ) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(path, f"not valid TOML: {error}") from None
+    return load_config(data, registry)

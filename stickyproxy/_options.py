@@ -1,0 +1,262 @@
+"""
+Typed reading of one configuration table, with errors that name the key.
+
+The config loader and every strategy (built-in or plugin) read their tables
+through L{OptionReader}, so every mistake is reported the same way:
+C{frontend[0].persistence.mask: expected an integer from 0 to 32, got 33}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import TypeVar
+
+import attrs
+
+_T = TypeVar("_T")
+_MISSING: object = object()
+
+
+class ConfigError(Exception):
+    """
+    A configuration mistake, with the key path it was found at.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(path, message)
+        self.path = path
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+def describe(value: object) -> str:
+    """
+    Name a config value for an error message: its type and, for short
+    scalars, its value.
+    """
+    kind = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+    if isinstance(value, bool | int | float) or (
+        isinstance(value, str) and len(value) <= 40
+    ):
+        return f"{kind} ({value!r})"
+    return kind
+
+
+def join_path(path: str, key: str | int) -> str:
+    """
+    Extend a key path: C{join_path("pool.pg", "backend")} is
+    C{"pool.pg.backend"}, C{join_path("frontend", 0)} is C{"frontend[0]"}.
+    """
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+@attrs.define
+class OptionReader:
+    """
+    Reads the keys of one config table, checking each, and complains about
+    keys nobody asked for when L{finish} is called.
+
+    :ivar path: the table's key path, prefixed to every error.
+    """
+
+    _table: Mapping[str, object]
+    path: str
+    _seen: set[str] = attrs.field(factory=set)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self._table, Mapping):
+            raise ConfigError(
+                self.path, f"expected a table, got {describe(self._table)}"
+            )
+
+    def key(self, name: str) -> str:
+        """
+        :returns: the full key path of C{name} in this table.
+        """
+        return join_path(self.path, name)
+
+    def has(self, name: str) -> bool:
+        """
+        :returns: whether the table sets C{name}.
+        """
+        return name in self._table
+
+    def _get(self, name: str, default: object) -> object:
+        self._seen.add(name)
+        if name in self._table:
+            return self._table[name]
+        if default is _MISSING:
+            raise ConfigError(self.key(name), "is required")
+        return default
+
+    def fail(self, name: str, expected: str) -> ConfigError:
+        """
+        :returns: an error saying what C{name} should have been and what it is.
+        """
+        return ConfigError(
+            self.key(name),
+            f"expected {expected}, got {describe(self._table.get(name))}",
+        )
+
+    def string(
+        self,
+        name: str,
+        default: object = _MISSING,
+        choices: Collection[str] | None = None,
+    ) -> str:
+        """
+        Read a string, optionally one of C{choices}.
+        """
+        value = self._get(name, default)
+        if choices is not None and value not in choices:
+            raise self.fail(name, "one of " + ", ".join(repr(c) for c in choices))
+        if not isinstance(value, str):
+            raise self.fail(name, "a string")
+        return value
+
+    def optional_string(self, name: str) -> str | None:
+        """
+        Read a string that may be absent.
+        """
+        return self.string(name) if self.has(name) else self._mark(name)
+
+    def _mark(self, name: str) -> None:
+        self._seen.add(name)
+        return None
+
+    def integer(
+        self,
+        name: str,
+        default: object = _MISSING,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> int:
+        """
+        Read an integer within C{minimum}..C{maximum} (inclusive).
+        """
+        value = self._get(name, default)
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or (minimum is not None and value < minimum)
+            or (maximum is not None and value > maximum)
+        ):
+            raise self.fail(name, "an integer" + _bounds(minimum, maximum))
+        return value
+
+    def number(
+        self,
+        name: str,
+        default: object = _MISSING,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        positive: bool = False,
+    ) -> float:
+        """
+        Read a number (integer or float); C{positive} excludes zero.
+        """
+        value = self._get(name, default)
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or (positive and value <= 0)
+            or (minimum is not None and value < minimum)
+            or (maximum is not None and value > maximum)
+        ):
+            expected = "a positive number" if positive else "a number"
+            raise self.fail(name, expected + _bounds(minimum, maximum))
+        return float(value)
+
+    def optional_number(self, name: str, positive: bool = True) -> float | None:
+        """
+        Read a number that may be absent (absent means "off").
+        """
+        return (
+            self.number(name, positive=positive) if self.has(name) else self._mark(name)
+        )
+
+    def boolean(self, name: str, default: object = _MISSING) -> bool:
+        """
+        Read C{true} or C{false}.
+        """
+        value = self._get(name, default)
+        if not isinstance(value, bool):
+            raise self.fail(name, "true or false")
+        return value
+
+    def strings(self, name: str, default: object = _MISSING) -> tuple[str, ...]:
+        """
+        Read an array of strings.
+        """
+        value = self._get(name, default)
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(item, str) for item in value
+        ):
+            raise self.fail(name, "an array of strings")
+        return tuple(value)
+
+    def table(self, name: str) -> OptionReader:
+        """
+        Read a sub-table (an absent one reads as empty).
+        """
+        value = self._get(name, {})
+        if not isinstance(value, Mapping):
+            raise self.fail(name, "a table")
+        return OptionReader(value, self.key(name))
+
+    def tables(self, name: str, default: object = _MISSING) -> list[OptionReader]:
+        """
+        Read an array of tables (C{[[name]]}); a single table counts as an
+        array of one.
+        """
+        value = self._get(name, default)
+        if isinstance(value, Mapping):
+            return [OptionReader(value, self.key(name))]
+        if not isinstance(value, Sequence) or isinstance(value, str):
+            raise self.fail(name, "an array of tables")
+        readers = []
+        for index, item in enumerate(value):
+            readers.append(OptionReader(item, join_path(self.key(name), index)))
+        return readers
+
+    def rest(self) -> dict[str, object]:
+        """
+        Take every key not read yet, e.g. to hand a strategy its options.
+        """
+        rest = {k: v for k, v in self._table.items() if k not in self._seen}
+        self._seen.update(rest)
+        return rest
+
+    def finish(self) -> None:
+        """
+        Complain about the first key that was never read.
+
+        :raises ConfigError: naming the unknown key and the known ones.
+        """
+        unknown = [k for k in self._table if k not in self._seen]
+        if unknown:
+            known = ", ".join(sorted(self._seen)) or "none"
+            raise ConfigError(
+                self.key(unknown[0]), f"unknown key (expected one of: {known})"
+            )
+
+
+def _bounds(minimum: float | None, maximum: float | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f" from {minimum:g} to {maximum:g}"
+    if minimum is not None:
+        return f" of at least {minimum:g}"
+    if maximum is not None:
+        return f" of at most {maximum:g}"
+    return ""

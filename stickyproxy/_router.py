@@ -1,0 +1,176 @@
+"""
+The router: persistence first, balancing second, retries on failure.
+
+Protocols hand the router a context and a way to connect to a backend; the
+router decides where the client goes, retries a failed connect elsewhere,
+and lets the strategies record the binding.  This is the one place where
+the failover policy lives.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import attrs
+from zope.interface import implementer
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+from ._backends import Backend, Pool
+from .interfaces import IPersistenceStrategy, IRoutingContext
+
+_T = TypeVar("_T")
+
+
+@implementer(IRoutingContext)
+@attrs.define
+class RoutingContext:
+    """
+    The plain L{IRoutingContext} the L4 frontend builds.
+    """
+
+    mode: str
+    frontend: str
+    client_host: str
+    client_port: int = 0
+
+
+class Outcome(enum.Enum):
+    """
+    How a backend was decided, for logs and debug headers.
+    """
+
+    HIT = "hit"  # the client's binding was honoured
+    NEW = "new"  # no binding: the balancer picked, a new binding follows
+    REDISPATCH = "redispatch"  # the bound backend could not serve: moved
+
+
+@attrs.frozen
+class Decision:
+    """
+    Where one client goes and why.
+
+    :ivar strategy: the strategy whose binding decided (or was broken), or
+        C{None} when no strategy knew the client.
+    :ivar previous: on a redispatch, the backend the client was bound to.
+    """
+
+    backend: Backend
+    outcome: Outcome
+    strategy: str | None = None
+    previous: Backend | None = None
+
+
+class NoBackendAvailable(Exception):
+    """
+    No backend may take this client (all down, in maintenance, or failed).
+    """
+
+
+@attrs.define(eq=False)
+class Router:
+    """
+    Routes clients of one frontend to the backends of one pool.
+
+    :ivar strategies: tried in order; the first that knows the client wins.
+    :ivar strict: when the bound backend cannot serve, refuse the client
+        instead of moving it.
+    """
+
+    pool: Pool
+    strategies: Sequence[IPersistenceStrategy]
+    clock: IReactorTime
+    strict: bool = False
+
+    def choose(
+        self, context: IRoutingContext, tried: Sequence[Backend] = ()
+    ) -> Decision:
+        """
+        Decide the backend for one client.
+
+        :param tried: backends that already failed this client.
+        :raises NoBackendAvailable: nobody may take it.
+        """
+        previous: Backend | None = None
+        decided_by: str | None = None
+        for strategy in self.strategies:
+            bound = strategy.lookup(context)
+            if bound is None:
+                continue
+            if bound.serves_bound() and bound not in tried:
+                return Decision(bound, Outcome.HIT, strategy.name)
+            previous, decided_by = bound, strategy.name
+            break
+        if previous is not None and self.strict:
+            raise NoBackendAvailable(
+                f"backend {previous.name} holds the session and cannot serve (strict)"
+            )
+        candidates = [b for b in self.pool.accepting_new() if b not in tried]
+        backend = self.pool.balancer.choose(candidates, context.client_host.encode())
+        if backend is None:
+            raise NoBackendAvailable(f"no usable backend in pool {self.pool.name}")
+        if previous is not None:
+            return Decision(backend, Outcome.REDISPATCH, decided_by, previous)
+        return Decision(backend, Outcome.NEW)
+
+    def dispatch(
+        self,
+        context: IRoutingContext,
+        connect: Callable[[Backend], Deferred[_T]],
+    ) -> Deferred[tuple[Decision, _T]]:
+        """
+        Choose a backend and connect to it, retrying on others.
+
+        A failed connect is reported to the pool and retried on another
+        backend up to the pool's C{retries}; the binding is then recorded
+        with every strategy.  The backend's C{active} count includes this
+        client until L{release}.  Cancelling the result cancels the attempt
+        in flight.
+
+        :param connect: opens a connection to one backend.
+        :returns: the decision and what C{connect} produced; fails with
+            L{NoBackendAvailable} when every allowed attempt failed.
+        """
+        return Deferred.fromCoroutine(self._dispatch(context, connect))
+
+    async def _dispatch(
+        self,
+        context: IRoutingContext,
+        connect: Callable[[Backend], Deferred[_T]],
+    ) -> tuple[Decision, _T]:
+        tried: list[Backend] = []
+        while True:
+            decision = self.choose(context, tried)
+            backend = decision.backend
+            backend.active += 1
+            attempt = connect(backend)
+            attempt.addTimeout(self.pool.connect_timeout, self.clock)
+            try:
+                result = await attempt
+            except CancelledError:
+                backend.active -= 1
+                raise
+            except Exception:
+                backend.active -= 1
+                self.pool.report_connect_failure(backend, Failure().getErrorMessage())
+                tried.append(backend)
+                if len(tried) > self.pool.retries:
+                    raise NoBackendAvailable(
+                        f"{len(tried)} connect attempts failed in pool {self.pool.name}"
+                    ) from None
+                continue
+            for strategy in self.strategies:
+                strategy.persist(context, backend)
+            return decision, result
+
+    def release(self, context: IRoutingContext, backend: Backend) -> None:
+        """
+        The client's connection (or request) to C{backend} has ended.
+        """
+        backend.active -= 1
+        for strategy in self.strategies:
+            strategy.release(context, backend)

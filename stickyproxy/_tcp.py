@@ -1,0 +1,261 @@
+"""
+L4: splice the bytes of a client connection to the backend the router picks.
+
+Client reads stay paused until the backend connection is up; then each
+transport is registered as the other's producer, so a slow side slows the
+fast one (as L{twisted.protocols.portforward}).  Half-closes are passed on,
+and when one side ends, the other is closed cleanly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zope.interface import implementer
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IReactorTime,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ._backends import Backend
+from ._proxyprotocol import HEADERS
+from ._router import Decision, Router, RoutingContext
+
+
+def client_host(address: IAddress) -> tuple[str, int]:
+    """
+    The host and port routing uses for a peer address (a UNIX socket peer
+    has no port, and its path, possibly empty, stands for the host).
+    """
+    host = getattr(address, "host", None)
+    if isinstance(host, str):
+        return host, int(getattr(address, "port", 0) or 0)
+    name = getattr(address, "name", None)
+    return (
+        name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name or "")
+    ), 0
+
+
+@implementer(IHalfCloseableProtocol)
+class _BackendSide(Protocol):
+    """
+    The backend end of a splice: everything goes straight to the client.
+    """
+
+    def __init__(self, client: TCPProxyProtocol) -> None:
+        self.client = client
+
+    def dataReceived(self, data: bytes) -> None:
+        self.client.from_backend(data)
+
+    def readConnectionLost(self) -> None:
+        self.client.backend_finished_sending()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.client.backend_lost(reason)
+
+
+class _OneConnection(Factory):
+    """
+    L{connectProtocol} without its log lines: one per backend connection
+    is noise at any real rate.
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: _BackendSide) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: IAddress | None) -> _BackendSide:  # type: ignore[override]
+        return self._protocol
+
+
+@implementer(IHalfCloseableProtocol)
+class TCPProxyProtocol(Protocol):
+    """
+    The client end of a splice; it owns the connection's life.
+    """
+
+    factory: TCPProxyFactory
+    transport: Any
+
+    log = Logger()
+
+    def __init__(self, factory: TCPProxyFactory) -> None:
+        self.factory = factory
+        self._backend: Any = None  # the backend's transport, once connected
+        self._decision: Decision | None = None
+        self._connecting: Deferred[Any] | None = None
+        self._early: list[bytes] = []
+        self._client_done = False  # the client sent FIN
+        self._backend_done = False  # the backend sent FIN
+        self._closed = False
+        self._idle: IDelayedCall | None = None
+        self._last_activity = 0.0
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+        host, port = client_host(self.transport.getPeer())
+        self.context = RoutingContext("tcp", self.factory.name, host, port)
+        self._connecting = self.factory.router.dispatch(self.context, self._connect)
+        self._connecting.addCallbacks(self._connected, self._no_backend)
+
+    def _connect(self, backend: Backend) -> Deferred[_BackendSide]:
+        return backend.endpoint.connect(_OneConnection(_BackendSide(self)))
+
+    def _connected(self, result: tuple[Decision, _BackendSide]) -> None:
+        self._connecting = None
+        self._decision, side = result
+        backend = side.transport
+        self._backend = backend
+        send_proxy = self.factory.router.pool.send_proxy
+        if send_proxy is not None:
+            header = HEADERS[send_proxy](
+                self.transport.getPeer(), self.transport.getHost()
+            )
+            backend.write(header)
+        if self._early:
+            backend.writeSequence(self._early)
+            self._early = []
+        self.transport.registerProducer(backend, True)
+        backend.registerProducer(self.transport, True)
+        if self._client_done:
+            backend.loseWriteConnection()
+        self.transport.resumeProducing()
+        if self.factory.idle_timeout is not None:
+            self._last_activity = self.factory.clock.seconds()
+            self._idle = self.factory.clock.callLater(
+                self.factory.idle_timeout, self._check_idle
+            )
+
+    def _no_backend(self, failure: Failure) -> None:
+        self._connecting = None
+        if failure.check(CancelledError):
+            return
+        self.log.warn(
+            "{frontend}: closing client {client}: {reason}",
+            frontend=self.factory.name,
+            client=self.context.client_host,
+            reason=failure.getErrorMessage(),
+        )
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        backend = self._backend
+        if backend is None:
+            self._early.append(data)
+            return
+        if self._idle is not None:
+            self._last_activity = self.factory.clock.seconds()
+        backend.write(data)
+
+    def from_backend(self, data: bytes) -> None:
+        """
+        Bytes from the backend, for the client.
+        """
+        if self._idle is not None:
+            self._last_activity = self.factory.clock.seconds()
+        self.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        self._client_done = True
+        if self._backend is not None:
+            self._backend.loseWriteConnection()
+            self._close_if_both_done()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def backend_finished_sending(self) -> None:
+        """
+        The backend half-closed: pass the FIN on to the client.
+        """
+        self._backend_done = True
+        self.transport.loseWriteConnection()
+        self._close_if_both_done()
+
+    def _close_if_both_done(self) -> None:
+        if self._client_done and self._backend_done:
+            self.transport.loseConnection()
+            self._backend.loseConnection()
+
+    def backend_lost(self, reason: Failure) -> None:
+        """
+        The backend connection is gone: close the client once its data is out.
+        """
+        self._backend_done = True
+        self.transport.loseConnection()
+        self._finish()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._backend is not None:
+            self._backend.loseConnection()
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        if self._decision is not None:
+            self.factory.router.release(self.context, self._decision.backend)
+
+    def _check_idle(self) -> None:
+        timeout = self.factory.idle_timeout
+        assert timeout is not None
+        idle_for = self.factory.clock.seconds() - self._last_activity
+        if idle_for < timeout:
+            self._idle = self.factory.clock.callLater(
+                timeout - idle_for, self._check_idle
+            )
+            return
+        self._idle = None
+        self.log.info(
+            "{frontend}: closing idle connection from {client}",
+            frontend=self.factory.name,
+            client=self.context.client_host,
+        )
+        self.transport.loseConnection()
+        if self._backend is not None:
+            self._backend.loseConnection()
+
+
+class TCPProxyFactory(Factory):
+    """
+    Builds the L4 protocol for one frontend.
+
+    :ivar name: the frontend's name, for logs and contexts.
+    :ivar idle_timeout: seconds of silence both ways before both connections
+        are closed, or C{None} for never.
+    """
+
+    protocol = TCPProxyProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        name: str,
+        router: Router,
+        clock: IReactorTime,
+        idle_timeout: float | None = None,
+    ) -> None:
+        self.name = name
+        self.router = router
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+
+    def buildProtocol(self, addr: IAddress) -> TCPProxyProtocol:
+        return TCPProxyProtocol(self)

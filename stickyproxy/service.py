@@ -1,0 +1,234 @@
+"""
+L{ProxyService}: the whole proxy as one Twisted service, for C{twistd} or
+for embedding in any other Twisted program::
+
+    from stickyproxy.service import ProxyService
+    from stickyproxy import read_config_file, StrategyRegistry
+
+    registry = StrategyRegistry.from_plugins()
+    config = read_config_file("proxy.toml", registry)
+    ProxyService(config, reactor, registry).setServiceParent(application)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ._backends import Backend, Pool, connect_endpoint
+from ._balancers import make_balancer
+from ._config import FrontendConfig, PoolConfig, ProxyConfig
+from ._options import ConfigError, join_path
+from ._router import Router
+from ._strategies import StrategyRegistry
+from ._tcp import TCPProxyFactory
+from .interfaces import IPersistenceStrategy
+
+
+class ListenerService(Service):
+    """
+    Listens on one endpoint string with one factory.
+
+    Unlike L{twisted.application.internet.StreamServerEndpointService}, a
+    failure to listen is a L{ConfigError} naming the config key, and
+    L{bind} may be called early (C{twistd} does, so a port in use is
+    reported before anything starts).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, reactor: Any, description: str, factory: IProtocolFactory, path: str
+    ) -> None:
+        self.description = description
+        self.path = path
+        self._factory = factory
+        try:
+            self._endpoint = serverFromString(reactor, description)
+        except (ValueError, KeyError, TypeError) as error:
+            raise ConfigError(
+                path,
+                "expected a Twisted server endpoint string, "
+                f"got {description!r} ({error})",
+            ) from None
+        self.port: IListeningPort | None = None
+
+    def bind(self) -> None:
+        """
+        Start listening now, if not already.
+
+        :raises ConfigError: the endpoint refused (port in use, no permission).
+        """
+        if self.port is not None:
+            return
+        outcome: list[Any] = []
+        listening = self._endpoint.listen(self._factory)
+        listening.addBoth(outcome.append)
+        if not outcome:
+            # An endpoint that listens later (rare): report failures in the log.
+            listening.addCallback(self._listening)
+            listening.addErrback(
+                lambda f: self.log.failure(
+                    "cannot listen on {endpoint}", f, endpoint=self.description
+                )
+            )
+            return
+        result = outcome[0]
+        if isinstance(result, Failure):
+            raise ConfigError(
+                self.path,
+                f"cannot listen on {self.description!r}: {result.getErrorMessage()}",
+            )
+        self._listening(result)
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+
+    def privilegedStartService(self) -> None:
+        self.bind()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self.bind()
+        super().startService()
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return maybeDeferred(port.stopListening)
+        return None
+
+    def address(self) -> IAddress | None:
+        """
+        :returns: where it listens (with the real port when it was 0).
+        """
+        return None if self.port is None else self.port.getHost()
+
+
+def build_pool(config: PoolConfig, reactor: Any) -> Pool:
+    """
+    Make the live pool for a pool config.
+
+    :raises ConfigError: a backend address cannot be parsed.
+    """
+    backends = []
+    for backend in config.backends:
+        try:
+            endpoint = connect_endpoint(
+                reactor, backend.address, config.connect_timeout
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise ConfigError(
+                join_path(backend.path, "address"),
+                "expected host:port, [ipv6]:port or a Twisted client endpoint "
+                f"string, got {backend.address!r} ({error})",
+            ) from None
+        backends.append(
+            Backend(
+                name=backend.name,
+                address=backend.address,
+                endpoint=endpoint,
+                weight=backend.weight,
+                route=backend.route,
+                admin_state=backend.admin_state,
+            )
+        )
+    return Pool(
+        name=config.name,
+        backends=tuple(backends),
+        balancer=make_balancer(config.balance, config.balance_factor),
+        connect_timeout=config.connect_timeout,
+        retries=config.retries,
+        send_proxy=config.send_proxy,
+    )
+
+
+class ProxyService(MultiService):
+    """
+    Every frontend of a configuration, with their pools, on one reactor.
+
+    :ivar pools: the live pools by name (their backends' states can be
+        changed through L{Pool.set_admin_state}).
+    :ivar routers: each frontend's router, by frontend name.
+    :ivar listeners: each frontend's listener, by frontend name.
+    """
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        reactor: Any,
+        registry: StrategyRegistry | None = None,
+    ) -> None:
+        """
+        Build everything a configuration describes, without listening yet.
+
+        :param registry: where strategy names are found; all installed
+            plugins when C{None}.
+        :raises ConfigError: an endpoint or strategy option is wrong.
+        """
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        registry = registry if registry is not None else StrategyRegistry.from_plugins()
+        self.pools: Mapping[str, Pool] = {
+            name: build_pool(pool, reactor) for name, pool in config.pools.items()
+        }
+        self.routers: dict[str, Router] = {}
+        self.listeners: dict[str, ListenerService] = {}
+        for frontend in config.frontends:
+            router = self._router(frontend, registry)
+            factory = TCPProxyFactory(
+                frontend.name, router, reactor, frontend.idle_timeout
+            )
+            listener = ListenerService(
+                reactor, frontend.listen, factory, join_path(frontend.path, "listen")
+            )
+            listener.setName(frontend.name)
+            listener.setServiceParent(self)
+            self.routers[frontend.name] = router
+            self.listeners[frontend.name] = listener
+
+    def _router(self, frontend: FrontendConfig, registry: StrategyRegistry) -> Router:
+        pool = self.pools[frontend.pool]
+        strategies: list[IPersistenceStrategy] = []
+        for persistence in frontend.persistence:
+            factory = registry.get(
+                persistence.strategy, join_path(persistence.path, "strategy")
+            )
+            strategies.append(
+                factory.build(persistence.options, pool, self.reactor, persistence.path)
+            )
+        return Router(
+            pool=pool,
+            strategies=tuple(strategies),
+            clock=self.reactor,
+            strict=frontend.strict,
+        )
+
+    def bind(self) -> None:
+        """
+        Listen on every frontend now (idempotent).
+
+        :raises ConfigError: naming the first frontend that cannot listen;
+            those already bound stay bound until the service stops.
+        """
+        for listener in self.listeners.values():
+            listener.bind()
+
+    def privilegedStartService(self) -> None:
+        self.bind()
+        super().privilegedStartService()
+
+    def addresses(self) -> dict[str, IAddress | None]:
+        """
+        :returns: where each frontend listens, by name.
+        """
+        return {name: listener.address() for name, listener in self.listeners.items()}

@@ -1,0 +1,165 @@
+"""
+C{twistd stickyproxy}: command-line options and L{makeService}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from ._balancers import BALANCERS
+from ._config import MODES, ProxyConfig, load_config, read_config_file
+from ._demo import DemoService, demo_config_data, listen_demo_backends
+from ._options import ConfigError
+from ._strategies import StrategyRegistry
+from .service import ProxyService
+
+
+def _mode(value: str) -> str:
+    if value not in MODES:
+        raise ValueError(f"expected one of {', '.join(MODES)}")
+    return value
+
+
+def _balance(value: str) -> str:
+    if value not in BALANCERS:
+        raise ValueError(f"expected one of {', '.join(BALANCERS)}")
+    return value
+
+
+class Options(usage.Options):
+    """
+    Either C{--config FILE}, or the short flags for one frontend, or C{--demo}.
+    """
+
+    synopsis = (
+        "[--config FILE] | [--listen ENDPOINT --backend [NAME=]ADDRESS ...] | [--demo]"
+    )
+    longdesc = (
+        "A load-balancing proxy with session persistence (sticky sessions). "
+        "Give a TOML config file, or describe one frontend with the short "
+        "flags, or try the built-in demo."
+    )
+    optFlags = [
+        ["demo", None, "Run demo backends in this process, with a proxy in front."],
+    ]
+    optParameters = [
+        ["config", "c", None, "The TOML configuration file."],
+        ["mode", None, "tcp", "Frontend mode: tcp or http.", _mode],
+        [
+            "listen",
+            None,
+            None,
+            "Where to listen: a Twisted server endpoint string, e.g. tcp:7000.",
+        ],
+        ["persistence", None, None, "Persistence strategy name, e.g. source-ip."],
+        [
+            "balance",
+            None,
+            "roundrobin",
+            "Balancer: " + ", ".join(BALANCERS) + ".",
+            _balance,
+        ],
+        ["admin", None, None, "Admin listener endpoint string."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["backends"] = []
+
+    def opt_backend(self, value: str) -> None:
+        """
+        A backend, [NAME=]ADDRESS (host:port, [v6]:port or a client endpoint
+        string); repeat for each one.
+        """
+        name, sep, address = value.partition("=")
+        if not sep or ":" in name:
+            name, address = f"b{len(self['backends']) + 1}", value
+        if not name or not address:
+            raise usage.UsageError(f"--backend: expected [NAME=]ADDRESS, got {value!r}")
+        self["backends"].append((name, address))
+
+    def postOptions(self) -> None:
+        flags = [f"--{k}" for k in ("listen", "persistence", "admin") if self[k]]
+        if self["backends"]:
+            flags.append("--backend")
+        if self["config"] and (flags or self["demo"]):
+            raise usage.UsageError(
+                "--config describes everything; do not combine it with "
+                + (", ".join(flags) or "--demo")
+            )
+        if self["demo"] and self["backends"]:
+            raise usage.UsageError("--demo brings its own backends; drop --backend")
+        if not (self["config"] or self["demo"] or self["backends"]):
+            raise usage.UsageError(
+                "nothing to proxy: give --config FILE, or --listen ENDPOINT with "
+                "--backend ADDRESS (repeatable), or --demo"
+            )
+        if self["backends"] and not self["listen"]:
+            raise usage.UsageError("--listen ENDPOINT is required with --backend")
+
+    def config_data(self) -> dict[str, object]:
+        """
+        The short flags as the tables a config file would hold.
+        """
+        frontend: dict[str, object] = {
+            "name": "main",
+            "mode": self["mode"],
+            "listen": self["listen"],
+            "pool": "main",
+        }
+        if self["persistence"]:
+            frontend["persistence"] = {"strategy": self["persistence"]}
+        data: dict[str, object] = {
+            "frontend": [frontend],
+            "pool": {
+                "main": {
+                    "balance": self["balance"],
+                    "backend": [
+                        {"name": name, "address": address}
+                        for name, address in self["backends"]
+                    ],
+                }
+            },
+        }
+        if self["admin"]:
+            data["admin"] = {"listen": self["admin"]}
+        return data
+
+
+def _makeService(options: Options, reactor: Any) -> ProxyService:
+    """
+    Build (and bind) the proxy an option set describes, on C{reactor}.
+
+    :raises ConfigError: any configuration mistake, including a port in use.
+    """
+    registry = StrategyRegistry.from_plugins()
+    demo_ports = None
+    config: ProxyConfig
+    if options["demo"]:
+        demo_ports = listen_demo_backends(reactor)
+        config = load_config(demo_config_data(options["listen"], demo_ports), registry)
+    elif options["config"]:
+        config = read_config_file(options["config"], registry)
+    else:
+        config = load_config(options.config_data(), registry)
+    proxy = ProxyService(config, reactor, registry)
+    if demo_ports is not None:
+        DemoService(demo_ports, proxy).setServiceParent(proxy)
+    proxy.bind()
+    return proxy
+
+
+def makeService(options: Options) -> IService:
+    """
+    The C{twistd} entry point.  A configuration mistake ends the process
+    with status 1 and a one-line message naming the key, not a traceback.
+    """
+    from twisted.internet import reactor
+
+    try:
+        return _makeService(options, reactor)
+    except ConfigError as error:
+        raise SystemExit(f"stickyproxy: configuration error: {error}") from None

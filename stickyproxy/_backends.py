@@ -66,9 +66,10 @@ def connect_endpoint(
                 ) from None
             return HostnameEndpoint(reactor, host.encode("ascii"), number, timeout)
         if ip.version == 6:
-            return TCP6ClientEndpoint(reactor, host, number, timeout)
+            raise ValueError("an IPv6 address needs brackets: [addr]:port")
         return TCP4ClientEndpoint(reactor, host, number, timeout)
-    return clientFromString(reactor, address)
+    endpoint: IStreamClientEndpoint = clientFromString(reactor, address)
+    return endpoint
 
 
 @attrs.define(eq=False)

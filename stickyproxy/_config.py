@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 import attrs
 
@@ -26,6 +27,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 MODES = ("tcp", "http")
+
+
+def _frozen_mapping(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping))
 
 
 @attrs.frozen
@@ -65,9 +70,7 @@ class PersistenceConfig:
     """
 
     strategy: str
-    options: Mapping[str, object] = attrs.field(
-        factory=dict, converter=lambda m: MappingProxyType(dict(m))
-    )
+    options: Mapping[str, object] = attrs.field(factory=dict, converter=_frozen_mapping)
     path: str = ""
 
 
@@ -103,9 +106,7 @@ class ProxyConfig:
     """
 
     frontends: tuple[FrontendConfig, ...]
-    pools: Mapping[str, PoolConfig] = attrs.field(
-        converter=lambda m: MappingProxyType(dict(m))
-    )
+    pools: Mapping[str, PoolConfig] = attrs.field(converter=_frozen_mapping)
     admin: AdminConfig | None = None
 
 
@@ -242,11 +243,12 @@ def load_config(data: Mapping[str, object], registry: StrategyRegistry) -> Proxy
     return ProxyConfig(frontends=frontends, pools=pools, admin=admin)
 
 
-def _named_tables(reader: OptionReader, name: str) -> dict[str, object]:
-    tables = reader.table(name).rest()
-    for key, value in tables.items():
+def _named_tables(reader: OptionReader, name: str) -> dict[str, Mapping[str, object]]:
+    tables = {}
+    for key, value in reader.table(name).rest().items():
         if not isinstance(value, Mapping):
             raise ConfigError(join_path(name, key), "expected a table")
+        tables[key] = value
     return tables
 
 

@@ -129,11 +129,8 @@ class OptionReader:
         """
         Read a string that may be absent.
         """
-        return self.string(name) if self.has(name) else self._mark(name)
-
-    def _mark(self, name: str) -> None:
         self._seen.add(name)
-        return None
+        return self.string(name) if self.has(name) else None
 
     def integer(
         self,
@@ -182,9 +179,8 @@ class OptionReader:
         """
         Read a number that may be absent (absent means "off").
         """
-        return (
-            self.number(name, positive=positive) if self.has(name) else self._mark(name)
-        )
+        self._seen.add(name)
+        return self.number(name, positive=positive) if self.has(name) else None
 
     def boolean(self, name: str, default: object = _MISSING) -> bool:
         """

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 from zope.interface import implementer
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -24,6 +25,11 @@ from ._backends import Backend, Pool
 from .interfaces import IPersistenceStrategy, IRoutingContext
 
 _T = TypeVar("_T")
+
+
+def _give_up(attempt: Deferred[Any], timed_out: list[bool]) -> None:
+    timed_out.append(True)
+    attempt.cancel()
 
 
 @implementer(IRoutingContext)
@@ -148,21 +154,29 @@ class Router:
             backend = decision.backend
             backend.active += 1
             attempt = connect(backend)
-            attempt.addTimeout(self.pool.connect_timeout, self.clock)
+            timed_out: list[bool] = []
+            timer = self.clock.callLater(
+                self.pool.connect_timeout, _give_up, attempt, timed_out
+            )
             try:
                 result = await attempt
-            except CancelledError:
-                backend.active -= 1
-                raise
             except Exception:
                 backend.active -= 1
-                self.pool.report_connect_failure(backend, Failure().getErrorMessage())
+                if not timed_out:
+                    timer.cancel()
+                    if Failure().check(CancelledError, ConnectingCancelledError):
+                        raise  # the client left: nothing to retry for
+                reason = (
+                    "connect timed out" if timed_out else Failure().getErrorMessage()
+                )
+                self.pool.report_connect_failure(backend, reason)
                 tried.append(backend)
                 if len(tried) > self.pool.retries:
                     raise NoBackendAvailable(
                         f"{len(tried)} connect attempts failed in pool {self.pool.name}"
                     ) from None
                 continue
+            timer.cancel()
             for strategy in self.strategies:
                 strategy.persist(context, backend)
             return decision, result

@@ -76,7 +76,7 @@ class _OneConnection(Factory):
     def __init__(self, protocol: _BackendSide) -> None:
         self._protocol = protocol
 
-    def buildProtocol(self, addr: IAddress | None) -> _BackendSide:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress | None) -> _BackendSide:
         return self._protocol
 
 
@@ -110,13 +110,13 @@ class TCPProxyProtocol(Protocol):
         self._connecting = self.factory.router.dispatch(self.context, self._connect)
         self._connecting.addCallbacks(self._connected, self._no_backend)
 
-    def _connect(self, backend: Backend) -> Deferred[_BackendSide]:
+    def _connect(self, backend: Backend) -> Deferred[Any]:
         return backend.endpoint.connect(_OneConnection(_BackendSide(self)))
 
     def _connected(self, result: tuple[Decision, _BackendSide]) -> None:
         self._connecting = None
         self._decision, side = result
-        backend = side.transport
+        backend: Any = side.transport
         self._backend = backend
         send_proxy = self.factory.router.pool.send_proxy
         if send_proxy is not None:
@@ -257,5 +257,5 @@ class TCPProxyFactory(Factory):
         self.clock = clock
         self.idle_timeout = idle_timeout
 
-    def buildProtocol(self, addr: IAddress) -> TCPProxyProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> TCPProxyProtocol:  # type: ignore[override]
         return TCPProxyProtocol(self)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFactory
 from twisted.logger import Logger
@@ -103,7 +103,7 @@ class ListenerService(Service):
         super().stopService()
         port, self.port = self.port, None
         if port is not None:
-            return maybeDeferred(port.stopListening)
+            return port.stopListening()
         return None
 
     def address(self) -> IAddress | None:

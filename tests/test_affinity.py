@@ -1,0 +1,109 @@
+"""
+Tests for L{stickyproxy._affinity.StickTable}.
+"""
+
+from twisted.internet.task import Clock
+
+from stickyproxy._affinity import StickTable
+from stickyproxy.interfaces import IStickTable
+
+from tests._base import TestCase
+
+
+class StickTableTests(TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.table = StickTable(clock=self.clock, timeout=10.0, size=3)
+
+    def test_provides(self):
+        """
+        L{StickTable} provides L{IStickTable}.
+        """
+        self.assertProvides(IStickTable, self.table)
+
+    def test_bind_and_get(self):
+        """
+        A bound key reads back its backend; an unknown key reads C{None}.
+        """
+        self.table.bind(b"k", "b1")
+        self.assertEqual(self.table.get(b"k"), "b1")
+        self.assertIsNone(self.table.get(b"other"))
+
+    def test_rebind(self):
+        """
+        Binding a key again replaces its backend.
+        """
+        self.table.bind(b"k", "b1")
+        self.table.bind(b"k", "b2")
+        self.assertEqual(self.table.get(b"k"), "b2")
+
+    def test_held_binding_does_not_expire(self):
+        """
+        While a binding is held (a connection is open), it outlives the
+        timeout; its idle time starts at the last release.
+        """
+        self.table.bind(b"k", "b1")
+        self.clock.advance(100)
+        self.assertEqual(self.table.get(b"k"), "b1")
+        self.table.release(b"k")
+        self.clock.advance(9.9)
+        self.assertEqual(self.table.get(b"k"), "b1")
+        self.clock.advance(10)
+        self.assertIsNone(self.table.get(b"k"))
+
+    def test_lookup_refreshes(self):
+        """
+        Each lookup restarts the idle time of a released binding.
+        """
+        self.table.bind(b"k", "b1")
+        self.table.release(b"k")
+        for _ in range(5):
+            self.clock.advance(6)
+            self.assertEqual(self.table.get(b"k"), "b1")
+
+    def test_two_holds(self):
+        """
+        A binding held twice stays until both are released.
+        """
+        self.table.bind(b"k", "b1")
+        self.table.bind(b"k", "b1")
+        self.table.release(b"k")
+        self.clock.advance(20)
+        self.assertEqual(self.table.get(b"k"), "b1")
+        self.table.release(b"k")
+        self.clock.advance(10)
+        self.assertIsNone(self.table.get(b"k"))
+
+    def test_size_evicts_oldest(self):
+        """
+        Past C{size}, the least recently used binding goes first.
+        """
+        for key in (b"a", b"b", b"c"):
+            self.table.bind(key, "b1")
+            self.clock.advance(1)
+        self.table.get(b"a")  # now b is the oldest
+        self.table.bind(b"d", "b1")
+        self.assertEqual(len(self.table), 3)
+        self.assertIsNone(self.table.get(b"b"))
+        self.assertEqual(self.table.get(b"a"), "b1")
+
+    def test_sweep_on_bind(self):
+        """
+        Expired bindings are swept out as new ones arrive, so an idle table
+        does not keep them; held ones stay.
+        """
+        table = StickTable(clock=self.clock, timeout=10.0, size=100)
+        table.bind(b"held", "b1")
+        table.bind(b"idle", "b1")
+        table.release(b"idle")
+        self.clock.advance(11)
+        table.bind(b"new", "b2")
+        self.assertEqual(len(table), 2)
+        self.assertEqual(table.get(b"held"), "b1")
+
+    def test_release_unknown(self):
+        """
+        Releasing an unknown key does nothing.
+        """
+        self.table.release(b"nothing")
+        self.assertEqual(len(self.table), 0)

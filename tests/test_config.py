@@ -1,0 +1,405 @@
+"""
+Tests for configuration loading: every mistake names its key.
+"""
+
+import copy
+import os
+
+import attrs
+from zope.interface import implementer
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import IPlugin
+
+from stickyproxy import AdminState, ConfigError, load_config, read_config_file
+from stickyproxy._options import OptionReader
+from stickyproxy._strategies import SourceIPHash, StrategyRegistry, sourceIP
+from stickyproxy.interfaces import IPersistenceStrategyFactory
+from stickyproxy.service import ProxyService
+
+from tests._base import TestCase
+
+
+@implementer(IPlugin, IPersistenceStrategyFactory)
+@attrs.frozen
+class _HTTPOnly:
+    name: str = "http-only"
+    modes: frozenset = frozenset({"http"})
+    description: str = "test"
+
+    def build(self, options, pool, reactor, path):
+        return SourceIPHash(pool)
+
+
+REGISTRY = StrategyRegistry.of([sourceIP, _HTTPOnly()])
+
+GOOD = {
+    "admin": {"listen": "tcp:9901:interface=127.0.0.1"},
+    "frontend": [
+        {
+            "name": "db",
+            "mode": "tcp",
+            "listen": "tcp:7000:interface=127.0.0.1",
+            "pool": "pg",
+            "persistence": {"strategy": "source-ip", "mask": 24},
+        }
+    ],
+    "pool": {
+        "pg": {
+            "balance": "roundrobin",
+            "connect_timeout": 3.0,
+            "retries": 2,
+            "backend": [
+                {
+                    "name": "pg1",
+                    "address": "127.0.0.1:5432",
+                    "weight": 1,
+                    "admin_state": "ready",
+                },
+                {"name": "pg2", "address": "[::1]:5432", "admin_state": "drain"},
+            ],
+        }
+    },
+}
+
+
+def _with(change):
+    data = copy.deepcopy(GOOD)
+    change(data)
+    return data
+
+
+class LoadTests(TestCase):
+    def test_issue_example(self):
+        """
+        The documented example loads into frozen config objects.
+        """
+        config = load_config(GOOD, REGISTRY)
+        (frontend,) = config.frontends
+        self.assertEqual(
+            (frontend.name, frontend.mode, frontend.pool), ("db", "tcp", "pg")
+        )
+        self.assertEqual(frontend.persistence[0].strategy, "source-ip")
+        self.assertEqual(dict(frontend.persistence[0].options), {"mask": 24})
+        pool = config.pools["pg"]
+        self.assertEqual([b.name for b in pool.backends], ["pg1", "pg2"])
+        self.assertEqual(pool.backends[1].admin_state, AdminState.DRAIN)
+        self.assertEqual(config.admin.listen, "tcp:9901:interface=127.0.0.1")
+        self.assertRaises(
+            attrs.exceptions.FrozenInstanceError, setattr, frontend, "name", "x"
+        )
+
+    def test_defaults(self):
+        """
+        Omitted keys take their documented defaults.
+        """
+        config = load_config(
+            {
+                "frontend": {"listen": "tcp:1", "pool": "p"},
+                "pool": {"p": {"backend": {"address": "127.0.0.1:1"}}},
+            },
+            REGISTRY,
+        )
+        frontend = config.frontends[0]
+        self.assertEqual(
+            (frontend.name, frontend.mode, frontend.persistence, frontend.idle_timeout),
+            ("frontend0", "tcp", (), None),
+        )
+        pool = config.pools["p"]
+        self.assertEqual(
+            (pool.balance, pool.connect_timeout, pool.retries, pool.send_proxy),
+            ("roundrobin", 3.0, 2, None),
+        )
+        self.assertEqual(pool.backends[0].name, "backend1")
+        self.assertEqual(pool.backends[0].route, "backend1")
+
+    def test_strategy_chain(self):
+        """
+        C{[[frontend.persistence]]} as an array gives a chain, in order.
+        """
+        data = _with(
+            lambda d: d["frontend"][0].update(
+                persistence=[
+                    {"strategy": "source-ip", "mode": "table"},
+                    {"strategy": "source-ip"},
+                ]
+            )
+        )
+        chain = load_config(data, REGISTRY).frontends[0].persistence
+        self.assertEqual(
+            [p.path for p in chain],
+            [
+                "frontend[0].persistence[0]",
+                "frontend[0].persistence[1]",
+            ],
+        )
+
+
+class ErrorTests(TestCase):
+    def assertConfigError(self, change, path, fragment):
+        error = self.assertRaises(ConfigError, load_config, _with(change), REGISTRY)
+        self.assertEqual(error.path, path)
+        self.assertIn(fragment, error.message)
+        self.assertIn(path, str(error))
+
+    def test_unknown_key(self):
+        """
+        An unknown key is named with its path and the keys that are known.
+        """
+        self.assertConfigError(
+            lambda d: d["frontend"][0].update(colour="red"),
+            "frontend[0].colour",
+            "unknown key",
+        )
+        self.assertConfigError(
+            lambda d: d["pool"]["pg"]["backend"][1].update(wieght=2),
+            "pool.pg.backend[1].wieght",
+            "weight",
+        )
+        self.assertConfigError(
+            lambda d: d.update(frontends=[]), "frontends", "unknown key"
+        )
+
+    def test_wrong_type(self):
+        """
+        A value of the wrong type names the type expected and the one given.
+        """
+        self.assertConfigError(
+            lambda d: d["pool"]["pg"].update(retries="two"),
+            "pool.pg.retries",
+            "expected an integer from 0 to 100, got a string ('two')",
+        )
+        self.assertConfigError(
+            lambda d: d["pool"]["pg"].update(connect_timeout=0),
+            "pool.pg.connect_timeout",
+            "positive",
+        )
+        self.assertConfigError(
+            lambda d: d["frontend"][0].update(listen=7000),
+            "frontend[0].listen",
+            "a string",
+        )
+        self.assertConfigError(
+            lambda d: d["frontend"][0].update(strict="yes"),
+            "frontend[0].strict",
+            "true or false",
+        )
+
+    def test_choices(self):
+        """
+        A value outside its choices lists them.
+        """
+        self.assertConfigError(
+            lambda d: d["frontend"][0].update(mode="udp"),
+            "frontend[0].mode",
+            "'tcp', 'http'",
+        )
+        self.assertConfigError(
+            lambda d: d["pool"]["pg"].update(balance="fastest"),
+            "pool.pg.balance",
+            "'leastconn'",
+        )
+        self.assertConfigError(
+            lambda d: d["pool"]["pg"]["backend"][0].update(admin_state="up"),
+            "pool.pg.backend[0].admin_state",
+            "'drain'",
+        )
+        self.assertConfigError(
+            lambda d: d["pool"]["pg"].update(send_proxy="v3"),
+            "pool.pg.send_proxy",
+            "'v1' or 'v2'",
+        )
+
+    def test_http_not_yet(self):
+        """
+        HTTP frontends are refused with a clear error until L7 exists.
+        """
+        self.assertConfigError(
+            lambda d: d["frontend"][0].update(mode="http"), "frontend[0].mode", "'tcp'"
+        )
+
+    def test_unknown_pool(self):
+        """
+        A frontend naming a pool that does not exist lists the pools.
+        """
+        self.assertConfigError(
+            lambda d: d["frontend"][0].update(pool="mysql"),
+            "frontend[0].pool",
+            "(pg), got 'mysql'",
+        )
+
+    def test_unknown_strategy(self):
+        """
+        An unknown strategy lists the registered ones.
+        """
+        self.assertConfigError(
+            lambda d: d["frontend"][0]["persistence"].update(strategy="magic"),
+            "frontend[0].persistence.strategy",
+            "source-ip",
+        )
+
+    def test_strategy_mode_mismatch(self):
+        """
+        A strategy that does not fit the frontend's mode is refused.
+        """
+        self.assertConfigError(
+            lambda d: d["frontend"][0].update(persistence={"strategy": "http-only"}),
+            "frontend[0].persistence.strategy",
+            "fits http frontends, not mode = 'tcp'",
+        )
+
+    def test_structure(self):
+        """
+        Missing or misshapen tables are named.
+        """
+        self.assertConfigError(lambda d: d.pop("frontend"), "frontend", "at least one")
+        self.assertConfigError(
+            lambda d: d["pool"]["pg"].pop("backend"), "pool.pg.backend", "is required"
+        )
+        self.assertConfigError(
+            lambda d: d["pool"]["pg"].update(backend=[]),
+            "pool.pg.backend",
+            "at least one",
+        )
+        self.assertConfigError(
+            lambda d: d["pool"].update(pg=3), "pool.pg", "expected a table"
+        )
+        self.assertConfigError(
+            lambda d: d["frontend"][0].pop("listen"), "frontend[0].listen", "required"
+        )
+
+    def test_duplicates(self):
+        """
+        Two backends of a pool, or two frontends, may not share a name.
+        """
+        self.assertConfigError(
+            lambda d: d["pool"]["pg"]["backend"][1].update(name="pg1"),
+            "pool.pg.backend[1].name",
+            "duplicate",
+        )
+        self.assertConfigError(
+            lambda d: d["frontend"].append(dict(d["frontend"][0])),
+            "frontend[1].name",
+            "duplicate",
+        )
+
+    def test_balance_factor_needs_hash(self):
+        """
+        C{balance_factor} applies to the hash balancer only, above 1.
+        """
+        self.assertConfigError(
+            lambda d: d["pool"]["pg"].update(balance_factor=1.5),
+            "pool.pg.balance_factor",
+            'balance = "hash"',
+        )
+        self.assertConfigError(
+            lambda d: d["pool"]["pg"].update(balance="hash", balance_factor=0.5),
+            "pool.pg.balance_factor",
+            "above 1.0",
+        )
+
+
+class FileTests(TestCase):
+    def write(self, text):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_not_toml(self):
+        """
+        A file that is not TOML is reported with its name and the parser's
+        reason (line and column).
+        """
+        path = self.write("[[frontend]\nname = 1\n")
+        error = self.assertRaises(ConfigError, read_config_file, path, REGISTRY)
+        self.assertEqual(error.path, path)
+        self.assertIn("not valid TOML", error.message)
+        self.assertIn("line 1", error.message)
+
+    def test_missing_file(self):
+        """
+        A file that cannot be read is named.
+        """
+        path = os.path.join(self.mktemp(), "nope.toml")
+        error = self.assertRaises(ConfigError, read_config_file, path, REGISTRY)
+        self.assertIn("cannot read", error.message)
+
+
+class BuildErrorTests(TestCase):
+    """
+    Mistakes only found when the running objects are built (endpoint strings,
+    strategy options) carry key paths too.
+    """
+
+    def assertBuildError(self, change, path, fragment):
+        config = load_config(_with(change), REGISTRY)
+        error = self.assertRaises(
+            ConfigError, ProxyService, config, MemoryReactorClock(), REGISTRY
+        )
+        self.assertEqual(error.path, path)
+        self.assertIn(fragment, error.message)
+
+    def test_bad_listen_endpoint(self):
+        """
+        An unparsable listen string names the frontend's C{listen} key.
+        """
+        self.assertBuildError(
+            lambda d: d["frontend"][0].update(listen="tcp:notaport"),
+            "frontend[0].listen",
+            "server endpoint string",
+        )
+        self.assertBuildError(
+            lambda d: d["frontend"][0].update(listen="carrier-pigeon:7000"),
+            "frontend[0].listen",
+            "carrier-pigeon",
+        )
+
+    def test_bad_backend_address(self):
+        """
+        An unparsable backend address names the backend's C{address} key.
+        """
+        self.assertBuildError(
+            lambda d: d["pool"]["pg"]["backend"][0].update(address="127.0.0.1:99999"),
+            "pool.pg.backend[0].address",
+            "out of range",
+        )
+        self.assertBuildError(
+            lambda d: d["pool"]["pg"]["backend"][0].update(address="::1:80"),
+            "pool.pg.backend[0].address",
+            "brackets",
+        )
+        self.assertBuildError(
+            lambda d: d["pool"]["pg"]["backend"][0].update(address="nonsense"),
+            "pool.pg.backend[0].address",
+            "host:port",
+        )
+
+    def test_bad_strategy_option(self):
+        """
+        A strategy option error carries the persistence table's path.
+        """
+        self.assertBuildError(
+            lambda d: d["frontend"][0]["persistence"].update(mask=99),
+            "frontend[0].persistence.mask",
+            "from 0 to 32",
+        )
+
+
+class OptionReaderTests(TestCase):
+    def test_bool_is_not_int(self):
+        """
+        TOML's C{true} is not accepted where an integer is expected.
+        """
+        reader = OptionReader({"n": True}, "t")
+        error = self.assertRaises(ConfigError, reader.integer, "n")
+        self.assertEqual(str(error), "t.n: expected an integer, got a boolean (True)")
+
+    def test_not_a_table(self):
+        """
+        A reader over something that is not a table says so.
+        """
+        error = self.assertRaises(
+            ConfigError, OptionReader, [1], "frontend[0].persistence"
+        )
+        self.assertIn("expected a table", str(error))

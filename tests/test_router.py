@@ -1,0 +1,220 @@
+"""
+Tests for L{stickyproxy._router.Router}: who wins, and retries.
+"""
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+
+from stickyproxy import AdminState, NoBackendAvailable, Outcome, Router
+from stickyproxy._strategies import sourceIP
+from stickyproxy.testing import make_pool, routing_context
+
+from tests._base import TestCase
+
+
+class ChooseTests(TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.pool = make_pool("a", "b", "c")
+        self.strategy = sourceIP.build({"mode": "table"}, self.pool, self.clock, "p")
+        self.router = Router(self.pool, [self.strategy], self.clock)
+        self.ctx = routing_context("192.0.2.1")
+
+    def bind(self, name):
+        self.strategy.persist(self.ctx, self.pool.get(name))
+
+    def test_new_client_balanced(self):
+        """
+        A client no strategy knows is given the balancer's pick.
+        """
+        decision = self.router.choose(self.ctx)
+        self.assertEqual(decision.outcome, Outcome.NEW)
+        self.assertIsNone(decision.strategy)
+        self.assertEqual(decision.backend.name, "a")
+
+    def test_bound_wins(self):
+        """
+        A usable bound backend wins over the balancer.
+        """
+        self.bind("c")
+        decision = self.router.choose(self.ctx)
+        self.assertEqual(
+            (decision.backend.name, decision.outcome, decision.strategy),
+            ("c", Outcome.HIT, "source-ip"),
+        )
+
+    def test_draining_keeps_bound_clients(self):
+        """
+        A draining backend keeps its bound clients but gets no new ones.
+        """
+        self.bind("c")
+        self.pool.set_admin_state("c", AdminState.DRAIN)
+        self.assertEqual(self.router.choose(self.ctx).backend.name, "c")
+        fresh = {
+            self.router.choose(routing_context(f"10.0.0.{i}")).backend.name
+            for i in range(6)
+        }
+        self.assertEqual(fresh, {"a", "b"})
+
+    def test_maintenance_redispatches(self):
+        """
+        A client bound to a backend in maintenance is moved, and the decision
+        names the backend it came from.
+        """
+        self.bind("c")
+        self.pool.set_admin_state("c", AdminState.MAINT)
+        decision = self.router.choose(self.ctx)
+        self.assertEqual(decision.outcome, Outcome.REDISPATCH)
+        self.assertEqual(decision.previous.name, "c")
+        self.assertNotEqual(decision.backend.name, "c")
+
+    def test_down_redispatches(self):
+        """
+        A client bound to a backend that is down is moved.
+        """
+        self.bind("c")
+        self.pool.set_healthy(self.pool.get("c"), False, "test")
+        self.assertEqual(self.router.choose(self.ctx).outcome, Outcome.REDISPATCH)
+
+    def test_strict_refuses(self):
+        """
+        With C{strict}, a client whose backend cannot serve is refused
+        rather than moved.
+        """
+        self.router.strict = True
+        self.bind("c")
+        self.pool.set_admin_state("c", AdminState.MAINT)
+        self.assertRaises(NoBackendAvailable, self.router.choose, self.ctx)
+
+    def test_nothing_usable(self):
+        """
+        With every backend in maintenance, there is no backend.
+        """
+        for name in "abc":
+            self.pool.set_admin_state(name, AdminState.MAINT)
+        self.assertRaises(NoBackendAvailable, self.router.choose, self.ctx)
+
+    def test_chain_first_knower_wins(self):
+        """
+        Strategies are asked in order; the first that knows the client decides.
+        """
+        other = sourceIP.build({"mode": "table"}, self.pool, self.clock, "q")
+        router = Router(self.pool, [self.strategy, other], self.clock)
+        other.persist(self.ctx, self.pool.get("b"))
+        self.assertEqual(router.choose(self.ctx).backend.name, "b")
+        self.bind("c")
+        self.assertEqual(router.choose(self.ctx).backend.name, "c")
+
+
+class DispatchTests(TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.pool = make_pool("a", "b", "c", retries=2)
+        self.strategy = sourceIP.build({"mode": "table"}, self.pool, self.clock, "p")
+        self.router = Router(self.pool, [self.strategy], self.clock)
+        self.ctx = routing_context("192.0.2.1")
+        self.attempts = []
+
+    def connect_failing(self, *failing):
+        def connect(backend):
+            self.attempts.append(backend.name)
+            if backend.name in failing:
+                return fail(ConnectionRefusedError())
+            return succeed(f"conn-{backend.name}")
+
+        return connect
+
+    def test_success_binds_and_counts(self):
+        """
+        A successful connect records the binding and counts the client as
+        active on the backend until released.
+        """
+        decision, conn = self.successResultOf(
+            self.router.dispatch(self.ctx, self.connect_failing())
+        )
+        self.assertEqual(conn, "conn-a")
+        self.assertEqual(self.pool.get("a").active, 1)
+        self.assertEqual(self.strategy.lookup(self.ctx).name, "a")
+        self.router.release(self.ctx, decision.backend)
+        self.assertEqual(self.pool.get("a").active, 0)
+
+    def test_retry_elsewhere_and_rebind(self):
+        """
+        A refused connect to the bound backend is retried on another one,
+        and the binding is rewritten to it.
+        """
+        self.strategy.persist(self.ctx, self.pool.get("b"))
+        self.strategy.release(self.ctx, self.pool.get("b"))
+        decision, conn = self.successResultOf(
+            self.router.dispatch(self.ctx, self.connect_failing("b"))
+        )
+        self.assertEqual(self.attempts[0], "b")
+        self.assertNotEqual(decision.backend.name, "b")
+        self.assertEqual(decision.outcome, Outcome.REDISPATCH)
+        self.assertEqual(decision.previous.name, "b")
+        self.assertEqual(self.strategy.lookup(self.ctx), decision.backend)
+        self.assertEqual(self.pool.get("b").active, 0)
+
+    def test_retries_bounded(self):
+        """
+        After C{retries} other backends also fail, the client gets
+        L{NoBackendAvailable}, and no backend counts it as active.
+        """
+        self.pool.retries = 1
+        failure = self.failureResultOf(
+            self.router.dispatch(self.ctx, self.connect_failing("a", "b", "c")),
+            NoBackendAvailable,
+        )
+        self.assertIn("2 connect attempts", failure.getErrorMessage())
+        self.assertEqual(self.attempts, ["a", "b"])
+        self.assertEqual([b.active for b in self.pool.backends], [0, 0, 0])
+
+    def test_each_backend_tried_once(self):
+        """
+        With more retries than backends, each backend is tried once.
+        """
+        self.pool.retries = 10
+        self.failureResultOf(
+            self.router.dispatch(self.ctx, self.connect_failing("a", "b", "c")),
+            NoBackendAvailable,
+        )
+        self.assertEqual(sorted(self.attempts), ["a", "b", "c"])
+
+    def test_connect_timeout(self):
+        """
+        A connect that does not finish within the pool's C{connect_timeout}
+        is abandoned and retried elsewhere.
+        """
+        pending = {}
+
+        def connect(backend):
+            pending[backend.name] = Deferred()
+            return pending[backend.name]
+
+        self.pool.connect_timeout = 3.0
+        result = self.router.dispatch(self.ctx, connect)
+        self.assertEqual(list(pending), ["a"])
+        self.clock.advance(3.0)
+        self.assertEqual(list(pending), ["a", "b"])
+        pending["b"].callback("conn-b")
+        decision, conn = self.successResultOf(result)
+        self.assertEqual((decision.backend.name, conn), ("b", "conn-b"))
+        self.assertEqual(self.pool.get("a").active, 0)
+
+    def test_cancel(self):
+        """
+        Cancelling the dispatch cancels the connect in flight, without
+        retrying or counting the client.
+        """
+        cancelled = []
+
+        def connect(backend):
+            return Deferred(lambda d: cancelled.append(backend.name))
+
+        result = self.router.dispatch(self.ctx, connect)
+        result.cancel()
+        self.failureResultOf(result)
+        self.assertEqual(cancelled, ["a"])
+        self.assertEqual(self.pool.get("a").active, 0)
+        self.assertIsNone(self.strategy.lookup(self.ctx))

@@ -1,0 +1,216 @@
+"""
+Tests for L{stickyproxy.service.ProxyService} and C{twistd} glue in
+L{stickyproxy.tap}.
+"""
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
+
+from stickyproxy import ConfigError, load_config
+from stickyproxy._strategies import StrategyRegistry, sourceIP
+from stickyproxy.service import ProxyService
+from stickyproxy.tap import Options, _makeService, makeService
+
+from tests._base import TestCase
+
+REGISTRY = StrategyRegistry.of([sourceIP])
+
+CONFIG = {
+    "frontend": [
+        {
+            "name": "db",
+            "listen": "tcp:7000:interface=127.0.0.1",
+            "pool": "pg",
+            "persistence": {"strategy": "source-ip"},
+        },
+        {"name": "cache", "listen": "tcp:7001", "pool": "pg"},
+    ],
+    "pool": {
+        "pg": {
+            "backend": [
+                {"name": "pg1", "address": "127.0.0.1:5432"},
+                {"name": "pg2", "address": "127.0.0.1:5433"},
+            ]
+        }
+    },
+}
+
+
+class BusyReactor(MemoryReactorClock):
+    """
+    A memory reactor on which port 7001 is taken.
+    """
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        if port == 7001:
+            raise CannotListenError(interface, port, OSError(98, "Address in use"))
+        return super().listenTCP(port, factory, backlog, interface)
+
+
+class PortAssigningReactor(MemoryReactorClock):
+    """
+    A memory reactor that gives listeners on port 0 a port of their own.
+    """
+
+    next_port = 40000
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        if port == 0:
+            self.next_port += 1
+            port = self.next_port
+        return super().listenTCP(port, factory, backlog, interface)
+
+
+def _options(*argv):
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class ProxyServiceTests(TestCase):
+    def test_embedded(self):
+        """
+        A L{ProxyService} added to an ordinary L{MultiService} listens on
+        every frontend when the parent starts, serves through the same
+        reactor, and stops listening when the parent stops.
+        """
+        reactor = MemoryReactorClock()
+        parent = MultiService()
+        proxy = ProxyService(load_config(CONFIG, REGISTRY), reactor, REGISTRY)
+        proxy.setServiceParent(parent)
+        self.assertProvides(IService, proxy)
+        self.assertEqual(reactor.tcpServers, [])
+        parent.privilegedStartService()
+        parent.startService()
+        listening = [(port, interface) for port, _, _, interface in reactor.tcpServers]
+        self.assertEqual(listening, [(7000, "127.0.0.1"), (7001, "")])
+        factory = reactor.tcpServers[0][1]
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(
+            StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", 1))
+        )
+        self.assertIn(
+            reactor.tcpClients[0][:2], [("127.0.0.1", 5432), ("127.0.0.1", 5433)]
+        )
+        self.successResultOf(parent.stopService())
+        self.assertFalse(proxy.running)
+        self.assertEqual(proxy.addresses(), {"db": None, "cache": None})
+
+    def test_bind_early_and_once(self):
+        """
+        L{ProxyService.bind} listens at once; starting the service later
+        does not listen a second time.
+        """
+        reactor = MemoryReactorClock()
+        proxy = ProxyService(load_config(CONFIG, REGISTRY), reactor, REGISTRY)
+        proxy.bind()
+        self.assertEqual(len(reactor.tcpServers), 2)
+        proxy.privilegedStartService()
+        proxy.startService()
+        self.assertEqual(len(reactor.tcpServers), 2)
+        self.assertEqual(proxy.addresses()["db"].port, 7000)
+
+    def test_port_in_use(self):
+        """
+        A frontend that cannot listen is a L{ConfigError} naming its
+        C{listen} key and the reason.
+        """
+        proxy = ProxyService(load_config(CONFIG, REGISTRY), BusyReactor(), REGISTRY)
+        error = self.assertRaises(ConfigError, proxy.bind)
+        self.assertEqual(error.path, "frontend[1].listen")
+        self.assertIn("Address in use", error.message)
+
+    def test_pools_exposed(self):
+        """
+        The live pools are reachable by name, for embedding programs.
+        """
+        proxy = ProxyService(
+            load_config(CONFIG, REGISTRY), MemoryReactorClock(), REGISTRY
+        )
+        self.assertEqual([b.name for b in proxy.pools["pg"].backends], ["pg1", "pg2"])
+        self.assertIs(proxy.routers["db"].pool, proxy.pools["pg"])
+
+
+class MakeServiceTests(TestCase):
+    def test_short_flags(self):
+        """
+        The short flags describe one frontend, its pool and persistence.
+        """
+        reactor = MemoryReactorClock()
+        proxy = _makeService(
+            _options(
+                "--listen",
+                "tcp:7000",
+                "--backend",
+                "a=127.0.0.1:9001",
+                "--backend",
+                "127.0.0.1:9002",
+                "--persistence",
+                "source-ip",
+                "--balance",
+                "leastconn",
+            ),
+            reactor,
+        )
+        self.assertEqual([s[0] for s in reactor.tcpServers], [7000])
+        pool = proxy.pools["main"]
+        self.assertEqual([b.name for b in pool.backends], ["a", "b2"])
+        self.assertEqual(pool.balancer.name, "leastconn")
+        self.assertEqual(proxy.routers["main"].strategies[0].name, "source-ip")
+
+    def test_config_file(self):
+        """
+        C{--config} loads a TOML file.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                '[[frontend]]\nlisten = "tcp:7100"\npool = "p"\n'
+                '[[pool.p.backend]]\naddress = "127.0.0.1:1"\n'
+            )
+        reactor = MemoryReactorClock()
+        _makeService(_options("--config", path), reactor)
+        self.assertEqual([s[0] for s in reactor.tcpServers], [7100])
+
+    def test_demo(self):
+        """
+        C{--demo} starts three backends in the process and a source-ip
+        frontend in front of them, and once started, logs what to try with
+        the frontend's address.
+        """
+        reactor = PortAssigningReactor()
+        proxy = _makeService(_options("--demo"), reactor)
+        ports = [(port, interface) for port, _, _, interface in reactor.tcpServers]
+        self.assertEqual(ports[3], (7000, "127.0.0.1"))
+        backends = [(b.name, b.address) for b in proxy.pools["demo"].backends]
+        self.assertEqual(
+            backends,
+            [
+                (f"demo{i}", f"127.0.0.1:{port}")
+                for i, (port, _) in enumerate(ports[:3], 1)
+            ],
+        )
+        with capturedLogs() as events:
+            proxy.startService()
+        hints = [e for e in events if e.get("frontend") == "demo-tcp"]
+        self.assertEqual(len(hints), 1)
+        self.assertIn("nc {host} {port}", hints[0]["log_format"])
+
+    def test_error_exits_with_one_line(self):
+        """
+        From C{twistd}, a configuration mistake ends the process with a
+        one-line message naming the key, not a traceback.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                '[[frontend]]\nlisten = "tcp:0"\npool = "p"\ncolour = "red"\n'
+                '[[pool.p.backend]]\naddress = "127.0.0.1:1"\n'
+            )
+        error = self.assertRaises(SystemExit, makeService, _options("--config", path))
+        message = str(error.code)
+        self.assertIn("frontend[0].colour: unknown key", message)
+        self.assertNotIn("\n", message)

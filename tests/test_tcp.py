@@ -1,0 +1,328 @@
+"""
+Tests for the L4 proxy, L{stickyproxy._tcp}, over Twisted's fakes.
+"""
+
+import ipaddress
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols.haproxy._v1parser import V1Parser
+from twisted.protocols.haproxy._v2parser import V2Parser
+from twisted.python.failure import Failure
+
+from stickyproxy._backends import Backend, Pool, connect_endpoint
+from stickyproxy._balancers import RoundRobin
+from stickyproxy._proxyprotocol import v1_header, v2_header
+from stickyproxy._router import Router
+from stickyproxy._strategies import sourceIP
+from stickyproxy._tcp import TCPProxyFactory
+
+from tests._base import TestCase
+
+CLIENT = IPv4Address("TCP", "10.0.0.1", 5555)
+LISTENER = IPv4Address("TCP", "192.0.2.9", 7000)
+
+
+class HalfCloseTransport(StringTransport):
+    """
+    A L{StringTransport} that also records half-closes.
+    """
+
+    write_closed = False
+
+    def loseWriteConnection(self):
+        self.write_closed = True
+
+
+class TCPProxyTests(TestCase):
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        backends = tuple(
+            Backend(
+                name,
+                f"127.0.0.1:{port}",
+                connect_endpoint(self.reactor, f"127.0.0.1:{port}", 3),
+            )
+            for name, port in (("a", 9001), ("b", 9002), ("c", 9003))
+        )
+        self.pool = Pool("p", backends, RoundRobin(), connect_timeout=3.0, retries=2)
+        self.strategy = sourceIP.build({"mode": "table"}, self.pool, self.reactor, "p")
+        self.router = Router(self.pool, [self.strategy], self.reactor)
+        self.factory = TCPProxyFactory("front", self.router, self.reactor)
+
+    def connect_client(self, peer=CLIENT):
+        protocol = self.factory.buildProtocol(peer)
+        transport = HalfCloseTransport(hostAddress=LISTENER, peerAddress=peer)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def accept_backend(self, index=-1):
+        """
+        Complete the pending backend connect number C{index}.
+        """
+        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = HalfCloseTransport()
+        protocol.makeConnection(transport)
+        return port, protocol, transport
+
+    def refuse_backend(self, index=-1):
+        factory = self.reactor.tcpClients[index][2]
+        connector = self.reactor.connectors[index]
+        factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+
+    def test_paused_until_backend_connects(self):
+        """
+        The client is not read from until the backend is connected; then
+        reading resumes and each transport produces for the other.
+        """
+        client, client_transport = self.connect_client()
+        self.assertEqual(client_transport.producerState, "paused")
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        _, backend, backend_transport = self.accept_backend()
+        self.assertEqual(client_transport.producerState, "producing")
+        self.assertIs(client_transport.producer, backend_transport)
+        self.assertIs(backend_transport.producer, client_transport)
+        self.assertTrue(client_transport.streaming)
+
+    def test_bytes_both_ways(self):
+        """
+        Bytes are passed unchanged in both directions, including bytes the
+        client sent before the backend connection was up.
+        """
+        client, client_transport = self.connect_client()
+        client.dataReceived(b"early ")
+        _, backend, backend_transport = self.accept_backend()
+        client.dataReceived(b"request")
+        backend.dataReceived(b"response")
+        self.assertEqual(backend_transport.value(), b"early request")
+        self.assertEqual(client_transport.value(), b"response")
+
+    def test_backpressure(self):
+        """
+        When the client stops reading, the backend transport is paused (the
+        producer registration does it), and resumed after.
+        """
+        client, client_transport = self.connect_client()
+        _, backend, backend_transport = self.accept_backend()
+        client_transport.producer.pauseProducing()
+        self.assertEqual(backend_transport.producerState, "paused")
+        client_transport.producer.resumeProducing()
+        self.assertEqual(backend_transport.producerState, "producing")
+
+    def test_half_close_passed_on(self):
+        """
+        A FIN from either side is passed on as a half-close; once both sides
+        have finished sending, both connections are closed.
+        """
+        client, client_transport = self.connect_client()
+        _, backend, backend_transport = self.accept_backend()
+        client.readConnectionLost()
+        self.assertTrue(backend_transport.write_closed)
+        self.assertFalse(client_transport.disconnecting)
+        backend.dataReceived(b"still answering")
+        self.assertEqual(client_transport.value(), b"still answering")
+        backend.readConnectionLost()
+        self.assertTrue(client_transport.write_closed)
+        self.assertTrue(client_transport.disconnecting)
+        self.assertTrue(backend_transport.disconnecting)
+
+    def test_half_close_before_connect(self):
+        """
+        A client that sends and half-closes before the backend is up has its
+        bytes and its FIN delivered once it is.
+        """
+        client, _ = self.connect_client()
+        client.dataReceived(b"all of it")
+        client.readConnectionLost()
+        _, _, backend_transport = self.accept_backend()
+        self.assertEqual(backend_transport.value(), b"all of it")
+        self.assertTrue(backend_transport.write_closed)
+
+    def test_backend_closes(self):
+        """
+        When the backend connection ends, the client is closed cleanly and
+        the backend no longer counts the client as active.
+        """
+        client, client_transport = self.connect_client()
+        port, backend, _ = self.accept_backend()
+        self.assertEqual(self.pool.get("a").active, 1)
+        backend.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(client_transport.disconnecting)
+        self.assertEqual(self.pool.get("a").active, 0)
+
+    def test_client_closes(self):
+        """
+        When the client goes, the backend connection is closed and released
+        once, however the two losses are ordered.
+        """
+        client, _ = self.connect_client()
+        _, backend, backend_transport = self.accept_backend()
+        client.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(backend_transport.disconnecting)
+        backend.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.pool.get("a").active, 0)
+
+    def test_client_leaves_while_connecting(self):
+        """
+        A client that leaves before the backend answers cancels the connect.
+        """
+        client, _ = self.connect_client()
+        client.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(self.reactor.connectors[0].stoppedConnecting)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual(self.pool.get("a").active, 0)
+
+    def test_refused_retried_elsewhere(self):
+        """
+        A backend that refuses gets the client retried on another one; the
+        client never notices, and is bound to where it landed.
+        """
+        client, client_transport = self.connect_client()
+        self.refuse_backend()
+        self.assertEqual(self.reactor.tcpClients[-1][1], 9002)
+        port, backend, backend_transport = self.accept_backend()
+        self.assertFalse(client_transport.disconnecting)
+        client.dataReceived(b"hi")
+        self.assertEqual(backend_transport.value(), b"hi")
+        self.assertEqual(self.strategy.lookup(client.context).name, "b")
+
+    def test_all_refused(self):
+        """
+        When every allowed attempt is refused, the client is closed (not
+        left hanging).
+        """
+        client, client_transport = self.connect_client()
+        for _ in range(3):
+            self.refuse_backend()
+        self.assertEqual(len(self.reactor.tcpClients), 3)
+        self.assertTrue(client_transport.disconnecting)
+
+    def test_connect_timeout(self):
+        """
+        A backend that does not answer within C{connect_timeout} is given up
+        and the client retried elsewhere.
+        """
+        self.connect_client()
+        self.reactor.advance(3.0)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.assertTrue(self.reactor.connectors[0].stoppedConnecting)
+
+    def test_sticky(self):
+        """
+        A second connection from the same client goes where the first went,
+        while the first is still open and after it closed.
+        """
+        client, _ = self.connect_client()
+        self.refuse_backend()  # lands on b
+        self.accept_backend()
+        self.connect_client(IPv4Address("TCP", "10.0.0.1", 6000))
+        self.assertEqual(self.reactor.tcpClients[-1][1], 9002)
+        self.accept_backend()
+        client.connectionLost(Failure(ConnectionDone()))
+        self.connect_client(IPv4Address("TCP", "10.0.0.1", 6001))
+        self.assertEqual(self.reactor.tcpClients[-1][1], 9002)
+
+    def test_idle_timeout(self):
+        """
+        With C{idle_timeout}, a connection silent both ways that long is
+        closed on both sides; traffic either way restarts the count.
+        """
+        self.factory.idle_timeout = 10.0
+        client, client_transport = self.connect_client()
+        _, backend, backend_transport = self.accept_backend()
+        self.reactor.advance(6)
+        backend.dataReceived(b"tick")
+        self.reactor.advance(6)
+        client.dataReceived(b"tock")
+        self.reactor.advance(9)
+        self.assertFalse(client_transport.disconnecting)
+        self.reactor.advance(1)
+        self.assertTrue(client_transport.disconnecting)
+        self.assertTrue(backend_transport.disconnecting)
+
+    def test_no_idle_timeout_by_default(self):
+        """
+        Without C{idle_timeout}, silence never closes a connection.
+        """
+        _, client_transport = self.connect_client()
+        self.accept_backend()
+        self.reactor.advance(100000)
+        self.assertFalse(client_transport.disconnecting)
+
+    def test_send_proxy_v1(self):
+        """
+        With C{send_proxy = "v1"}, the backend first gets a PROXY v1 line
+        naming the client and the address it connected to.
+        """
+        self.pool.send_proxy = "v1"
+        client, _ = self.connect_client()
+        client.dataReceived(b"payload")
+        _, _, backend_transport = self.accept_backend()
+        self.assertEqual(
+            backend_transport.value(),
+            b"PROXY TCP4 10.0.0.1 192.0.2.9 5555 7000\r\npayload",
+        )
+
+    def test_send_proxy_v2(self):
+        """
+        With C{send_proxy = "v2"}, the backend first gets a binary header
+        that Twisted's own parser reads back as the client's address.
+        """
+        self.pool.send_proxy = "v2"
+        client, _ = self.connect_client()
+        client.dataReceived(b"payload")
+        _, _, backend_transport = self.accept_backend()
+        info, rest = V2Parser().feed(backend_transport.value())
+        self.assertEqual((info.source.host, info.source.port), ("10.0.0.1", 5555))
+        self.assertEqual(
+            (info.destination.host, info.destination.port), ("192.0.2.9", 7000)
+        )
+        self.assertEqual(rest, b"payload")
+
+
+class ProxyHeaderTests(TestCase):
+    def test_v1_round_trip_ipv6(self):
+        """
+        A v1 header for IPv6 addresses parses back to them.
+        """
+        src = IPv6Address("TCP", "2001:db8::1", 40000)
+        dst = IPv6Address("TCP", "2001:db8::2", 443)
+        info = V1Parser.parse(v1_header(src, dst)[:-2])
+        self.assertEqual((info.source.host, info.source.port), ("2001:db8::1", 40000))
+
+    def test_v2_round_trip_ipv6(self):
+        """
+        A v2 header for IPv6 addresses parses back to them.
+        """
+        src = IPv6Address("TCP", "2001:db8::1", 40000)
+        dst = IPv6Address("TCP", "2001:db8::2", 443)
+        info = V2Parser.parse(v2_header(src, dst))
+        self.assertEqual(
+            (ipaddress.ip_address(info.destination.host), info.destination.port),
+            (ipaddress.ip_address("2001:db8::2"), 443),
+        )
+
+    def test_mixed_families(self):
+        """
+        An IPv4 client on an IPv6 listener is sent as IPv4-mapped IPv6.
+        """
+        src = IPv4Address("TCP", "10.0.0.1", 1)
+        dst = IPv6Address("TCP", "::1", 2)
+        info = V1Parser.parse(v1_header(src, dst)[:-2])
+        self.assertEqual(
+            ipaddress.ip_address(info.source.host),
+            ipaddress.ip_address("::ffff:10.0.0.1"),
+        )
+
+    def test_unknown(self):
+        """
+        A client that is not on TCP/IP (a UNIX socket) is sent as unknown
+        (v1) or LOCAL (v2).
+        """
+        from twisted.internet.address import UNIXAddress
+
+        src, dst = UNIXAddress(b"/a"), UNIXAddress(b"/b")
+        self.assertEqual(v1_header(src, dst), b"PROXY UNKNOWN\r\n")
+        self.assertEqual(v2_header(src, dst)[12:13], b"\x20")

@@ -1,7 +1,8 @@
 """
-PROXY protocol headers (v1 text, v2 binary) sent to backends, so that they
-see the real client address.  Parsing the header from a load balancer in
-front is Twisted's job (the C{haproxy:} endpoint).
+The PROXY protocol: headers (v1 text, v2 binary) sent to backends so that
+they see the real client address, and the receiving side for listeners
+behind another load balancer (C{haproxy:} listen strings).  Header parsing
+is Twisted's own (L{twisted.protocols.haproxy}).
 """
 
 from __future__ import annotations
@@ -9,8 +10,17 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+from zope.interface import directlyProvides, implementer, providedBy
+
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, ITransport
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
+from twisted.protocols.haproxy._info import ProxyInfo
+from twisted.protocols.haproxy._v1parser import V1Parser
+from twisted.protocols.haproxy._v2parser import V2Parser
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -75,3 +85,97 @@ def v2_header(source: IAddress, destination: IAddress) -> bytes:
 
 
 HEADERS = {"v1": v1_header, "v2": v2_header}
+
+
+@implementer(IHalfCloseableProtocol)
+class ProxyHeaderReceiver(ProtocolWrapper):
+    """
+    Reads the PROXY header a load balancer in front sends, then hands the
+    connection on with C{getPeer}/C{getHost} naming the real client.
+
+    Unlike Twisted's own wrapper, the wrapped protocol is connected only
+    once the header has been read, so its C{connectionMade} already sees
+    the real client (affinity is decided there), and half-closes are passed
+    through.
+    """
+
+    _info: ProxyInfo | None = None
+    _parser: V1Parser | V2Parser | None = None
+    _buffer = b""
+
+    def makeConnection(self, transport: ITransport) -> None:
+        directlyProvides(self, IHalfCloseableProtocol, providedBy(transport))
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._info is not None:
+            self.wrappedProtocol.dataReceived(data)
+            return
+        try:
+            info, rest = self._parse(data)
+        except InvalidProxyHeader:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        if info is None:
+            return
+        self._info = info
+        self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
+        if rest:
+            self.wrappedProtocol.dataReceived(rest)
+
+    def _parse(self, data: bytes) -> tuple[ProxyInfo | None, bytes | None]:
+        if self._parser is None:
+            self._buffer += data
+            data, head = self._buffer, self._buffer[:16]
+            if V2_SIGNATURE.startswith(head[:12]) and len(head) < 16:
+                return None, None  # may be a v2 header: wait for its fixed part
+            if head.startswith(V2_SIGNATURE):
+                self._parser = V2Parser()
+            elif b"PROXY".startswith(head[:5]) and len(head) < 5:
+                return None, None
+            elif head.startswith(b"PROXY"):
+                self._parser = V1Parser()
+            else:
+                raise InvalidProxyHeader()
+            self._buffer = b""
+        return self._parser.feed(data)
+
+    def getPeer(self) -> IAddress:
+        if self._info is not None and self._info.source is not None:
+            return self._info.source
+        return self.transport.getPeer()  # type: ignore[union-attr]
+
+    def getHost(self) -> IAddress:
+        if self._info is not None and self._info.destination is not None:
+            return self._info.destination
+        return self.transport.getHost()  # type: ignore[union-attr]
+
+    def readConnectionLost(self) -> None:
+        if self._info is not None and IHalfCloseableProtocol.providedBy(
+            self.wrappedProtocol
+        ):
+            self.wrappedProtocol.readConnectionLost()
+        else:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        if self._info is not None and IHalfCloseableProtocol.providedBy(
+            self.wrappedProtocol
+        ):
+            self.wrappedProtocol.writeConnectionLost()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._info is None:
+            self.factory.unregisterProtocol(self)  # never handed on
+            return
+        super().connectionLost(reason)
+
+
+class ProxyHeaderWrappingFactory(WrappingFactory):
+    """
+    Wraps a factory so its protocols first read a PROXY header.
+    """
+
+    protocol = ProxyHeaderReceiver
+    noisy = False

@@ -26,6 +26,7 @@ from ._backends import Backend, Pool, connect_endpoint
 from ._balancers import make_balancer
 from ._config import FrontendConfig, PoolConfig, ProxyConfig
 from ._options import ConfigError, join_path
+from ._proxyprotocol import ProxyHeaderWrappingFactory
 from ._router import Router
 from ._strategies import StrategyRegistry
 from ._tcp import TCPProxyFactory
@@ -39,7 +40,8 @@ class ListenerService(Service):
     Unlike L{twisted.application.internet.StreamServerEndpointService}, a
     failure to listen is a L{ConfigError} naming the config key, and
     L{bind} may be called early (C{twistd} does, so a port in use is
-    reported before anything starts).
+    reported before anything starts).  A C{haproxy:} prefix means clients
+    come through a load balancer that sends the PROXY protocol.
     """
 
     log = Logger()
@@ -50,6 +52,10 @@ class ListenerService(Service):
         self.description = description
         self.path = path
         self._factory = factory
+        if description.startswith("haproxy:"):
+            # Ours rather than Twisted's haproxy: wrapper: see ProxyHeaderReceiver.
+            description = description[len("haproxy:") :]
+            self._factory = ProxyHeaderWrappingFactory(factory)
         try:
             self._endpoint = serverFromString(reactor, description)
         except (ValueError, KeyError, TypeError) as error:

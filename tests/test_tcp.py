@@ -17,6 +17,8 @@ from stickyproxy._proxyprotocol import v1_header, v2_header
 from stickyproxy._router import Router
 from stickyproxy._strategies import sourceIP
 from stickyproxy._tcp import TCPProxyFactory
+from stickyproxy.service import ListenerService
+from stickyproxy.testing import routing_context
 
 from tests._base import TestCase
 
@@ -326,3 +328,84 @@ class ProxyHeaderTests(TestCase):
         src, dst = UNIXAddress(b"/a"), UNIXAddress(b"/b")
         self.assertEqual(v1_header(src, dst), b"PROXY UNKNOWN\r\n")
         self.assertEqual(v2_header(src, dst)[12:13], b"\x20")
+
+
+class ProxyHeaderReceiverTests(TestCase):
+    """
+    Clients behind another load balancer: C{haproxy:} listen strings.
+    """
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        backend = Backend(
+            "a", "127.0.0.1:9001", connect_endpoint(self.reactor, "127.0.0.1:9001", 3)
+        )
+        pool = Pool("p", (backend,), RoundRobin())
+        self.strategy = sourceIP.build({"mode": "table"}, pool, self.reactor, "p")
+        router = Router(pool, [self.strategy], self.reactor)
+        factory = TCPProxyFactory("front", router, self.reactor)
+        ListenerService(self.reactor, "haproxy:tcp:7000", factory, "listen").bind()
+        wrapping_factory = self.reactor.tcpServers[0][1]
+        self.wrapper = wrapping_factory.buildProtocol(None)
+        self.transport = HalfCloseTransport(
+            peerAddress=IPv4Address("TCP", "192.0.2.100", 33333), hostAddress=LISTENER
+        )
+        self.wrapper.makeConnection(self.transport)
+
+    def accept_backend(self):
+        host, port, factory, _, _ = self.reactor.tcpClients[-1]
+        protocol = factory.buildProtocol(None)
+        transport = HalfCloseTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_routes_on_real_client(self):
+        """
+        Nothing is routed until the header is read; then the client's
+        address from the header is the one routing (and the binding) uses,
+        and bytes after the header reach the backend.
+        """
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.wrapper.dataReceived(b"PROXY TCP4 203.0.113.5 192.0.2.9 4000 7000\r\nhel")
+        self.wrapper.dataReceived(b"lo")
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual(
+            self.wrapper.wrappedProtocol.context.client_host, "203.0.113.5"
+        )
+        _, backend_transport = self.accept_backend()
+        self.assertEqual(backend_transport.value(), b"hello")
+        self.assertEqual(self.strategy.lookup(routing_context("203.0.113.5")).name, "a")
+
+    def test_v2_in_pieces(self):
+        """
+        A v2 header that arrives a few bytes at a time is read whole.
+        """
+        header = v2_header(
+            IPv6Address("TCP", "2001:db8::7", 1234),
+            IPv6Address("TCP", "2001:db8::1", 7000),
+        )
+        for i in range(0, len(header), 5):
+            self.wrapper.dataReceived(header[i : i + 5])
+        self.assertEqual(
+            ipaddress.ip_address(self.wrapper.wrappedProtocol.context.client_host),
+            ipaddress.ip_address("2001:db8::7"),
+        )
+
+    def test_garbage_closes(self):
+        """
+        A connection that does not start with a PROXY header is closed
+        without being routed.
+        """
+        self.wrapper.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_half_close_through(self):
+        """
+        A half-close from the client passes through the wrapper to the backend.
+        """
+        self.wrapper.dataReceived(b"PROXY TCP4 203.0.113.5 192.0.2.9 4000 7000\r\n")
+        _, backend_transport = self.accept_backend()
+        self.wrapper.readConnectionLost()
+        self.assertTrue(backend_transport.write_closed)
+        self.assertFalse(self.transport.disconnecting)

@@ -5,7 +5,7 @@ idle and are bounded in number.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import attrs
 from zope.interface import implementer
@@ -40,6 +40,7 @@ class StickTable:
     timeout: float
     size: int
     _entries: OrderedDict[bytes, _Entry] = attrs.field(factory=OrderedDict)
+    _per_backend: Counter[str] = attrs.field(factory=Counter)
     _last_sweep: float = 0.0
 
     def get(self, key: bytes) -> str | None:
@@ -48,7 +49,7 @@ class StickTable:
             return None
         now = self.clock.seconds()
         if entry.holds == 0 and now - entry.last_used >= self.timeout:
-            del self._entries[key]
+            self._forget(key)
             return None
         entry.last_used = now
         self._entries.move_to_end(key)
@@ -59,11 +60,15 @@ class StickTable:
         entry = self._entries.get(key)
         if entry is None:
             self._entries[key] = _Entry(backend, 1, now)
+            self._per_backend[backend] += 1
             if now - self._last_sweep >= self.timeout:
                 self.sweep()
             while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
+                self._forget(next(iter(self._entries)))
         else:
+            if entry.backend != backend:
+                self._per_backend[entry.backend] -= 1
+                self._per_backend[backend] += 1
             entry.backend = backend
             entry.holds += 1
             entry.last_used = now
@@ -95,4 +100,16 @@ class StickTable:
                 break
             expired.append(key)
         for key in expired:
-            del self._entries[key]
+            self._forget(key)
+
+    def _forget(self, key: bytes) -> None:
+        entry = self._entries.pop(key)
+        self._per_backend[entry.backend] -= 1
+
+    def count(self, backend: str) -> int:
+        """
+        :returns: how many live bindings name C{backend} (its sticky
+            sessions, as far as this table knows).
+        """
+        self.sweep()
+        return self._per_backend[backend]

@@ -1,10 +1,12 @@
 """
 Backends and pools: who can serve, and in what state.
 
-A backend's operational state (healthy or not) comes from health tracking;
-its administrative state (ready, drain, maint) from the operator.  The pool
-turns the two into the two lists the router needs: backends that may keep
-their bound clients, and backends that may take new ones.
+A backend's operational state (up, down, and the two phases between while
+thresholds count) comes from health tracking; its administrative state
+(ready, drain, maint) from the operator, as in HAProxy.  The pool turns the
+two into the two lists the router needs: backends that may keep their
+bound clients, and backends that may take new ones.  Every change is an
+event that observers (the L4 frontends, an admin view) receive.
 """
 
 from __future__ import annotations
@@ -12,20 +14,49 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     clientFromString,
 )
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocol,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from .interfaces import IBackendPool, IBalancer
+
+
+class Health(enum.Enum):
+    """
+    The operational state from health tracking.  A backend that is going
+    down still serves (its failures have not reached C{fall} yet); one
+    going up does not (its successes have not reached C{rise}).
+    """
+
+    UP = "up"
+    GOING_DOWN = "going down"
+    DOWN = "down"
+    GOING_UP = "going up"
+
+    @property
+    def serving(self) -> bool:
+        """
+        :returns: whether a backend in this state may serve clients.
+        """
+        return self is Health.UP or self is Health.GOING_DOWN
 
 
 class AdminState(enum.Enum):
@@ -72,6 +103,31 @@ def connect_endpoint(
     return endpoint
 
 
+class _OneConnection(Factory):
+    """
+    Builds one given protocol, without C{connectProtocol}'s log lines: one
+    per backend connection is noise at any real rate.
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: IProtocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: IAddress | None) -> IProtocol:  # type: ignore[override]
+        return self._protocol
+
+
+def connect_quietly(
+    endpoint: IStreamClientEndpoint, protocol: IProtocol
+) -> Deferred[Any]:
+    """
+    Connect C{protocol} through C{endpoint}, like L{connectProtocol}, but
+    without logging.
+    """
+    return endpoint.connect(_OneConnection(protocol))
+
+
 @attrs.define(eq=False)
 class Backend:
     """
@@ -84,8 +140,9 @@ class Backend:
         none).
     :ivar route: the token route-based persistence matches.
     :ivar admin_state: the operator's wish.
-    :ivar healthy: the operational state from health tracking.
+    :ivar health: the operational state from health tracking.
     :ivar active: connections (or requests) open or being opened to it.
+    :ivar ramp: the fraction of its weight it gets during a slow start.
     """
 
     name: str
@@ -94,36 +151,87 @@ class Backend:
     weight: int = 1
     route: str = ""
     admin_state: AdminState = AdminState.READY
-    healthy: bool = True
+    health: Health = Health.UP
     active: int = 0
+    ramp: float = 1.0
 
-    def serves_bound(self) -> bool:
+    @property
+    def healthy(self) -> bool:
         """
-        :returns: whether clients already bound here may stay (up, and ready
-            or draining).
+        :returns: whether health tracking lets it serve.
         """
-        return self.healthy and self.admin_state is not AdminState.MAINT
+        return self.health.serving
 
-    def accepts_new(self) -> bool:
+    @property
+    def effective_weight(self) -> float:
         """
-        :returns: whether new clients may be sent here (up, ready, weighted).
+        :returns: its weight for new clients, reduced during a slow start.
         """
-        return self.healthy and self.admin_state is AdminState.READY and self.weight > 0
+        return self.weight * self.ramp
 
 
-StateObserver = Callable[[Backend], None]
+@attrs.frozen
+class StateChange:
+    """
+    One change of a backend's state, as observers receive it.
+
+    :ivar kind: C{"health"} or C{"admin"}.
+    :ivar old: the state's value before, e.g. C{"up"} or C{"ready"}.
+    :ivar new: its value after.
+    :ivar reason: why, in words (a probe's result, "operator", ...).
+    """
+
+    pool: str
+    backend: Backend
+    kind: str
+    old: str
+    new: str
+    reason: str
+
+
+StateObserver = Callable[[StateChange], None]
+SessionSource = Callable[[str], int]
+
+
+class IPassiveHealth(Interface):
+    """
+    What a pool tells health tracking about live traffic.
+    """
+
+    def connect_failed(backend: Backend, reason: str) -> None:
+        """
+        A connection to C{backend} could not be made (refused, timed out).
+        """
+
+    def connect_succeeded(backend: Backend) -> None:
+        """
+        A connection to C{backend} was made.
+        """
+
+    def response_status(backend: Backend, status: int) -> None:
+        """
+        C{backend} answered an HTTP request with C{status}.
+        """
 
 
 @implementer(IBackendPool)
 @attrs.define(eq=False)
 class Pool:
     """
-    A named set of backends with the settings shared by their connections.
+    A named set of backends with the settings shared by their connections,
+    and the one place their states change.
 
     :ivar connect_timeout: seconds before a connect attempt is abandoned.
     :ivar retries: how many other backends are tried after a failed connect.
     :ivar send_proxy: C{None}, C{"v1"} or C{"v2"}: the PROXY protocol
         header sent to backends.
+    :ivar fail_open: when no backend is up, use them all regardless of
+        health (Envoy's panic mode) rather than refusing clients.
+    :ivar on_down: C{"keep"} or C{"close"}: what happens to a backend's
+        open L4 connections when it goes down.
+    :ivar clock: times drains with a deadline.
+    :ivar passive: receives passive health signals (set by the health
+        monitor); without one they are only logged.
     """
 
     name: str
@@ -132,8 +240,16 @@ class Pool:
     connect_timeout: float = 3.0
     retries: int = 2
     send_proxy: str | None = None
+    fail_open: bool = False
+    on_down: str = "keep"
+    clock: IReactorTime | None = None
+    passive: IPassiveHealth | None = None
     _by_name: dict[str, Backend] = attrs.field(init=False)
     _observers: list[StateObserver] = attrs.field(init=False, factory=list)
+    _session_sources: list[SessionSource] = attrs.field(init=False, factory=list)
+    _serving: list[Backend] | None = attrs.field(init=False, default=None)
+    _accepting: list[Backend] | None = attrs.field(init=False, default=None)
+    _drains: dict[str, IDelayedCall] = attrs.field(init=False, factory=dict)
 
     log = Logger()
 
@@ -143,63 +259,187 @@ class Pool:
     def get(self, name: str) -> Backend | None:
         return self._by_name.get(name)
 
+    def __getitem__(self, name: str) -> Backend:
+        """
+        :raises KeyError: no backend has that name (with the names it has).
+        """
+        backend = self._by_name.get(name)
+        if backend is None:
+            raise KeyError(
+                f"pool {self.name} has no backend {name!r} "
+                f"(it has {', '.join(self._by_name)})"
+            )
+        return backend
+
+    @property
+    def panic(self) -> bool:
+        """
+        :returns: whether C{fail_open} is in force: no backend outside
+            maintenance is up, so health is ignored.
+        """
+        return self.fail_open and not any(
+            b.healthy and b.admin_state is not AdminState.MAINT for b in self.backends
+        )
+
+    def serves_bound(self, backend: Backend) -> bool:
+        return backend.admin_state is not AdminState.MAINT and (
+            backend.healthy or self.panic
+        )
+
     def serving_bound(self) -> Sequence[Backend]:
-        return [b for b in self.backends if b.serves_bound()]
+        if self._serving is None:
+            self._serving = [b for b in self.backends if self.serves_bound(b)]
+        return self._serving
 
     def accepting_new(self) -> Sequence[Backend]:
-        return [b for b in self.backends if b.accepts_new()]
+        if self._accepting is None:
+            panic = self.panic
+            self._accepting = [
+                b
+                for b in self.backends
+                if b.admin_state is AdminState.READY
+                and b.effective_weight > 0
+                and (b.healthy or panic)
+            ]
+        return self._accepting
 
     def observe(self, observer: StateObserver) -> None:
         """
-        Call C{observer(backend)} after each change of a backend's state.
+        Call C{observer(change)} with a L{StateChange} after each change of
+        a backend's state.
         """
         self._observers.append(observer)
 
-    def set_admin_state(self, name: str, state: AdminState) -> None:
+    def add_session_source(self, source: SessionSource) -> None:
         """
-        Set a backend's administrative state.
+        Count sessions held outside open connections, e.g. live stick-table
+        entries: C{source(backend_name)} returns how many.
+        """
+        self._session_sources.append(source)
+
+    def sessions(self, name: str) -> int:
+        """
+        How many sticky sessions a backend holds: its open connections, or
+        the live bindings to it some strategy keeps, whichever is more.
+        """
+        backend = self[name]
+        return max(
+            [backend.active] + [source(name) for source in self._session_sources]
+        )
+
+    def set_admin_state(
+        self, name: str, state: AdminState, reason: str = "operator"
+    ) -> None:
+        """
+        Set a backend's administrative state (cancelling a pending drain).
 
         :raises KeyError: no backend has that name.
         """
-        backend = self._by_name[name]
+        backend = self[name]
+        self._cancel_drain(name)
         if backend.admin_state is not state:
             old, backend.admin_state = backend.admin_state, state
-            self.log.info(
-                "backend {pool}/{backend} admin state {old} -> {new}",
-                pool=self.name,
-                backend=name,
-                old=old.value,
-                new=state.value,
-            )
-            self._notify(backend)
+            self._changed(backend, "admin", old.value, state.value, reason)
 
-    def set_healthy(self, backend: Backend, healthy: bool, reason: str) -> None:
+    def drain(self, name: str, deadline: float | None = None) -> None:
         """
-        Record the operational state reached by health tracking.
+        Let a backend keep its sticky clients but take no new ones.
+
+        :param deadline: if given, seconds after which the backend is put in
+            maintenance; it goes there sooner if its sessions reach zero.
+            Needs the pool's C{clock}.
+        :raises KeyError: no backend has that name.
         """
-        if backend.healthy is not healthy:
-            backend.healthy = healthy
-            self.log.warn(
-                "backend {pool}/{backend} is {state}: {reason}",
-                pool=self.name,
-                backend=backend.name,
-                state="up" if healthy else "down",
-                reason=reason,
+        self.set_admin_state(name, AdminState.DRAIN, "operator: drain")
+        if deadline is not None:
+            assert self.clock is not None, "drain with a deadline needs a clock"
+            end = self.clock.seconds() + deadline
+            self._check_drain(name, end)
+
+    def _check_drain(self, name: str, end: float) -> None:
+        assert self.clock is not None
+        self._drains.pop(name, None)
+        sessions = self.sessions(name)
+        if sessions == 0 or self.clock.seconds() >= end:
+            reason = (
+                "drained: no sessions left"
+                if sessions == 0
+                else (f"drain deadline passed with {sessions} sessions")
             )
-            self._notify(backend)
+            self.set_admin_state(name, AdminState.MAINT, reason)
+            return
+        delay = min(1.0, end - self.clock.seconds())
+        self._drains[name] = self.clock.callLater(delay, self._check_drain, name, end)
+
+    def _cancel_drain(self, name: str) -> None:
+        pending = self._drains.pop(name, None)
+        if pending is not None and pending.active():
+            pending.cancel()
+
+    def set_health(self, backend: Backend, health: Health, reason: str) -> None:
+        """
+        Record the operational state health tracking reached.
+        """
+        if backend.health is not health:
+            old, backend.health = backend.health, health
+            self._changed(backend, "health", old.value, health.value, reason)
+
+    def set_ramp(self, backend: Backend, ramp: float) -> None:
+        """
+        Set the share of its weight a slowly starting backend gets.
+        """
+        if backend.ramp != ramp:
+            backend.ramp = ramp
+            self._serving = self._accepting = None
+
+    def _changed(
+        self, backend: Backend, kind: str, old: str, new: str, reason: str
+    ) -> None:
+        self._serving = self._accepting = None
+        change = StateChange(self.name, backend, kind, old, new, reason)
+        self.log.info(
+            "backend {pool}/{backend} {kind} state: {old} -> {new} ({reason})",
+            pool=self.name,
+            backend=backend.name,
+            kind=kind,
+            old=old,
+            new=new,
+            reason=reason,
+        )
+        for observer in list(self._observers):
+            observer(change)
 
     def report_connect_failure(self, backend: Backend, reason: str) -> None:
         """
-        Passive health signal: a connect to C{backend} failed.  Health
-        tracking (when configured) decides what it means; alone, it is logged.
+        Passive health signal: a connect to C{backend} failed.
         """
-        self.log.warn(
-            "connect to {pool}/{backend} failed: {reason}",
-            pool=self.name,
-            backend=backend.name,
-            reason=reason,
-        )
+        if self.passive is not None:
+            self.passive.connect_failed(backend, reason)
+        else:
+            self.log.warn(
+                "connect to {pool}/{backend} failed: {reason}",
+                pool=self.name,
+                backend=backend.name,
+                reason=reason,
+            )
 
-    def _notify(self, backend: Backend) -> None:
-        for observer in list(self._observers):
-            observer(backend)
+    def report_connect_success(self, backend: Backend) -> None:
+        """
+        Passive health signal: a connect to C{backend} worked.
+        """
+        if self.passive is not None:
+            self.passive.connect_succeeded(backend)
+
+    def report_status(self, backend: Backend, status: int) -> None:
+        """
+        Passive health signal: C{backend} answered an HTTP request.
+        """
+        if self.passive is not None:
+            self.passive.response_status(backend, status)
+
+    def stop(self) -> None:
+        """
+        Cancel pending drain deadlines (when the proxy stops).
+        """
+        for name in list(self._drains):
+            self._cancel_drain(name)

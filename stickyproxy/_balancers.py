@@ -55,16 +55,16 @@ class RoundRobin:
     """
 
     name = "roundrobin"
-    _current: dict[str, int] = attrs.field(factory=dict)
+    _current: dict[str, float] = attrs.field(factory=dict)
 
     def choose(self, candidates: Sequence[Backend], key: bytes) -> Backend | None:
         best: Backend | None = None
-        best_current = 0
-        total = 0
+        best_current = 0.0
+        total = 0.0
         current = self._current
         for backend in candidates:
-            weight = backend.weight
-            value = current.get(backend.name, 0) + weight
+            weight = backend.effective_weight
+            value = current.get(backend.name, 0.0) + weight
             current[backend.name] = value
             total += weight
             if best is None or value > best_current:
@@ -75,7 +75,8 @@ class RoundRobin:
 
 
 def _load(backend: Backend) -> float:
-    return backend.active / max(backend.weight, 1)
+    weight = backend.effective_weight
+    return backend.active / weight if weight > 0 else float("inf")
 
 
 @implementer(IBalancer)
@@ -113,7 +114,7 @@ class PowerOfTwoChoices:
     def choose(self, candidates: Sequence[Backend], key: bytes) -> Backend | None:
         if len(candidates) <= 1:
             return candidates[0] if candidates else None
-        weights = [max(b.weight, 0) for b in candidates]
+        weights = [b.effective_weight for b in candidates]
         first, second = self._random.choices(candidates, weights=weights, k=2)
         return first if _load(first) <= _load(second) else second
 

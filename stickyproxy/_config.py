@@ -16,8 +16,9 @@ from typing import Any
 
 import attrs
 
-from ._backends import AdminState
+from ._backends import AdminState, Health
 from ._balancers import BALANCERS
+from ._health import HealthSettings, StatusRanges
 from ._options import ConfigError, OptionReader, join_path
 from ._strategies import StrategyRegistry
 
@@ -60,7 +61,29 @@ class PoolConfig:
     connect_timeout: float = 3.0
     retries: int = 2
     send_proxy: str | None = None
+    fail_open: bool = False
+    health: HealthConfig = attrs.field(factory=lambda: HealthConfig())
     path: str = ""
+
+
+@attrs.frozen
+class HealthConfig:
+    """
+    One C{[pool.NAME.health]} table: the probe (C{type}: C{None} for passive
+    checks only, C{"tcp"} or C{"http"}) with its options, and the timing and
+    thresholds in C{settings}.
+    """
+
+    settings: HealthSettings = HealthSettings()
+    type: str | None = None
+    send: bytes = b""
+    expect: bytes | None = None
+    method: str = "GET"
+    path: str = "/"
+    host: str | None = None
+    expect_status: StatusRanges = StatusRanges.parse("200-399")
+    expect_body: bytes | None = None
+    on_down: str = "keep"
 
 
 @attrs.frozen
@@ -151,12 +174,80 @@ def _pool(name: str, reader: OptionReader) -> PoolConfig:
         connect_timeout=reader.number("connect_timeout", 3.0, positive=True),
         retries=reader.integer("retries", 2, minimum=0, maximum=100),
         send_proxy=reader.optional_string("send_proxy"),
+        fail_open=reader.boolean("fail_open", False),
+        health=_health(reader.table("health")),
         path=reader.path,
     )
     if pool.send_proxy not in (None, "v1", "v2"):
         raise reader.fail("send_proxy", "'v1' or 'v2'")
     reader.finish()
     return pool
+
+
+def _statuses(
+    reader: OptionReader, name: str, default: str = "200-399"
+) -> StatusRanges:
+    try:
+        return StatusRanges.parse(reader.string(name, default))
+    except ValueError:
+        raise reader.fail(
+            name, 'HTTP statuses such as "200-399" or "200,204"'
+        ) from None
+
+
+def _optional_bytes(reader: OptionReader, name: str) -> bytes | None:
+    text = reader.optional_string(name)
+    return None if text is None else text.encode("utf-8")
+
+
+def _health(reader: OptionReader) -> HealthConfig:
+    interval = reader.number("interval", 2.0, positive=True)
+    settings = HealthSettings(
+        interval=interval,
+        timeout=reader.number("timeout", 1.0, positive=True),
+        rise=reader.integer("rise", 2, minimum=1, maximum=100),
+        fall=reader.integer("fall", 3, minimum=1, maximum=100),
+        jitter=reader.number("jitter", 0.1, minimum=0.0, maximum=0.5),
+        fast_interval=reader.optional_number("fast_interval"),
+        down_interval=reader.optional_number("down_interval"),
+        passive_fall=reader.integer("passive_fall", 3, minimum=1, maximum=1000),
+        passive_cooldown=reader.number("passive_cooldown", 10.0, positive=True),
+        passive_status=(
+            _statuses(reader, "passive_status")
+            if reader.has("passive_status")
+            else None
+        ),
+        init_state=Health(reader.string("init_state", "up", choices=("up", "down"))),
+        slow_start=reader.number("slow_start", 0.0, minimum=0.0),
+    )
+    kind = reader.optional_string("type")
+    health = HealthConfig(
+        settings=settings,
+        type=kind,
+        on_down=reader.string("on_down", "keep", choices=("keep", "close")),
+    )
+    if kind == "tcp":
+        health = attrs.evolve(
+            health,
+            send=(reader.optional_string("send") or "").encode("utf-8"),
+            expect=_optional_bytes(reader, "expect"),
+        )
+    elif kind == "http":
+        path = reader.string("path", "/")
+        if not path.startswith("/"):
+            raise reader.fail("path", 'a path starting with "/"')
+        health = attrs.evolve(
+            health,
+            method=reader.string("method", "GET", choices=("GET", "HEAD")),
+            path=path,
+            host=reader.optional_string("host"),
+            expect_status=_statuses(reader, "expect_status"),
+            expect_body=_optional_bytes(reader, "expect_body"),
+        )
+    elif kind is not None:
+        raise reader.fail("type", "'tcp' or 'http' (or no type: passive checks only)")
+    reader.finish()
+    return health
 
 
 def _persistence(

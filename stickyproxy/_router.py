@@ -107,7 +107,7 @@ class Router:
             bound = strategy.lookup(context)
             if bound is None:
                 continue
-            if bound.serves_bound() and bound not in tried:
+            if self.pool.serves_bound(bound) and bound not in tried:
                 return Decision(bound, Outcome.HIT, strategy.name)
             previous, decided_by = bound, strategy.name
             break
@@ -177,6 +177,7 @@ class Router:
                     ) from None
                 continue
             timer.cancel()
+            self.pool.report_connect_success(backend)
             for strategy in self.strategies:
                 strategy.persist(context, backend)
             return decision, result

@@ -145,6 +145,7 @@ class SourceIPFactory:
         strategy: IPersistenceStrategy
         if mode == "table":
             table = read_table_options(reader, reactor)
+            pool.add_session_source(table.count)
             strategy = SourceIPTable(pool, table, mask, mask6)
         else:
             strategy = SourceIPHash(pool, mask, mask6)

@@ -24,7 +24,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._backends import Backend
+from ._backends import Backend, StateChange, connect_quietly
 from ._proxyprotocol import HEADERS
 from ._router import Decision, Router, RoutingContext
 
@@ -65,21 +65,6 @@ class _BackendSide(Protocol):
         self.client.backend_lost(reason)
 
 
-class _OneConnection(Factory):
-    """
-    L{connectProtocol} without its log lines: one per backend connection
-    is noise at any real rate.
-    """
-
-    noisy = False
-
-    def __init__(self, protocol: _BackendSide) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: IAddress | None) -> _BackendSide:
-        return self._protocol
-
-
 @implementer(IHalfCloseableProtocol)
 class TCPProxyProtocol(Protocol):
     """
@@ -111,7 +96,7 @@ class TCPProxyProtocol(Protocol):
         self._connecting.addCallbacks(self._connected, self._no_backend)
 
     def _connect(self, backend: Backend) -> Deferred[Any]:
-        return backend.endpoint.connect(_OneConnection(_BackendSide(self)))
+        return connect_quietly(backend.endpoint, _BackendSide(self))
 
     def _connected(self, result: tuple[Decision, _BackendSide]) -> None:
         self._connecting = None
@@ -127,6 +112,7 @@ class TCPProxyProtocol(Protocol):
         if self._early:
             backend.writeSequence(self._early)
             self._early = []
+        self.factory.opened(self._decision.backend, self)
         self.transport.registerProducer(backend, True)
         backend.registerProducer(self.transport, True)
         if self._client_done:
@@ -212,7 +198,16 @@ class TCPProxyProtocol(Protocol):
             self._idle.cancel()
         self._idle = None
         if self._decision is not None:
+            self.factory.closed(self._decision.backend, self)
             self.factory.router.release(self.context, self._decision.backend)
+
+    def close(self) -> None:
+        """
+        Close both connections (the client's after what it is owed is sent).
+        """
+        self.transport.loseConnection()
+        if self._backend is not None:
+            self._backend.abortConnection()
 
     def _check_idle(self) -> None:
         timeout = self.factory.idle_timeout
@@ -244,6 +239,7 @@ class TCPProxyFactory(Factory):
     """
 
     protocol = TCPProxyProtocol  # type: ignore[assignment]
+    log = Logger()
 
     def __init__(
         self,
@@ -256,6 +252,36 @@ class TCPProxyFactory(Factory):
         self.router = router
         self.clock = clock
         self.idle_timeout = idle_timeout
+        self._open: dict[Backend, set[TCPProxyProtocol]] = {}
+        router.pool.observe(self._backend_changed)
+
+    def opened(self, backend: Backend, protocol: TCPProxyProtocol) -> None:
+        """
+        Track a spliced connection, so it can be closed if its backend goes
+        down with C{on_down = "close"}.
+        """
+        self._open.setdefault(backend, set()).add(protocol)
+
+    def closed(self, backend: Backend, protocol: TCPProxyProtocol) -> None:
+        """
+        Stop tracking a connection.
+        """
+        self._open.get(backend, set()).discard(protocol)
+
+    def _backend_changed(self, change: StateChange) -> None:
+        backend = change.backend
+        if backend.healthy or self.router.pool.on_down != "close":
+            return
+        doomed = self._open.pop(backend, set())
+        if doomed:
+            self.log.info(
+                "{frontend}: closing {count} connections to {backend}, which is down",
+                frontend=self.name,
+                count=len(doomed),
+                backend=backend.name,
+            )
+        for protocol in doomed:
+            protocol.close()
 
     def buildProtocol(self, addr: IAddress | None) -> TCPProxyProtocol:  # type: ignore[override]
         return TCPProxyProtocol(self)

@@ -12,7 +12,7 @@ adds one by shipping a module under C{twisted/plugins/}.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from zope.interface import Attribute, Interface
@@ -20,7 +20,7 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
-    from ._backends import Backend
+    from ._backends import Backend, StateChange
 
 
 class IRoutingContext(Interface):
@@ -56,6 +56,12 @@ class IBackendPool(Interface):
         :returns: the backend, or C{None} when the pool has no such backend.
         """
 
+    def serves_bound(backend: Backend) -> bool:
+        """
+        :returns: whether clients bound to C{backend} may stay there: it is
+            not in maintenance, and up (or the pool fails open).
+        """
+
     def serving_bound() -> Sequence[Backend]:
         """
         The backends that may keep serving clients already bound to them.
@@ -69,6 +75,23 @@ class IBackendPool(Interface):
         The backends that may take clients with no binding yet.
 
         :returns: backends that are up and ready, in config order.
+        """
+
+    def sessions(name: str) -> int:
+        """
+        :returns: how many sticky sessions the named backend holds.
+        :raises KeyError: no backend has that name.
+        """
+
+    def add_session_source(source: Callable[[str], int]) -> None:
+        """
+        Make the pool count, in L{sessions}, the bindings a strategy holds:
+        C{source(backend_name)} returns how many it has for that backend.
+        """
+
+    def observe(observer: Callable[[StateChange], None]) -> None:
+        """
+        Call C{observer} with each change of a backend's state.
         """
 
 

@@ -24,7 +24,8 @@ from twisted.python.failure import Failure
 
 from ._backends import Backend, Pool, connect_endpoint
 from ._balancers import make_balancer
-from ._config import FrontendConfig, PoolConfig, ProxyConfig
+from ._config import FrontendConfig, HealthConfig, PoolConfig, ProxyConfig
+from ._health import HealthMonitor, HTTPProbe, IHealthProbe, TCPProbe, treq_client
 from ._options import ConfigError, join_path
 from ._proxyprotocol import ProxyHeaderWrappingFactory
 from ._router import Router
@@ -154,7 +155,32 @@ def build_pool(config: PoolConfig, reactor: Any) -> Pool:
         connect_timeout=config.connect_timeout,
         retries=config.retries,
         send_proxy=config.send_proxy,
+        fail_open=config.fail_open,
+        on_down=config.health.on_down,
+        clock=reactor,
     )
+
+
+def build_monitor(config: HealthConfig, pool: Pool, reactor: Any) -> HealthMonitor:
+    """
+    Make the health monitor of a pool: its probe from the config's C{type}
+    (none: passive checks only).
+    """
+    probe: IHealthProbe | None = None
+    if config.type == "tcp":
+        probe = TCPProbe(
+            send=config.send, expect=config.expect, send_proxy=pool.send_proxy
+        )
+    elif config.type == "http":
+        probe = HTTPProbe(
+            client=treq_client(reactor, pool),
+            method=config.method,
+            path=config.path,
+            host=config.host,
+            expect_status=config.expect_status,
+            expect_body=config.expect_body,
+        )
+    return HealthMonitor(pool, reactor, probe, config.settings)
 
 
 class ProxyService(MultiService):
@@ -162,7 +188,8 @@ class ProxyService(MultiService):
     Every frontend of a configuration, with their pools, on one reactor.
 
     :ivar pools: the live pools by name (their backends' states can be
-        changed through L{Pool.set_admin_state}).
+        changed through L{Pool.set_admin_state} and L{Pool.drain}).
+    :ivar monitors: each pool's health monitor, by pool name.
     :ivar routers: each frontend's router, by frontend name.
     :ivar listeners: each frontend's listener, by frontend name.
     """
@@ -187,6 +214,12 @@ class ProxyService(MultiService):
         self.pools: Mapping[str, Pool] = {
             name: build_pool(pool, reactor) for name, pool in config.pools.items()
         }
+        self.monitors: dict[str, HealthMonitor] = {}
+        for name, pool_config in config.pools.items():
+            monitor = build_monitor(pool_config.health, self.pools[name], reactor)
+            monitor.setName(f"health:{name}")
+            monitor.setServiceParent(self)
+            self.monitors[name] = monitor
         self.routers: dict[str, Router] = {}
         self.listeners: dict[str, ListenerService] = {}
         for frontend in config.frontends:
@@ -232,6 +265,12 @@ class ProxyService(MultiService):
     def privilegedStartService(self) -> None:
         self.bind()
         super().privilegedStartService()
+
+    def stopService(self) -> Deferred[None]:
+        for pool in self.pools.values():
+            pool.stop()
+        stopped: Deferred[None] = super().stopService()
+        return stopped
 
     def addresses(self) -> dict[str, IAddress | None]:
         """

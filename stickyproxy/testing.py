@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 
-from ._backends import AdminState, Backend, Pool
+from ._backends import AdminState, Backend, Health, Pool
 from ._balancers import RoundRobin
 from ._router import RoutingContext
 from .interfaces import IBalancer
@@ -41,7 +41,7 @@ def make_backend(
     name: str,
     weight: int = 1,
     admin_state: AdminState = AdminState.READY,
-    healthy: bool = True,
+    health: Health = Health.UP,
     endpoint: IStreamClientEndpoint | None = None,
 ) -> Backend:
     """
@@ -54,7 +54,7 @@ def make_backend(
         weight=weight,
         route=name,
         admin_state=admin_state,
-        healthy=healthy,
+        health=health,
     )
 
 

@@ -12,6 +12,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import IPlugin
 
 from stickyproxy import AdminState, ConfigError, load_config, read_config_file
+from stickyproxy._backends import Health
 from stickyproxy._options import OptionReader
 from stickyproxy._strategies import SourceIPHash, StrategyRegistry, sourceIP
 from stickyproxy.interfaces import IPersistenceStrategyFactory
@@ -403,3 +404,121 @@ class OptionReaderTests(TestCase):
             ConfigError, OptionReader, [1], "frontend[0].persistence"
         )
         self.assertIn("expected a table", str(error))
+
+
+class HealthConfigTests(TestCase):
+    def health(self, table, **pool):
+        data = _with(lambda d: d["pool"]["pg"].update(health=table, **pool))
+        return load_config(data, REGISTRY).pools["pg"]
+
+    def test_defaults(self):
+        """
+        No C{[health]} table: passive checks only, with the documented
+        defaults.
+        """
+        pool = load_config(GOOD, REGISTRY).pools["pg"]
+        health = pool.health
+        self.assertIsNone(health.type)
+        settings = health.settings
+        self.assertEqual(
+            (settings.interval, settings.timeout, settings.rise, settings.fall),
+            (2.0, 1.0, 2, 3),
+        )
+        self.assertEqual((settings.jitter, settings.passive_fall), (0.1, 3))
+        self.assertEqual(settings.init_state, Health.UP)
+        self.assertEqual((health.on_down, pool.fail_open), ("keep", False))
+
+    def test_http(self):
+        """
+        An HTTP probe's keys, exactly as documented.
+        """
+        pool = self.health(
+            {
+                "type": "http",
+                "method": "HEAD",
+                "path": "/healthz",
+                "host": "app.internal",
+                "expect_status": "200-299",
+                "expect_body": "ok",
+                "interval": 1.5,
+                "timeout": 0.5,
+                "rise": 1,
+                "fall": 2,
+                "jitter": 0.2,
+                "fast_interval": 0.5,
+                "down_interval": 5,
+                "passive_fall": 5,
+                "passive_cooldown": 30,
+                "passive_status": "502-504",
+                "init_state": "down",
+                "slow_start": 60,
+                "on_down": "close",
+            },
+            fail_open=True,
+        )
+        health = pool.health
+        self.assertEqual(
+            (health.type, health.method, health.path), ("http", "HEAD", "/healthz")
+        )
+        self.assertEqual((health.host, health.expect_body), ("app.internal", b"ok"))
+        self.assertIn(204, health.expect_status)
+        self.assertNotIn(301, health.expect_status)
+        self.assertEqual(health.settings.fast_interval, 0.5)
+        self.assertIn(503, health.settings.passive_status)
+        self.assertEqual(health.settings.init_state, Health.DOWN)
+        self.assertEqual((health.on_down, pool.fail_open), ("close", True))
+
+    def test_tcp(self):
+        """
+        A TCP probe's send/expect are bytes.
+        """
+        health = self.health(
+            {"type": "tcp", "send": "PING\r\n", "expect": "+PONG"}
+        ).health
+        self.assertEqual((health.send, health.expect), (b"PING\r\n", b"+PONG"))
+
+    def assertHealthError(self, table, key, fragment):
+        data = _with(lambda d: d["pool"]["pg"].update(health=table))
+        error = self.assertRaises(ConfigError, load_config, data, REGISTRY)
+        self.assertEqual(error.path, f"pool.pg.health.{key}")
+        self.assertIn(fragment, error.message)
+
+    def test_errors(self):
+        """
+        Health mistakes name their key: probe keys that do not fit the
+        probe type, bad statuses, out-of-range thresholds.
+        """
+        self.assertHealthError({"type": "icmp"}, "type", "'tcp' or 'http'")
+        self.assertHealthError({"type": "tcp", "path": "/"}, "path", "unknown key")
+        self.assertHealthError({"type": "http", "send": "x"}, "send", "unknown key")
+        self.assertHealthError(
+            {"type": "http", "expect_status": "2xx"}, "expect_status", '"200-399"'
+        )
+        self.assertHealthError(
+            {"type": "http", "path": "healthz"}, "path", "starting with"
+        )
+        self.assertHealthError({"type": "http", "method": "POST"}, "method", "'HEAD'")
+        self.assertHealthError({"rise": 0}, "rise", "from 1 to 100")
+        self.assertHealthError({"interval": -1}, "interval", "positive")
+        self.assertHealthError({"jitter": 0.9}, "jitter", "from 0 to 0.5")
+        self.assertHealthError({"init_state": "maybe"}, "init_state", "'down'")
+        self.assertHealthError({"on_down": "kill"}, "on_down", "'close'")
+
+
+class HealthBuildTests(TestCase):
+    def test_monitor_per_pool(self):
+        """
+        The proxy runs one health monitor per pool, with the configured probe.
+        """
+        from stickyproxy._health import HTTPProbe
+
+        data = _with(
+            lambda d: d["pool"]["pg"].update(health={"type": "http", "path": "/hz"})
+        )
+        proxy = ProxyService(
+            load_config(data, REGISTRY), MemoryReactorClock(), REGISTRY
+        )
+        monitor = proxy.monitors["pg"]
+        self.assertIsInstance(monitor.probe, HTTPProbe)
+        self.assertEqual(monitor.probe.path, "/hz")
+        self.assertIs(proxy.pools["pg"].passive, monitor)

@@ -7,6 +7,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 
 from stickyproxy import AdminState, NoBackendAvailable, Outcome, Router
+from stickyproxy._backends import Health
 from stickyproxy._strategies import sourceIP
 from stickyproxy.testing import make_pool, routing_context
 
@@ -74,7 +75,7 @@ class ChooseTests(TestCase):
         A client bound to a backend that is down is moved.
         """
         self.bind("c")
-        self.pool.set_healthy(self.pool.get("c"), False, "test")
+        self.pool.set_health(self.pool.get("c"), Health.DOWN, "test")
         self.assertEqual(self.router.choose(self.ctx).outcome, Outcome.REDISPATCH)
 
     def test_strict_refuses(self):

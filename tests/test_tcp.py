@@ -11,7 +11,7 @@ from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.python.failure import Failure
 
-from stickyproxy._backends import Backend, Pool, connect_endpoint
+from stickyproxy._backends import Backend, Health, Pool, connect_endpoint
 from stickyproxy._balancers import RoundRobin
 from stickyproxy._proxyprotocol import v1_header, v2_header
 from stickyproxy._router import Router
@@ -409,3 +409,43 @@ class ProxyHeaderReceiverTests(TestCase):
         self.wrapper.readConnectionLost()
         self.assertTrue(backend_transport.write_closed)
         self.assertFalse(self.transport.disconnecting)
+
+
+class OnDownTests(TestCase):
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        backend = Backend(
+            "a", "127.0.0.1:9001", connect_endpoint(self.reactor, "127.0.0.1:9001", 3)
+        )
+        self.pool = Pool("p", (backend,), RoundRobin())
+        self.factory = TCPProxyFactory(
+            "front", Router(self.pool, [], self.reactor), self.reactor
+        )
+
+    def splice(self):
+        client = self.factory.buildProtocol(CLIENT)
+        client_transport = HalfCloseTransport(hostAddress=LISTENER, peerAddress=CLIENT)
+        client.makeConnection(client_transport)
+        protocol = self.reactor.tcpClients[-1][2].buildProtocol(None)
+        backend_transport = HalfCloseTransport()
+        protocol.makeConnection(backend_transport)
+        return client_transport, backend_transport
+
+    def test_close(self):
+        """
+        With C{on_down = "close"}, a backend going down closes its open
+        connections so their clients reconnect to a healthy backend.
+        """
+        self.pool.on_down = "close"
+        client_transport, backend_transport = self.splice()
+        self.pool.set_health(self.pool.get("a"), Health.DOWN, "test")
+        self.assertTrue(client_transport.disconnecting)
+        self.assertTrue(backend_transport.disconnected)
+
+    def test_keep(self):
+        """
+        By default (C{on_down = "keep"}), open connections run on.
+        """
+        client_transport, _ = self.splice()
+        self.pool.set_health(self.pool.get("a"), Health.DOWN, "test")
+        self.assertFalse(client_transport.disconnecting)

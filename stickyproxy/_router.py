@@ -103,14 +103,20 @@ class Router:
         """
         previous: Backend | None = None
         decided_by: str | None = None
+        hit: Decision | None = None
         for strategy in self.strategies:
+            # Every strategy of a chain looks, even after one knew the
+            # client: looking is also where a strategy takes its own data
+            # (its cookie, a route prefix) off the request.
             bound = strategy.lookup(context)
-            if bound is None:
+            if bound is None or hit is not None or previous is not None:
                 continue
             if self.pool.serves_bound(bound) and bound not in tried:
-                return Decision(bound, Outcome.HIT, strategy.name)
-            previous, decided_by = bound, strategy.name
-            break
+                hit = Decision(bound, Outcome.HIT, strategy.name)
+            else:
+                previous, decided_by = bound, strategy.name
+        if hit is not None:
+            return hit
         if previous is not None and self.strict:
             raise NoBackendAvailable(
                 f"backend {previous.name} holds the session and cannot serve (strict)"
@@ -132,10 +138,10 @@ class Router:
         Choose a backend and connect to it, retrying on others.
 
         A failed connect is reported to the pool and retried on another
-        backend up to the pool's C{retries}; the binding is then recorded
-        with every strategy.  The backend's C{active} count includes this
-        client until L{release}.  Cancelling the result cancels the attempt
-        in flight.
+        backend up to the pool's C{retries}.  The backend's C{active} count
+        includes this client until L{release}.  Cancelling the result
+        cancels the attempt in flight.  Once the backend has served the
+        client, L{bind} records the binding.
 
         :param connect: opens a connection to one backend.
         :returns: the decision and what C{connect} produced; fails with
@@ -178,9 +184,15 @@ class Router:
                 continue
             timer.cancel()
             self.pool.report_connect_success(backend)
-            for strategy in self.strategies:
-                strategy.persist(context, backend)
             return decision, result
+
+    def bind(self, context: IRoutingContext, decision: Decision) -> None:
+        """
+        The decided backend has served the client (L4: it connected; L7: its
+        response head arrived): let every strategy record the binding.
+        """
+        for strategy in self.strategies:
+            strategy.persist(context, decision.backend)
 
     def release(self, context: IRoutingContext, backend: Backend) -> None:
         """

@@ -101,6 +101,7 @@ class TCPProxyProtocol(Protocol):
     def _connected(self, result: tuple[Decision, _BackendSide]) -> None:
         self._connecting = None
         self._decision, side = result
+        self.factory.router.bind(self.context, self._decision)
         backend: Any = side.transport
         self._backend = backend
         send_proxy = self.factory.router.pool.send_proxy

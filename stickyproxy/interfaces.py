@@ -161,7 +161,10 @@ class IPersistenceStrategy(Interface):
         Find the backend the client is bound to.
 
         It may return a backend that is down or in maintenance: the router,
-        not the strategy, decides whether the binding is honoured.
+        not the strategy, decides whether the binding is honoured.  Every
+        strategy of a chain is asked, even after an earlier one knew the
+        client, because an HTTP strategy also takes its own data off the
+        request here (its cookie, a route prefix) before it is forwarded.
 
         :returns: the bound backend, or C{None} when the client is not bound.
         """
@@ -169,8 +172,9 @@ class IPersistenceStrategy(Interface):
     def persist(context: IRoutingContext, backend: Backend) -> None:
         """
         Record that C{backend} now serves the client (write a table entry,
-        set a cookie).  Called once per connection or request, after the
-        backend was reached.
+        set a cookie).  Called once per connection (L4, once connected) or
+        request (L7, once the response head arrived: an HTTP context then
+        carries the response, whose headers may be changed here).
         """
 
     def release(context: IRoutingContext, backend: Backend) -> None:

@@ -128,14 +128,16 @@ class DispatchTests(TestCase):
 
     def test_success_binds_and_counts(self):
         """
-        A successful connect records the binding and counts the client as
-        active on the backend until released.
+        A successful connect counts the client as active on the backend
+        until released; the binding is recorded by L{Router.bind}.
         """
         decision, conn = self.successResultOf(
             self.router.dispatch(self.ctx, self.connect_failing())
         )
         self.assertEqual(conn, "conn-a")
         self.assertEqual(self.pool.get("a").active, 1)
+        self.assertIsNone(self.strategy.lookup(self.ctx))
+        self.router.bind(self.ctx, decision)
         self.assertEqual(self.strategy.lookup(self.ctx).name, "a")
         self.router.release(self.ctx, decision.backend)
         self.assertEqual(self.pool.get("a").active, 0)
@@ -154,6 +156,7 @@ class DispatchTests(TestCase):
         self.assertNotEqual(decision.backend.name, "b")
         self.assertEqual(decision.outcome, Outcome.REDISPATCH)
         self.assertEqual(decision.previous.name, "b")
+        self.router.bind(self.ctx, decision)
         self.assertEqual(self.strategy.lookup(self.ctx), decision.backend)
         self.assertEqual(self.pool.get("b").active, 0)
 

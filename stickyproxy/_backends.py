@@ -229,6 +229,8 @@ class Pool:
         health (Envoy's panic mode) rather than refusing clients.
     :ivar on_down: C{"keep"} or C{"close"}: what happens to a backend's
         open L4 connections when it goes down.
+    :ivar keepalive: how many idle HTTP connections to keep per backend.
+    :ivar keepalive_timeout: seconds an idle HTTP connection is kept.
     :ivar clock: times drains with a deadline.
     :ivar passive: receives passive health signals (set by the health
         monitor); without one they are only logged.
@@ -242,6 +244,8 @@ class Pool:
     send_proxy: str | None = None
     fail_open: bool = False
     on_down: str = "keep"
+    keepalive: int = 32
+    keepalive_timeout: float = 30.0
     clock: IReactorTime | None = None
     passive: IPassiveHealth | None = None
     _by_name: dict[str, Backend] = attrs.field(init=False)

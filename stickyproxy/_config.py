@@ -19,6 +19,8 @@ import attrs
 from ._backends import AdminState, Health
 from ._balancers import BALANCERS
 from ._health import HealthSettings, StatusRanges
+from ._http import HTTPSettings
+from ._httpcontext import parse_networks
 from ._options import ConfigError, OptionReader, join_path
 from ._strategies import StrategyRegistry
 
@@ -62,6 +64,8 @@ class PoolConfig:
     retries: int = 2
     send_proxy: str | None = None
     fail_open: bool = False
+    keepalive: int = 32
+    keepalive_timeout: float = 30.0
     health: HealthConfig = attrs.field(factory=lambda: HealthConfig())
     path: str = ""
 
@@ -110,6 +114,7 @@ class FrontendConfig:
     persistence: tuple[PersistenceConfig, ...] = ()
     idle_timeout: float | None = None
     strict: bool = False
+    http: HTTPSettings | None = None
     path: str = ""
 
 
@@ -175,6 +180,8 @@ def _pool(name: str, reader: OptionReader) -> PoolConfig:
         retries=reader.integer("retries", 2, minimum=0, maximum=100),
         send_proxy=reader.optional_string("send_proxy"),
         fail_open=reader.boolean("fail_open", False),
+        keepalive=reader.integer("keepalive", 32, minimum=0, maximum=10000),
+        keepalive_timeout=reader.number("keepalive_timeout", 30.0, positive=True),
         health=_health(reader.table("health")),
         path=reader.path,
     )
@@ -264,6 +271,41 @@ def _persistence(
     return PersistenceConfig(strategy=name, options=reader.rest(), path=reader.path)
 
 
+def _header_name(reader: OptionReader, name: str) -> bytes | None:
+    value = reader.optional_string(name)
+    if value is None:
+        return None
+    if not value or not all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in value):
+        raise reader.fail(name, "an HTTP header name, e.g. X-Sticky-Debug")
+    return value.lower().encode("ascii")
+
+
+def _http_settings(reader: OptionReader) -> HTTPSettings:
+    trusted = reader.strings("trusted_proxies", [])
+    try:
+        networks = parse_networks(trusted)
+    except ValueError as error:
+        raise reader.fail(
+            "trusted_proxies", f"addresses or CIDR networks ({error})"
+        ) from None
+    max_body = reader.integer("max_body_size", 0, minimum=0)
+    return HTTPSettings(
+        trusted_proxies=networks,
+        forwarded=reader.boolean("forwarded", False),
+        redispatch_header=_header_name(reader, "redispatch_header"),
+        debug_header=_header_name(reader, "debug_header"),
+        access_log=reader.boolean("access_log", False),
+        timeout_request=reader.number("timeout_request", 10.0, positive=True),
+        timeout_keepalive=reader.number("timeout_keepalive", 60.0, positive=True),
+        timeout_response=reader.number("timeout_response", 60.0, positive=True),
+        timeout_tunnel=reader.number("timeout_tunnel", 3600.0, positive=True),
+        max_header_size=reader.integer("max_header_size", 32768, minimum=1024),
+        max_headers=reader.integer("max_headers", 100, minimum=1),
+        max_body_size=max_body or None,
+        retry_after=reader.integer("retry_after", 5, minimum=0),
+    )
+
+
 def _frontend(
     reader: OptionReader,
     index: int,
@@ -271,10 +313,6 @@ def _frontend(
     registry: StrategyRegistry,
 ) -> FrontendConfig:
     mode = reader.string("mode", "tcp", choices=MODES)
-    if mode == "http":
-        raise ConfigError(
-            reader.key("mode"), "expected 'tcp' (HTTP frontends are not built yet)"
-        )
     pool = reader.string("pool")
     if pool not in pools:
         known = ", ".join(sorted(pools)) or "none defined"
@@ -293,8 +331,9 @@ def _frontend(
         listen=reader.string("listen"),
         pool=pool,
         persistence=persistence,
-        idle_timeout=reader.optional_number("idle_timeout"),
+        idle_timeout=reader.optional_number("idle_timeout") if mode == "tcp" else None,
         strict=reader.boolean("strict", False),
+        http=_http_settings(reader) if mode == "http" else None,
         path=reader.path,
     )
     reader.finish()

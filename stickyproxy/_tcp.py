@@ -16,7 +16,6 @@ from zope.interface import implementer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
     IAddress,
-    IDelayedCall,
     IHalfCloseableProtocol,
     IReactorTime,
 )
@@ -27,6 +26,7 @@ from twisted.python.failure import Failure
 from ._backends import Backend, StateChange, connect_quietly
 from ._proxyprotocol import HEADERS
 from ._router import Decision, Router, RoutingContext
+from ._timers import IdleTimer
 
 
 def client_host(address: IAddress) -> tuple[str, int]:
@@ -85,8 +85,7 @@ class TCPProxyProtocol(Protocol):
         self._client_done = False  # the client sent FIN
         self._backend_done = False  # the backend sent FIN
         self._closed = False
-        self._idle: IDelayedCall | None = None
-        self._last_activity = 0.0
+        self._idle: IdleTimer | None = None
 
     def connectionMade(self) -> None:
         self.transport.pauseProducing()
@@ -120,9 +119,8 @@ class TCPProxyProtocol(Protocol):
             backend.loseWriteConnection()
         self.transport.resumeProducing()
         if self.factory.idle_timeout is not None:
-            self._last_activity = self.factory.clock.seconds()
-            self._idle = self.factory.clock.callLater(
-                self.factory.idle_timeout, self._check_idle
+            self._idle = IdleTimer(
+                self.factory.clock, self.factory.idle_timeout, self._close_idle
             )
 
     def _no_backend(self, failure: Failure) -> None:
@@ -143,7 +141,7 @@ class TCPProxyProtocol(Protocol):
             self._early.append(data)
             return
         if self._idle is not None:
-            self._last_activity = self.factory.clock.seconds()
+            self._idle.touch()
         backend.write(data)
 
     def from_backend(self, data: bytes) -> None:
@@ -151,7 +149,7 @@ class TCPProxyProtocol(Protocol):
         Bytes from the backend, for the client.
         """
         if self._idle is not None:
-            self._last_activity = self.factory.clock.seconds()
+            self._idle.touch()
         self.transport.write(data)
 
     def readConnectionLost(self) -> None:
@@ -195,9 +193,9 @@ class TCPProxyProtocol(Protocol):
         if self._closed:
             return
         self._closed = True
-        if self._idle is not None and self._idle.active():
+        if self._idle is not None:
             self._idle.cancel()
-        self._idle = None
+            self._idle = None
         if self._decision is not None:
             self.factory.closed(self._decision.backend, self)
             self.factory.router.release(self.context, self._decision.backend)
@@ -210,16 +208,7 @@ class TCPProxyProtocol(Protocol):
         if self._backend is not None:
             self._backend.abortConnection()
 
-    def _check_idle(self) -> None:
-        timeout = self.factory.idle_timeout
-        assert timeout is not None
-        idle_for = self.factory.clock.seconds() - self._last_activity
-        if idle_for < timeout:
-            self._idle = self.factory.clock.callLater(
-                timeout - idle_for, self._check_idle
-            )
-            return
-        self._idle = None
+    def _close_idle(self) -> None:
         self.log.info(
             "{frontend}: closing idle connection from {client}",
             frontend=self.factory.name,

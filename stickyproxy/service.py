@@ -26,6 +26,7 @@ from ._backends import Backend, Pool, connect_endpoint
 from ._balancers import make_balancer
 from ._config import FrontendConfig, HealthConfig, PoolConfig, ProxyConfig
 from ._health import HealthMonitor, HTTPProbe, IHealthProbe, TCPProbe, treq_client
+from ._http import HTTPProxyFactory
 from ._options import ConfigError, join_path
 from ._proxyprotocol import ProxyHeaderWrappingFactory
 from ._router import Router
@@ -156,6 +157,8 @@ def build_pool(config: PoolConfig, reactor: Any) -> Pool:
         retries=config.retries,
         send_proxy=config.send_proxy,
         fail_open=config.fail_open,
+        keepalive=config.keepalive,
+        keepalive_timeout=config.keepalive_timeout,
         on_down=config.health.on_down,
         clock=reactor,
     )
@@ -224,9 +227,15 @@ class ProxyService(MultiService):
         self.listeners: dict[str, ListenerService] = {}
         for frontend in config.frontends:
             router = self._router(frontend, registry)
-            factory = TCPProxyFactory(
-                frontend.name, router, reactor, frontend.idle_timeout
-            )
+            factory: IProtocolFactory
+            if frontend.http is not None:
+                factory = HTTPProxyFactory(
+                    frontend.name, router, reactor, frontend.http
+                )
+            else:
+                factory = TCPProxyFactory(
+                    frontend.name, router, reactor, frontend.idle_timeout
+                )
             listener = ListenerService(
                 reactor, frontend.listen, factory, join_path(frontend.path, "listen")
             )

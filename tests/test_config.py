@@ -211,12 +211,57 @@ class ErrorTests(TestCase):
             "'v1' or 'v2'",
         )
 
-    def test_http_not_yet(self):
+    def test_mode_specific_keys(self):
         """
-        HTTP frontends are refused with a clear error until L7 exists.
+        HTTP options are unknown keys on a TCP frontend, and TCP ones on an
+        HTTP frontend.
         """
         self.assertConfigError(
-            lambda d: d["frontend"][0].update(mode="http"), "frontend[0].mode", "'tcp'"
+            lambda d: d["frontend"][0].update(debug_header="X-Debug"),
+            "frontend[0].debug_header",
+            "unknown key",
+        )
+        self.assertConfigError(
+            lambda d: d["frontend"][0].update(mode="http", idle_timeout=5),
+            "frontend[0].idle_timeout",
+            "unknown key",
+        )
+
+    def test_http_settings(self):
+        """
+        An HTTP frontend's options load, header names lowercased.
+        """
+        data = _with(
+            lambda d: d["frontend"][0].update(
+                mode="http",
+                trusted_proxies=["10.0.0.0/8"],
+                debug_header="X-Sticky-Debug",
+                redispatch_header="X-Previous-Backend",
+                max_body_size=1000,
+                timeout_response=5,
+            )
+        )
+        http = load_config(data, REGISTRY).frontends[0].http
+        self.assertEqual(http.debug_header, b"x-sticky-debug")
+        self.assertEqual(http.redispatch_header, b"x-previous-backend")
+        self.assertEqual((http.max_body_size, http.timeout_response), (1000, 5.0))
+        self.assertEqual(str(http.trusted_proxies[0]), "10.0.0.0/8")
+
+    def test_http_errors(self):
+        """
+        Bad HTTP options name their key.
+        """
+        self.assertConfigError(
+            lambda d: d["frontend"][0].update(
+                mode="http", trusted_proxies=["10.0.0.300/8"]
+            ),
+            "frontend[0].trusted_proxies",
+            "CIDR",
+        )
+        self.assertConfigError(
+            lambda d: d["frontend"][0].update(mode="http", debug_header="X Debug"),
+            "frontend[0].debug_header",
+            "header name",
         )
 
     def test_unknown_pool(self):

@@ -1,0 +1,826 @@
+"""
+L7, client side: HTTP/1.1 requests parsed by llhttp (through httptools),
+routed one by one, streamed to their backend and back.
+
+One L{HTTPProxyProtocol} per client connection keeps the requests of that
+connection in order (pipelined ones wait their turn) and runs one
+L{_Exchange} per request.  Persistence is not this module's business: it
+builds an L{HTTPRoutingContext}, hands it to the router, and forwards what
+the strategies left in it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from http import HTTPStatus
+from typing import Any
+
+import attrs
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserUpgrade,
+    HttpRequestParser,
+)
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IAddress, IReactorTime, ISSLTransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ._backends import Backend
+from ._httpbackend import BackendConnections, BackendHTTP
+from ._httpcontext import HTTPRoutingContext, IPNetwork, in_networks, real_client
+from ._proxyprotocol import HEADERS
+from ._router import Decision, NoBackendAvailable, Outcome, Router
+from ._tcp import client_host
+from ._timers import IdleTimer
+
+# RFC 9110 7.6.1 and RFC 2616 13.5.1: meaningful for one connection only.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+_ADDED_BY_US = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
+)
+
+
+@attrs.frozen
+class HTTPSettings:
+    """
+    The options of one HTTP frontend (see the configuration reference).
+    """
+
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    forwarded: bool = False
+    redispatch_header: bytes | None = None
+    debug_header: bytes | None = None
+    access_log: bool = False
+    timeout_request: float = 10.0
+    timeout_keepalive: float = 60.0
+    timeout_response: float = 60.0
+    timeout_tunnel: float = 3600.0
+    max_header_size: int = 32768
+    max_headers: int = 100
+    max_body_size: int | None = None
+    retry_after: int = 5
+
+
+class _Refuse(Exception):
+    """
+    A request that gets an error status from the proxy itself.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+
+
+def error_response(status: int, reason: str, extra: bytes = b"") -> bytes:
+    """
+    A complete, closing error response with a short text body.
+    """
+    phrase = _REASONS.get(status, b"Error")
+    body = b"%d %s: %s\n" % (status, phrase, reason.encode("utf-8", "replace"))
+    return b"".join(
+        [
+            b"HTTP/1.1 %d %s\r\n" % (status, phrase),
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"cache-control: no-store\r\n",
+            extra,
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+class _Exchange:
+    """
+    One request and its response.
+    """
+
+    def __init__(
+        self,
+        client: HTTPProxyProtocol,
+        ctx: HTTPRoutingContext,
+        version: str,
+        keep_alive: bool,
+        body: str,
+        upgrade: bool,
+    ) -> None:
+        self.client = client
+        self.ctx = ctx
+        self.version = version
+        self.keep_alive = keep_alive
+        self.body = body  # "none", "length" or "chunked"
+        self.upgrade = upgrade
+        self.request_done = False
+        self.body_received = 0
+        self.waiting_body: list[bytes] = []
+        self.dispatching: Deferred[Any] | None = None
+        self.decision: Decision | None = None
+        self.backend: BackendHTTP | None = None
+        self.response_started = False
+        self.chunked_out = False
+        self.close_after = not keep_alive
+        self.finished = False
+        self.upgrade_rest = b""
+        self.upgrade_headers: list[tuple[bytes, bytes]] | None = None
+        # Which flow-control registrations this exchange made, to undo them.
+        self.pulls_request = False  # backend transport <- client transport
+        self.pulls_response = False  # client transport <- backend transport
+        self.started = client.factory.clock.seconds()
+
+    # routing and connecting
+
+    def start(self) -> None:
+        self.client.pause_reading()
+        self.dispatching = self.client.factory.router.dispatch(self.ctx, self._acquire)
+        self.dispatching.addCallbacks(self._connected, self._no_backend)
+        self.client.wait(self.client.settings.timeout_response, self._timed_out)
+
+    def _acquire(self, backend: Backend) -> Deferred[Any]:
+        return self.client.factory.connections[backend].acquire()
+
+    def _no_backend(self, failure: Failure) -> None:
+        self.dispatching = None
+        if failure.check(CancelledError):
+            return
+        if failure.check(NoBackendAvailable):
+            extra = b"retry-after: %d\r\n" % self.client.settings.retry_after
+            self._fail(503, failure.getErrorMessage(), extra)
+        else:
+            self.client.log.failure("routing failed", failure)
+            self._fail(502, "the backend could not be reached")
+
+    def _connected(self, result: tuple[Decision, BackendHTTP]) -> None:
+        self.dispatching = None
+        self.decision, self.backend = result
+        self.backend.start(self, no_body=self.ctx.method == b"HEAD")
+        transport: Any = self.backend.transport
+        send_proxy = self.client.factory.router.pool.send_proxy
+        if send_proxy is not None and not self.backend.reused:
+            client_transport = self.client.transport
+            transport.write(
+                HEADERS[send_proxy](
+                    client_transport.getPeer(), client_transport.getHost()
+                )
+            )
+        transport.write(self._request_head())
+        if self.waiting_body:
+            for chunk in self.waiting_body:
+                self._send_body(chunk)
+            self.waiting_body = []
+        if self.request_done:
+            self._end_body()
+        else:
+            transport.registerProducer(self.client.transport, True)
+            self.pulls_request = True
+        self.client.resume_reading()
+
+    def _request_head(self) -> bytes:
+        ctx, settings = self.ctx, self.client.settings
+        named = {t.lower() for t in ctx.header_values(b"connection")}
+        lines = [ctx.method, b" ", ctx.target, b" HTTP/1.1\r\n"]
+        trusted = in_networks(ctx.peer_host, settings.trusted_proxies)
+        forwarded_for: list[bytes] = []
+        host = b""
+        for name, value in ctx.forwarded_headers():
+            if (
+                name in HOP_BY_HOP
+                or name in named
+                or name == settings.redispatch_header
+            ):
+                continue
+            if name in _ADDED_BY_US:
+                if name == b"x-forwarded-for":
+                    forwarded_for.append(value)
+                elif trusted:
+                    lines += [name, b": ", value, b"\r\n"]
+                continue
+            if name == b"host":
+                host = value
+            lines += [name, b": ", value, b"\r\n"]
+        peer = ctx.peer_host.encode("ascii")
+        forwarded_for.append(peer)
+        lines += [b"x-forwarded-for: ", b", ".join(forwarded_for), b"\r\n"]
+        proto = b"https" if ctx.secure else b"http"
+        if not (trusted and ctx.header(b"x-forwarded-proto")):
+            lines += [b"x-forwarded-proto: ", proto, b"\r\n"]
+        if not (trusted and ctx.header(b"x-forwarded-host")) and host:
+            lines += [b"x-forwarded-host: ", host, b"\r\n"]
+        if settings.forwarded and not (trusted and ctx.header(b"forwarded")):
+            node = b'"[%s]"' % peer if b":" in peer else peer
+            lines += [b"forwarded: for=", node, b";proto=", proto]
+            lines += [b';host="', host, b'"\r\n'] if host else [b"\r\n"]
+        decision = self.decision
+        if (
+            settings.redispatch_header is not None
+            and decision is not None
+            and decision.outcome is Outcome.REDISPATCH
+            and decision.previous is not None
+        ):
+            lines += [
+                settings.redispatch_header,
+                b": ",
+                decision.previous.name.encode("utf-8"),
+                b"\r\n",
+            ]
+        if self.body == "chunked":
+            lines.append(b"transfer-encoding: chunked\r\n")
+        if self.upgrade:
+            lines += [
+                b"connection: upgrade\r\nupgrade: ",
+                ctx.header(b"upgrade") or b"",
+                b"\r\n",
+            ]
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    # the request body, as it arrives
+
+    def request_body(self, data: bytes) -> None:
+        limit = self.client.settings.max_body_size
+        if limit is not None:
+            self.body_received += len(data)
+            if self.body_received > limit:
+                raise _Refuse(413, f"the request body is larger than {limit} bytes")
+        if self.backend is None:
+            self.waiting_body.append(data)
+        else:
+            self._send_body(data)
+
+    def _send_body(self, data: bytes) -> None:
+        transport: Any = self.backend.transport  # type: ignore[union-attr]
+        if self.body == "chunked":
+            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            transport.write(data)
+
+    def request_complete(self) -> None:
+        self.request_done = True
+        if self.backend is not None:
+            self._end_body()
+
+    def _end_body(self) -> None:
+        transport: Any = self.backend.transport  # type: ignore[union-attr]
+        if self.body == "chunked":
+            transport.write(b"0\r\n\r\n")
+        if self.pulls_request:
+            self.pulls_request = False
+            transport.unregisterProducer()
+
+    # the response (ResponseReceiver)
+
+    def response_head(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: str
+    ) -> None:
+        self.client.timer.touch()
+        if status == 101:
+            self.upgrade_headers = headers
+            return
+        if status < 200:
+            if self.version == "1.1":
+                self.client.transport.write(self._response_head(status, headers))
+            return
+        backend = self.backend
+        decision = self.decision
+        assert backend is not None and decision is not None
+        ctx = self.ctx
+        ctx.status = status
+        named = {
+            token.strip().lower()
+            for name, value in headers
+            if name == b"connection"
+            for token in value.split(b",")
+        }
+        ctx.response_headers = [
+            (n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named
+        ]
+        router = self.client.factory.router
+        router.bind(ctx, decision)
+        router.pool.report_status(decision.backend, status)
+        extra: list[bytes] = []
+        debug = self.client.settings.debug_header
+        if debug is not None:
+            extra += [debug, b": ", self._describe(decision).encode("utf-8"), b"\r\n"]
+        if body in ("chunked", "close"):
+            if self.version == "1.1":
+                self.chunked_out = True
+                extra.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.close_after = True
+        if self.upgrade:
+            self.close_after = True  # refused upgrade: the client may not resync
+        if self.close_after or self.client.refusing is not None:
+            extra.append(b"connection: close\r\n")
+        elif self.version == "1.0":
+            extra.append(b"connection: keep-alive\r\n")
+        client_transport: Any = self.client.transport
+        client_transport.write(self._response_head(status, ctx.response_headers, extra))
+        self.response_started = True
+        client_transport.registerProducer(backend.transport, True)
+        self.pulls_response = True
+
+    def _response_head(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        extra: list[bytes] = (),  # type: ignore[assignment]
+    ) -> bytes:
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+        for name, value in headers:
+            if name not in HOP_BY_HOP:
+                lines += [name, b": ", value, b"\r\n"]
+        lines += extra
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def _describe(self, decision: Decision) -> str:
+        strategy = decision.strategy or "balancer"
+        return f"{strategy}; {decision.outcome.value}; backend={decision.backend.name}"
+
+    def response_body(self, data: bytes) -> None:
+        self.client.timer.touch()
+        transport: Any = self.client.transport
+        if self.chunked_out:
+            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            transport.write(data)
+
+    def response_complete(self) -> None:
+        if self.chunked_out:
+            self.client.transport.write(b"0\r\n\r\n")
+        self._finish(True)
+
+    def response_failed(self, reason: str) -> None:
+        backend = self.backend
+        assert backend is not None and self.decision is not None
+        pool = self.client.factory.router.pool
+        if backend.reused and not backend.responded and self.body == "none":
+            # An idle keep-alive connection the backend had just closed:
+            # nothing reached it, so the request can go again, fresh.
+            self._release(False)
+            self.backend = self.decision = None
+            self.dispatching = self.client.factory.router.dispatch(
+                self.ctx, self._acquire
+            )
+            self.dispatching.addCallbacks(self._connected, self._no_backend)
+            return
+        pool.report_connect_failure(self.decision.backend, reason)
+        if self.response_started:
+            self._finish(False)
+            self.client.abort()
+        else:
+            self._fail(502, reason)
+
+    def response_upgraded(self, rest: bytes) -> None:
+        backend = self.backend
+        if not self.upgrade or self.upgrade_headers is None or backend is None:
+            self._fail(502, "the backend switched protocols unasked")
+            return
+        decision = self.decision
+        assert decision is not None
+        self.ctx.status = 101
+        self.ctx.response_headers = list(self.upgrade_headers)
+        self.client.factory.router.bind(self.ctx, decision)
+        head = self._response_head(
+            101,
+            [h for h in self.upgrade_headers if h[0] not in HOP_BY_HOP],
+            [
+                b"connection: upgrade\r\nupgrade: ",
+                self.ctx.header(b"upgrade") or b"",
+                b"\r\n",
+            ],
+        )
+        self.response_started = True
+        self.client.tunnel(self, backend, head, rest)
+
+    # ending
+
+    def _timed_out(self) -> None:
+        if not self.request_done and self.backend is not None:
+            self._fail(408, "the request body stopped arriving")
+        elif not self.response_started:
+            if self.dispatching is not None:
+                self.dispatching.cancel()
+            self._fail(504, "the backend did not answer in time")
+        else:
+            self._finish(False)
+            self.client.abort()
+
+    def _fail(self, status: int, reason: str, extra: bytes = b"") -> None:
+        """
+        Answer with an error of our own (if nothing was sent yet) and close.
+        """
+        if self.finished:
+            return
+        self.ctx.status = status
+        if not self.response_started:
+            self.response_started = True
+            self.client.transport.write(error_response(status, reason, extra))
+        self.close_after = True
+        self._finish(False)
+
+    def _release(self, ok: bool) -> None:
+        backend, self.backend = self.backend, None
+        decision = self.decision
+        if backend is not None:
+            transport: Any = backend.transport
+            client_transport: Any = self.client.transport
+            if self.pulls_response:
+                self.pulls_response = False
+                if client_transport is not None:
+                    client_transport.unregisterProducer()
+            if transport is not None:
+                if self.pulls_request:
+                    self.pulls_request = False
+                    transport.unregisterProducer()
+                transport.resumeProducing()
+            if ok and self.request_done:
+                backend.connections.release(backend)
+            else:
+                backend.receiver = None
+                backend.reusable = False
+                if transport is not None:
+                    transport.abortConnection()
+        if decision is not None:
+            self.client.factory.router.release(self.ctx, decision.backend)
+
+    def _finish(self, ok: bool) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if not self.request_done:
+            self.close_after = True  # the rest of its body would be read as a request
+        self._release(ok)
+        if self.client.settings.access_log:
+            self.client.log_access(self)
+        self.client.exchange_done(self)
+
+    def abandon(self) -> None:
+        """
+        The client went away.
+        """
+        if self.finished:
+            return
+        self.finished = True
+        if self.dispatching is not None:
+            self.dispatching.cancel()
+        self._release(False)
+
+
+class HTTPProxyProtocol(Protocol):
+    """
+    One client connection.
+    """
+
+    factory: HTTPProxyFactory
+    transport: Any
+    log = Logger()
+
+    def __init__(self, factory: HTTPProxyFactory) -> None:
+        self.factory = factory
+        self.settings = factory.settings
+        self._parser = HttpRequestParser(self)
+        self._exchanges: deque[_Exchange] = deque()
+        self._incoming: _Exchange | None = None
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._paused = False
+        self._tunnel: Any = None
+        self._tunnel_exchange: _Exchange | None = None
+        self.refusing: _Refuse | None = None
+        self.timer: IdleTimer
+
+    def connectionMade(self) -> None:
+        self.peer_host, self.peer_port = client_host(self.transport.getPeer())
+        self.secure = ISSLTransport.providedBy(self.transport)
+        self.timer = IdleTimer(
+            self.factory.clock, self.settings.timeout_request, self._idle_timeout
+        )
+
+    def wait(self, timeout: float, on_timeout: Any) -> None:
+        """
+        From now, call C{on_timeout} after C{timeout} seconds of inactivity.
+        """
+        self.timer.restart(timeout, on_timeout)
+
+    def _idle_timeout(self) -> None:
+        if self._head_size or self._url:
+            self.refuse(_Refuse(408, "the request head took too long"))
+        else:
+            self.transport.loseConnection()  # an idle keep-alive connection
+
+    # reading
+
+    def pause_reading(self) -> None:
+        if not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        self.transport.resumeProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self.timer.touch()
+            self._tunnel.write(data)
+            return
+        if self.refusing is not None:
+            return
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade as upgrade:
+            exchange = self._exchanges[-1] if self._exchanges else None
+            if exchange is not None:
+                exchange.upgrade_rest = data[upgrade.args[0] :]
+            self.pause_reading()
+        except HttpParserCallbackError as error:
+            cause = error.__context__
+            if isinstance(cause, _Refuse):
+                self.refuse(cause)
+            else:
+                raise
+        except HttpParserError as error:
+            self.refuse(_Refuse(400, f"malformed request: {error}"))
+
+    # llhttp callbacks
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = 1
+        if not self._exchanges:
+            self.timer.restart(self.settings.timeout_request, self._idle_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.settings.max_header_size:
+            raise _Refuse(414, "the request target is too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.settings.max_header_size:
+            raise _Refuse(431, "the request head is too large")
+        if len(self._headers) >= self.settings.max_headers:
+            raise _Refuse(431, "the request has too many headers")
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise _Refuse(505, f"HTTP/{version} is not supported here")
+        headers = self._headers
+        hosts = [value for name, value in headers if name == b"host"]
+        if len(hosts) > 1 or (version == "1.1" and not hosts):
+            raise _Refuse(400, "an HTTP/1.1 request needs exactly one Host header")
+        body = "none"
+        for name, value in headers:
+            if name == b"transfer-encoding":
+                body = "chunked"
+                break
+            if name == b"content-length":
+                body = "length" if value.strip() != b"0" else "none"
+                limit = self.settings.max_body_size
+                if limit is not None and int(value) > limit:
+                    raise _Refuse(413, f"the request body is larger than {limit} bytes")
+        settings = self.settings
+        peer_host = self.peer_host
+        client = peer_host
+        secure = self.secure
+        if settings.trusted_proxies and in_networks(
+            peer_host, settings.trusted_proxies
+        ):
+            forwarded_for = [
+                hop.strip()
+                for name, value in headers
+                if name == b"x-forwarded-for"
+                for hop in value.split(b",")
+            ]
+            client = real_client(peer_host, forwarded_for, settings.trusted_proxies)
+            proto = [v for n, v in headers if n == b"x-forwarded-proto"]
+            secure = secure or (proto[:1] == [b"https"])
+        ctx = HTTPRoutingContext(
+            frontend=self.factory.name,
+            client_host=client,
+            client_port=self.peer_port,
+            peer_host=peer_host,
+            secure=bool(secure),
+            method=parser.get_method(),
+            target=self._url,
+            request_headers=headers,
+        )
+        self._head_size = 0
+        self._url = b""
+        exchange = _Exchange(
+            self,
+            ctx,
+            version,
+            parser.should_keep_alive(),
+            body,
+            parser.should_upgrade(),
+        )
+        self._incoming = exchange
+        self._exchanges.append(exchange)
+        if len(self._exchanges) == 1:
+            exchange.start()
+        else:
+            self.pause_reading()  # pipelined: it waits for those before it
+
+    def on_body(self, data: bytes) -> None:
+        if self._incoming is not None:
+            self.timer.touch()
+            self._incoming.request_body(data)
+
+    def on_message_complete(self) -> None:
+        exchange, self._incoming = self._incoming, None
+        if exchange is not None:
+            exchange.request_complete()
+
+    # answering
+
+    def exchange_done(self, exchange: _Exchange) -> None:
+        """
+        C{exchange} is over: go on with the next request, or close.
+        """
+        if self._exchanges and self._exchanges[0] is exchange:
+            self._exchanges.popleft()
+        if exchange.close_after or self.transport is None:
+            self._close_after_exchanges()
+            return
+        if self._exchanges:
+            self._exchanges[0].start()
+        elif self.refusing is not None:
+            self._send_refusal()
+        else:
+            self.timer.restart(self.settings.timeout_keepalive, self._idle_timeout)
+            self.resume_reading()
+
+    def _close_after_exchanges(self) -> None:
+        for pending in self._exchanges:
+            pending.abandon()
+        self._exchanges.clear()
+        self.timer.cancel()
+        self.transport.loseConnection()
+
+    def refuse(self, refusal: _Refuse) -> None:
+        """
+        Answer a request we will not forward with an error status, after
+        the responses owed to requests before it, and close.
+        """
+        if self.refusing is not None:
+            return
+        self.refusing = refusal
+        self.pause_reading()
+        incoming = self._incoming
+        if incoming is not None and (
+            incoming.response_started or incoming.dispatching or incoming.backend
+        ):
+            # The request being refused (a body too large) is already under
+            # way: its own exchange answers.
+            self._incoming = None
+            incoming._fail(refusal.status, refusal.reason)
+            return
+        if incoming is not None and incoming in self._exchanges:
+            self._exchanges.remove(incoming)
+            incoming.abandon()
+        if not self._exchanges:
+            self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        refusal = self.refusing
+        assert refusal is not None
+        self.log.info(
+            "{frontend}: {status} to {client}: {reason}",
+            frontend=self.factory.name,
+            status=refusal.status,
+            client=self.peer_host,
+            reason=refusal.reason,
+        )
+        self.transport.write(error_response(refusal.status, refusal.reason))
+        self.timer.cancel()
+        self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """
+        Cut the client off (a response broke off half-way).
+        """
+        self.transport.abortConnection()
+
+    def log_access(self, exchange: _Exchange) -> None:
+        """
+        One line per request, naming the strategy that decided and how.
+        """
+        ctx, decision = exchange.ctx, exchange.decision
+        self.log.info(
+            '{frontend} {client} "{method} {target}" {status} {backend} '
+            "{strategy} {outcome} {duration_ms}ms",
+            frontend=self.factory.name,
+            client=ctx.client_host,
+            method=ctx.method.decode("latin-1"),
+            target=ctx.target.decode("latin-1"),
+            status=ctx.status,
+            backend=decision.backend.name if decision else "-",
+            strategy=(decision.strategy or "balancer") if decision else "-",
+            outcome=decision.outcome.value if decision else "-",
+            duration_ms=round((self.factory.clock.seconds() - exchange.started) * 1000),
+        )
+
+    # WebSocket and other upgrades
+
+    def tunnel(
+        self, exchange: _Exchange, backend: BackendHTTP, head: bytes, rest: bytes
+    ) -> None:
+        """
+        The backend accepted an upgrade: from now on, bytes go both ways
+        untouched, as in an L4 splice.
+        """
+        backend_transport: Any = backend.transport
+        self._tunnel = backend_transport
+        self._tunnel_exchange = exchange
+        backend.tunnel = self
+        self.transport.write(head)
+        if rest:
+            self.transport.write(rest)
+        if exchange.upgrade_rest:
+            backend_transport.write(exchange.upgrade_rest)
+        if exchange.pulls_request:
+            exchange.pulls_request = False
+            backend_transport.unregisterProducer()
+        self.transport.registerProducer(backend_transport, True)
+        backend_transport.registerProducer(self.transport, True)
+        self.timer.restart(self.settings.timeout_tunnel, self.abort)
+        self.resume_reading()
+
+    def tunnel_data(self, data: bytes) -> None:
+        """
+        Bytes from the backend through the tunnel.
+        """
+        self.timer.touch()
+        self.transport.write(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.timer.cancel()
+        if self._tunnel is not None:
+            self._tunnel.loseConnection()
+            exchange, self._tunnel_exchange = self._tunnel_exchange, None
+            if exchange is not None and exchange.decision is not None:
+                self.factory.router.release(exchange.ctx, exchange.decision.backend)
+            self._tunnel = None
+        for exchange in self._exchanges:
+            exchange.abandon()
+        self._exchanges.clear()
+
+
+class HTTPProxyFactory(Factory):
+    """
+    Builds the L7 protocol for one frontend, and keeps its keep-alive
+    connections to each backend.
+    """
+
+    protocol = HTTPProxyProtocol  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(
+        self, name: str, router: Router, clock: IReactorTime, settings: HTTPSettings
+    ) -> None:
+        self.name = name
+        self.router = router
+        self.clock = clock
+        self.settings = settings
+        pool = router.pool
+        self.connections = {
+            backend: BackendConnections(
+                backend,
+                clock,
+                pool.keepalive,
+                pool.keepalive_timeout,
+                send_proxy=pool.send_proxy is not None,
+            )
+            for backend in pool.backends
+        }
+
+    def buildProtocol(self, addr: IAddress | None) -> HTTPProxyProtocol:  # type: ignore[override]
+        return HTTPProxyProtocol(self)
+
+    def stopFactory(self) -> None:
+        for connections in self.connections.values():
+            connections.close_idle()

@@ -1,0 +1,272 @@
+"""
+L7, backend side: keep-alive connections to one backend, each carrying one
+request at a time, their responses parsed by llhttp (through httptools),
+and a bounded pool of idle ones per backend.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+
+from ._backends import Backend, connect_quietly
+
+
+class ResponseReceiver(TypingProtocol):
+    """
+    What a backend connection reports to the exchange it is serving.
+    """
+
+    def response_head(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: str
+    ) -> None:
+        """
+        The head of a response (C{status} may be 1xx: an interim one).
+
+        :param body: how the body is framed: C{"none"}, C{"length"},
+            C{"chunked"} or C{"close"} (read until the connection closes).
+        """
+
+    def response_body(self, data: bytes) -> None:
+        """
+        Some of the response body, unframed.
+        """
+
+    def response_complete(self) -> None:
+        """
+        The response is over.
+        """
+
+    def response_failed(self, reason: str) -> None:
+        """
+        The backend broke off or sent something that is not HTTP, before
+        the response was complete.
+        """
+
+    def response_upgraded(self, rest: bytes) -> None:
+        """
+        The backend switched protocols (101); C{rest} is what followed.
+        """
+
+
+class BackendHTTP(Protocol):
+    """
+    One connection to a backend.
+
+    :ivar reused: it served a request before, so a failure before any
+        response byte may just mean the backend closed it while idle.
+    """
+
+    def __init__(self, connections: BackendConnections) -> None:
+        self.connections = connections
+        self.receiver: ResponseReceiver | None = None
+        self.reused = False
+        self.reusable = False
+        self.responded = False  # any response byte seen for this request
+        self.connected_ = False
+        self._no_body = False
+        self._parser = HttpResponseParser(self)
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body = "none"
+        self._idle: IDelayedCall | None = None
+        self.tunnel: Any = None  # the client protocol, once upgraded
+
+    def connectionMade(self) -> None:
+        self.connected_ = True
+
+    def start(self, receiver: ResponseReceiver, no_body: bool) -> None:
+        """
+        Serve one request: its response goes to C{receiver}.
+
+        :param no_body: the request was HEAD: the response has no body
+            whatever its headers say.
+        """
+        self.receiver = receiver
+        self.responded = False
+        self._no_body = no_body
+        self._headers = []
+
+    # llhttp callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        headers = self._headers
+        self._headers = []
+        if status < 200 or status in (204, 304) or self._no_body:
+            body = "none"
+        elif any(name == b"transfer-encoding" for name, _ in headers):
+            body = "chunked"
+        elif any(name == b"content-length" for name, _ in headers):
+            body = "length"
+        else:
+            body = "close"
+        self._body = body
+        self.reusable = parser.should_keep_alive() and body != "close"
+        if self._no_body and status >= 200 and self.receiver is not None:
+            # llhttp does not know the request was HEAD and would wait for
+            # the body its headers announce: finish here, and do not reuse.
+            self.reusable = False
+            receiver = self.receiver
+            receiver.response_head(status, headers, body)
+            self._finish(receiver)
+            return
+        if self.receiver is not None:
+            self.receiver.response_head(status, headers, body)
+
+    def on_body(self, data: bytes) -> None:
+        if self.receiver is not None and not self._no_body:
+            self.receiver.response_body(data)
+
+    def on_message_complete(self) -> None:
+        receiver = self.receiver
+        if receiver is None or self._parser.get_status_code() < 200:
+            return  # an interim (1xx) response: the real one follows
+        self._finish(receiver)
+
+    def _finish(self, receiver: ResponseReceiver) -> None:
+        self.receiver = None
+        receiver.response_complete()
+
+    # the transport
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.tunnel_data(data)
+            return
+        if self.receiver is None:
+            # Bytes nobody asked for: this connection is not HTTP any more.
+            self.reusable = False
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self.responded = True
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade as upgrade:
+            receiver, self.receiver = self.receiver, None
+            if receiver is not None:
+                receiver.response_upgraded(data[upgrade.args[0] :])
+        except HttpParserError as error:
+            self.reusable = False
+            receiver, self.receiver = self.receiver, None
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            if receiver is not None:
+                reason = str(error.__context__ or error)
+                receiver.response_failed(f"invalid response from backend: {reason}")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.connected_ = False
+        self.reusable = False
+        self.connections.lost(self)
+        if self.tunnel is not None:
+            self.tunnel.transport.loseConnection()
+            return
+        receiver, self.receiver = self.receiver, None
+        if receiver is None:
+            return
+        if self._body == "close" and self.responded:
+            receiver.response_complete()  # the close is the end of the body
+        else:
+            receiver.response_failed(
+                f"backend closed the connection: {reason.getErrorMessage()}"
+            )
+
+
+class BackendConnections:
+    """
+    Connections to one backend: new ones on demand, and up to C{max_idle}
+    idle keep-alive ones, each closed after C{idle_timeout} unused (newest
+    reused first, so surplus ones age out).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        clock: IReactorTime,
+        max_idle: int,
+        idle_timeout: float,
+        send_proxy: bool = False,
+    ) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.max_idle = 0 if send_proxy else max_idle  # PROXY headers are per client
+        self.idle_timeout = idle_timeout
+        self._idle: deque[BackendHTTP] = deque()
+
+    def acquire(self) -> Deferred[Any]:
+        """
+        An idle connection, or a new one.
+
+        :returns: a Deferred firing with a connected L{BackendHTTP}.
+        """
+        while self._idle:
+            connection = self._idle.pop()
+            if connection._idle is not None and connection._idle.active():
+                connection._idle.cancel()
+            connection._idle = None
+            if connection.connected_:
+                connection.reused = True
+                return succeed(connection)
+        return connect_quietly(self.backend.endpoint, BackendHTTP(self))
+
+    def release(self, connection: BackendHTTP) -> None:
+        """
+        Take back a connection whose exchange is over: keep it if it can
+        carry another request and there is room, else close it.
+        """
+        if (
+            not (connection.reusable and connection.connected_)
+            or len(self._idle) >= self.max_idle
+        ):
+            if connection.transport is not None:
+                connection.transport.loseConnection()
+            return
+        connection._idle = self.clock.callLater(
+            self.idle_timeout, self._expire, connection
+        )
+        self._idle.append(connection)
+
+    def _expire(self, connection: BackendHTTP) -> None:
+        connection._idle = None
+        self._discard(connection)
+        if connection.transport is not None:
+            connection.transport.loseConnection()
+
+    def lost(self, connection: BackendHTTP) -> None:
+        """
+        A connection closed (idle or not).
+        """
+        self._discard(connection)
+        if connection._idle is not None and connection._idle.active():
+            connection._idle.cancel()
+        connection._idle = None
+
+    def _discard(self, connection: BackendHTTP) -> None:
+        try:
+            self._idle.remove(connection)
+        except ValueError:
+            pass
+
+    def close_idle(self) -> None:
+        """
+        Close every idle connection (when the frontend stops).
+        """
+        while self._idle:
+            connection = self._idle.pop()
+            self.lost(connection)
+            if connection.transport is not None:
+                connection.transport.loseConnection()
+
+    def __len__(self) -> int:
+        return len(self._idle)

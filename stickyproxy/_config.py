@@ -397,4 +397,6 @@ def read_config_file(path: str, registry: StrategyRegistry) -> ProxyConfig:
         ) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(path, f"not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(path, f"not valid TOML: not UTF-8 text ({error})") from None
     return load_config(data, registry)

@@ -429,6 +429,8 @@ class _Exchange:
         """
         if self.finished:
             return
+        if self.dispatching is not None:
+            self.dispatching.cancel()
         self.ctx.status = status
         if not self.response_started:
             self.response_started = True
@@ -450,8 +452,9 @@ class _Exchange:
                 if self.pulls_request:
                     self.pulls_request = False
                     transport.unregisterProducer()
-                transport.resumeProducing()
             if ok and self.request_done:
+                if transport is not None:
+                    transport.resumeProducing()  # a slow client may have paused it
                 backend.connections.release(backend)
             else:
                 backend.receiver = None
@@ -506,6 +509,7 @@ class HTTPProxyProtocol(Protocol):
         self._tunnel: Any = None
         self._tunnel_exchange: _Exchange | None = None
         self.refusing: _Refuse | None = None
+        self._ready: _Exchange | None = None  # to start once the chunk is parsed
         self.timer: IdleTimer
 
     def connectionMade(self) -> None:
@@ -556,10 +560,16 @@ class HTTPProxyProtocol(Protocol):
             cause = error.__context__
             if isinstance(cause, _Refuse):
                 self.refuse(cause)
-            else:
-                raise
+                return
+            raise
         except HttpParserError as error:
             self.refuse(_Refuse(400, f"malformed request: {error}"))
+            return
+        # Started only now, so that what llhttp finds wrong after the head
+        # (a bad Transfer-Encoding) is refused before any backend is asked.
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            ready.start()
 
     # llhttp callbacks
 
@@ -641,7 +651,7 @@ class HTTPProxyProtocol(Protocol):
         self._incoming = exchange
         self._exchanges.append(exchange)
         if len(self._exchanges) == 1:
-            exchange.start()
+            self._ready = exchange
         else:
             self.pause_reading()  # pipelined: it waits for those before it
 
@@ -702,6 +712,7 @@ class HTTPProxyProtocol(Protocol):
         if incoming is not None and incoming in self._exchanges:
             self._exchanges.remove(incoming)
             incoming.abandon()
+        self._ready = None
         if not self._exchanges:
             self._send_refusal()
 
@@ -756,6 +767,8 @@ class HTTPProxyProtocol(Protocol):
         backend_transport: Any = backend.transport
         self._tunnel = backend_transport
         self._tunnel_exchange = exchange
+        if self._exchanges and self._exchanges[0] is exchange:
+            self._exchanges.popleft()
         backend.tunnel = self
         self.transport.write(head)
         if rest:
@@ -780,10 +793,9 @@ class HTTPProxyProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.timer.cancel()
         if self._tunnel is not None:
-            self._tunnel.loseConnection()
             exchange, self._tunnel_exchange = self._tunnel_exchange, None
-            if exchange is not None and exchange.decision is not None:
-                self.factory.router.release(exchange.ctx, exchange.decision.backend)
+            if exchange is not None:
+                exchange.abandon()  # closes the backend side and releases
             self._tunnel = None
         for exchange in self._exchanges:
             exchange.abandon()

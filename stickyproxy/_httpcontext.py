@@ -14,11 +14,15 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from email.utils import format_datetime, parsedate_to_datetime
+from typing import TYPE_CHECKING
 
 import attrs
 from zope.interface import Attribute, implementer
 
 from .interfaces import IRoutingContext
+
+if TYPE_CHECKING:
+    from ._backends import Backend
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -123,6 +127,7 @@ class HTTPRoutingContext:
     status: int | None = None
     response_headers: list[tuple[bytes, bytes]] | None = None
     mode: str = "http"
+    tried: list[Backend] = attrs.field(factory=list)
     _cookies: list[tuple[str, str]] | None = None
     _cookies_changed: bool = False
 

@@ -8,6 +8,7 @@ C{frontend[0].persistence.mask: expected an integer from 0 to 32, got 33}.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
 from typing import TypeVar
 
@@ -49,6 +50,19 @@ def describe(value: object) -> str:
     ):
         return f"{kind} ({value!r})"
     return kind
+
+
+def describe_error(error: BaseException) -> str:
+    """
+    An exception in words, for a one-line error: its message, or its type
+    when the message is empty or says nothing alone (a missing file).
+    """
+    text = str(error) or type(error).__name__
+    if isinstance(error, OSError) and error.strerror:
+        text = (
+            f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+        )
+    return " ".join(text.split())
 
 
 def join_path(path: str, key: str | int) -> str:
@@ -167,6 +181,7 @@ class OptionReader:
         if (
             not isinstance(value, int | float)
             or isinstance(value, bool)
+            or not math.isfinite(value)
             or (positive and value <= 0)
             or (minimum is not None and value < minimum)
             or (maximum is not None and value > maximum)

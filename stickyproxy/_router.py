@@ -43,6 +43,7 @@ class RoutingContext:
     frontend: str
     client_host: str
     client_port: int = 0
+    tried: list[Backend] = attrs.field(factory=list)
 
 
 class Outcome(enum.Enum):
@@ -104,6 +105,7 @@ class Router:
         previous: Backend | None = None
         decided_by: str | None = None
         hit: Decision | None = None
+        context.tried = list(tried)
         for strategy in self.strategies:
             # Every strategy of a chain looks, even after one knew the
             # client: looking is also where a strategy takes its own data
@@ -116,6 +118,8 @@ class Router:
             else:
                 previous, decided_by = bound, strategy.name
         if hit is not None:
+            if tried:  # a stateless strategy's next choice after a failure
+                return attrs.evolve(hit, outcome=Outcome.REDISPATCH, previous=tried[0])
             return hit
         if previous is not None and self.strict:
             raise NoBackendAvailable(
@@ -171,7 +175,8 @@ class Router:
                 if not timed_out:
                     timer.cancel()
                     if Failure().check(CancelledError, ConnectingCancelledError):
-                        raise  # the client left: nothing to retry for
+                        # The client left: nothing to retry for.
+                        raise CancelledError() from None
                 reason = (
                     "connect timed out" if timed_out else Failure().getErrorMessage()
                 )

@@ -38,6 +38,12 @@ class IRoutingContext(Interface):
         "or trusted forwarding headers"
     )
     client_port = Attribute("int: the client's source port (0 when unknown)")
+    tried = Attribute(
+        "list[Backend]: backends that already failed this client (refused or "
+        "timed out) in this attempt; a stateless strategy (a hash) skips them, "
+        "so a retry goes where the hash will send the client once they are "
+        "marked down, and the client moves only once"
+    )
 
 
 class IBackendPool(Interface):

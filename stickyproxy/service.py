@@ -27,7 +27,7 @@ from ._balancers import make_balancer
 from ._config import FrontendConfig, HealthConfig, PoolConfig, ProxyConfig
 from ._health import HealthMonitor, HTTPProbe, IHealthProbe, TCPProbe, treq_client
 from ._http import HTTPProxyFactory
-from ._options import ConfigError, join_path
+from ._options import ConfigError, describe_error, join_path
 from ._proxyprotocol import ProxyHeaderWrappingFactory
 from ._router import Router
 from ._strategies import StrategyRegistry
@@ -60,11 +60,13 @@ class ListenerService(Service):
             self._factory = ProxyHeaderWrappingFactory(factory)
         try:
             self._endpoint = serverFromString(reactor, description)
-        except (ValueError, KeyError, TypeError) as error:
+        except Exception as error:
+            # Parsers do more than parse (ssl: reads its key files), so any
+            # error here is the string's fault.
             raise ConfigError(
                 path,
                 "expected a Twisted server endpoint string, "
-                f"got {description!r} ({error})",
+                f"got {description!r} ({describe_error(error)})",
             ) from None
         self.port: IListeningPort | None = None
 
@@ -133,11 +135,11 @@ def build_pool(config: PoolConfig, reactor: Any) -> Pool:
             endpoint = connect_endpoint(
                 reactor, backend.address, config.connect_timeout
             )
-        except (ValueError, KeyError, TypeError) as error:
+        except Exception as error:
             raise ConfigError(
                 join_path(backend.path, "address"),
                 "expected host:port, [ipv6]:port or a Twisted client endpoint "
-                f"string, got {backend.address!r} ({error})",
+                f"string, got {backend.address!r} ({describe_error(error)})",
             ) from None
         backends.append(
             Backend(

@@ -1,0 +1,662 @@
+"""
+Tests for the L7 proxy, L{stickyproxy._http}, over Twisted's fakes.
+"""
+
+import attrs
+from zope.interface import implementer
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from stickyproxy import AdminState
+from stickyproxy._backends import Backend, Pool, connect_endpoint
+from stickyproxy._balancers import RoundRobin
+from stickyproxy._http import HTTPProxyFactory, HTTPSettings
+from stickyproxy._httpcontext import make_set_cookie, parse_networks
+from stickyproxy._router import Router
+from stickyproxy.interfaces import IPersistenceStrategy
+
+from tests._base import TestCase
+
+CLIENT = IPv4Address("TCP", "192.0.2.10", 50000)
+
+
+@implementer(IPersistenceStrategy)
+@attrs.define
+class RecordingStrategy:
+    """
+    Binds by a C{who} cookie to the backend it names, and sets it on
+    responses: enough persistence to watch what the frontend does with a
+    strategy, without any real one.
+    """
+
+    pool: Pool
+    name: str = "recording"
+    persisted: list = attrs.Factory(list)
+    released: list = attrs.Factory(list)
+    seen: list = attrs.Factory(list)
+
+    def lookup(self, context):
+        self.seen.append(context)
+        who = context.cookie("who")
+        context.remove_cookie("who")
+        return self.pool.get(who) if who else None
+
+    def persist(self, context, backend):
+        self.persisted.append((context.status, backend.name))
+        if context.cookie("who") != backend.name:
+            context.add_response_header(
+                b"set-cookie", make_set_cookie("who", backend.name).render()
+            )
+
+    def release(self, context, backend):
+        self.released.append(backend.name)
+
+
+class HalfCloseTransport(StringTransport):
+    def loseWriteConnection(self):
+        self.write_closed = True
+
+
+class HTTPTestCase(TestCase):
+    settings = HTTPSettings(
+        timeout_request=10, timeout_response=30, timeout_keepalive=60
+    )
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        backends = tuple(
+            Backend(
+                name,
+                f"127.0.0.1:{port}",
+                connect_endpoint(self.reactor, f"127.0.0.1:{port}", 3),
+            )
+            for name, port in (("a", 9001), ("b", 9002))
+        )
+        self.pool = Pool("p", backends, RoundRobin(), retries=1)
+        self.strategy = RecordingStrategy(self.pool)
+        self.router = Router(self.pool, [self.strategy], self.reactor)
+        self.factory = HTTPProxyFactory("web", self.router, self.reactor, self.settings)
+        self.backends = []  # (port, protocol, transport) in connect order
+
+    def client(self, peer=CLIENT):
+        protocol = self.factory.buildProtocol(peer)
+        transport = StringTransport(
+            peerAddress=peer, hostAddress=IPv4Address("TCP", "192.0.2.1", 80)
+        )
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def accept(self):
+        """
+        Complete the newest pending backend connect.
+        """
+        host, port, factory, _, _ = self.reactor.tcpClients[len(self.backends)]
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.backends.append((port, protocol, transport))
+        return protocol, transport
+
+    def exchange(self, request, response, client=None):
+        """
+        Send one request through a client, let the next backend answer it.
+        """
+        protocol, transport = client or self.client()
+        protocol.dataReceived(request)
+        if len(self.reactor.tcpClients) > len(self.backends):
+            backend, backend_transport = self.accept()
+        else:
+            _, backend, backend_transport = self.backends[-1]
+        forwarded = backend_transport.value()
+        backend_transport.clear()
+        backend.dataReceived(response)
+        answer = transport.value()
+        transport.clear()
+        return forwarded, answer, (protocol, transport)
+
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
+class ForwardingTests(HTTPTestCase):
+    def test_request_head_rewritten(self):
+        """
+        The request goes on as HTTP/1.1 with its headers, hop-by-hop ones
+        (and those named in Connection) removed, and X-Forwarded-For/-Proto/
+        -Host added (X-Forwarded-For appended to).
+        """
+        forwarded, answer, _ = self.exchange(
+            b"GET /p?q=1 HTTP/1.1\r\nHost: shop.example\r\nConnection: keep-alive, X-Private\r\n"
+            b"X-Private: secret\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n"
+            b"Proxy-Authorization: Basic eA==\r\nX-Forwarded-For: 198.51.100.7\r\n"
+            b"Accept: */*\r\n\r\n",
+            OK,
+        )
+        head = forwarded.split(b"\r\n")
+        self.assertEqual(head[0], b"GET /p?q=1 HTTP/1.1")
+        self.assertIn(b"host: shop.example", head)
+        self.assertIn(b"accept: */*", head)
+        self.assertIn(b"x-forwarded-for: 198.51.100.7, 192.0.2.10", head)
+        self.assertIn(b"x-forwarded-proto: http", head)
+        self.assertIn(b"x-forwarded-host: shop.example", head)
+        for dropped in (
+            b"connection",
+            b"x-private",
+            b"keep-alive",
+            b"te",
+            b"proxy-authorization",
+        ):
+            self.assertFalse([h for h in head if h.startswith(dropped + b":")], dropped)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(answer.endswith(b"\r\n\r\nok"))
+
+    def test_response_hop_by_hop(self):
+        """
+        Hop-by-hop response headers (and those named in Connection) are not
+        passed to the client.
+        """
+        _, answer, _ = self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: X-Internal\r\nX-Internal: 1\r\n"
+            b"Keep-Alive: timeout=5\r\nX-Public: 2\r\ncontent-length: 0\r\n\r\n",
+        )
+        self.assertIn(b"x-public: 2", answer)
+        self.assertNotIn(b"x-internal", answer)
+        self.assertNotIn(b"keep-alive", answer)
+
+    def test_forwarded_rfc7239(self):
+        """
+        With C{forwarded = true}, an RFC 7239 Forwarded header is added.
+        """
+        self.factory.settings = attrs.evolve(self.settings, forwarded=True)
+        protocol, transport = self.client()
+        protocol.settings = self.factory.settings
+        forwarded, _, _ = self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n", OK, (protocol, transport)
+        )
+        self.assertIn(
+            b'forwarded: for=192.0.2.10;proto=http;host="a.example"', forwarded
+        )
+
+    def test_keep_alive_reuses_backend_connection(self):
+        """
+        Keep-alive both ways: a second request on the client connection is
+        answered, and reuses the idle backend connection of the same backend.
+        """
+        self.strategy_bind = None
+        _, first, client = self.exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", OK)
+        self.assertIn(b"set-cookie: who=a", first)
+        _, second, _ = self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\nCookie: who=a\r\n\r\n", OK, client
+        )
+        self.assertTrue(second.startswith(b"HTTP/1.1 200"))
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual(self.strategy.released, ["a", "a"])
+
+    def test_http10_client(self):
+        """
+        An HTTP/1.0 client without keep-alive gets its answer and a close;
+        a chunked response reaches it unchunked.
+        """
+        _, answer, (_, transport) = self.exchange(
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        )
+        self.assertIn(b"connection: close", answer)
+        self.assertNotIn(b"transfer-encoding", answer)
+        self.assertTrue(answer.endswith(b"\r\n\r\nhi"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_chunked_both_ways(self):
+        """
+        A chunked request body is re-chunked to the backend; a chunked
+        response is re-chunked to an HTTP/1.1 client.
+        """
+        forwarded, answer, _ = self.exchange(
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        self.assertIn(b"transfer-encoding: chunked", forwarded)
+        self.assertTrue(forwarded.endswith(b"\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"))
+        self.assertTrue(
+            answer.endswith(
+                b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            )
+        )
+
+    def test_close_delimited_response(self):
+        """
+        A backend response delimited by closing its connection reaches an
+        HTTP/1.1 client chunked, and the client connection stays open.
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        backend, backend_transport = self.accept()
+        backend.dataReceived(b"HTTP/1.0 200 OK\r\n\r\nuntil")
+        backend.dataReceived(b" close")
+        backend.connectionLost(Failure(ConnectionDone()))
+        answer = transport.value()
+        self.assertIn(b"transfer-encoding: chunked", answer)
+        self.assertTrue(answer.endswith(b"5\r\nuntil\r\n6\r\n close\r\n0\r\n\r\n"))
+        self.assertFalse(transport.disconnecting)
+
+    def test_streaming_request_body(self):
+        """
+        A request body is passed on as it arrives, not buffered whole;
+        the client is read only once the backend is connected, and then
+        the client transport produces for the backend's (backpressure).
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12345"
+        )
+        self.assertEqual(transport.producerState, "paused")
+        backend, backend_transport = self.accept()
+        self.assertEqual(transport.producerState, "producing")
+        self.assertIs(backend_transport.producer, transport)
+        self.assertTrue(backend_transport.value().endswith(b"\r\n\r\n12345"))
+        protocol.dataReceived(b"67890")
+        self.assertTrue(backend_transport.value().endswith(b"1234567890"))
+        self.assertIsNone(backend_transport.producer)
+
+    def test_streaming_response_backpressure(self):
+        """
+        While a response streams, the backend transport produces for the
+        client's: a slow client pauses reading from the backend.
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        backend, backend_transport = self.accept()
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nabc")
+        self.assertIs(transport.producer, backend_transport)
+        transport.producer.pauseProducing()
+        self.assertEqual(backend_transport.producerState, "paused")
+        backend.dataReceived(b"def")
+        self.assertIsNone(transport.producer)
+        self.assertEqual(backend_transport.producerState, "producing")
+
+    def test_pipelined_in_order(self):
+        """
+        Pipelined requests are answered in the order they came, one at a
+        time.
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(
+            b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        backend, backend_transport = self.accept()
+        self.assertIn(b"GET /1 ", backend_transport.value())
+        self.assertNotIn(b"GET /2 ", backend_transport.value())
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n1")
+        self.assertEqual(len(self.reactor.tcpClients), 2)  # round-robin: b
+        backend2, backend2_transport = self.accept()
+        self.assertIn(b"GET /2 ", backend2_transport.value())
+        backend2.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n2")
+        answers = transport.value().split(b"HTTP/1.1 200 OK")
+        self.assertTrue(answers[1].endswith(b"1") and answers[2].endswith(b"2"))
+
+    def test_head(self):
+        """
+        A response to HEAD has no body, whatever its Content-Length says,
+        and ends the exchange.
+        """
+        _, answer, (protocol, transport) = self.exchange(
+            b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n",
+        )
+        self.assertIn(b"content-length: 1000", answer)
+        self.assertTrue(answer.endswith(b"\r\n\r\n"))
+        _, again, _ = self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", OK, (protocol, transport)
+        )
+        self.assertTrue(again.endswith(b"ok"))
+
+    def test_continue(self):
+        """
+        An interim 100 Continue from the backend is relayed, then the final
+        response.
+        """
+        _, answer, _ = self.exchange(
+            b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
+            b"HTTP/1.1 100 Continue\r\n\r\n" + OK,
+        )
+        self.assertTrue(
+            answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK")
+        )
+
+
+class StatusTests(HTTPTestCase):
+    def assertRefused(self, request, status):
+        protocol, transport = self.client()
+        protocol.dataReceived(request)
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 %d " % status), answer)
+        self.assertIn(b"connection: close", answer)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_smuggling_rejected(self):
+        """
+        Ambiguous or malformed framing is refused with 400 and nothing
+        reaches a backend.
+        """
+        for request in [
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3x\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"GET / HTTP/1.1\r\nHost: a\rX: y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        ]:
+            self.assertRefused(request, 400)
+
+    def test_version(self):
+        """
+        Versions other than HTTP/1.0 and 1.1 get 505.
+        """
+        self.assertRefused(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505)
+
+    def test_header_limits(self):
+        """
+        Too many headers, or too large a head, get 431; too long a target 414.
+        """
+        many = b"".join(b"X-%d: v\r\n" % i for i in range(101))
+        self.assertRefused(b"GET / HTTP/1.1\r\nHost: a\r\n" + many + b"\r\n", 431)
+        big = b"X-Big: " + b"v" * 40000 + b"\r\n"
+        self.assertRefused(b"GET / HTTP/1.1\r\nHost: a\r\n" + big + b"\r\n", 431)
+        self.assertRefused(
+            b"GET /" + b"a" * 40000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414
+        )
+
+    def test_body_limit(self):
+        """
+        With C{max_body_size}, a larger Content-Length gets 413 at once, and
+        a chunked body that grows past it gets 413 when it does.
+        """
+        self.factory.settings = attrs.evolve(self.settings, max_body_size=5)
+        self.assertRefused(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\n", 413
+        )
+        protocol, transport = self.client()
+        protocol.dataReceived(
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        backend, backend_transport = self.accept()
+        protocol.dataReceived(b"3\r\nabc\r\n3\r\ndef\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(backend_transport.disconnecting)
+
+    def test_no_backend(self):
+        """
+        With no usable backend, the client gets 503 with Retry-After.
+        """
+        for backend in self.pool.backends:
+            self.pool.set_admin_state(backend.name, AdminState.MAINT)
+        protocol, transport = self.client()
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
+        self.assertIn(b"retry-after: 5", answer)
+
+    def test_backend_garbage(self):
+        """
+        A backend that answers something that is not HTTP gets the client a
+        502, and its connection is dropped; the client may go on.
+        """
+        _, answer, (protocol, transport) = self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"SSH-2.0-OpenSSH\r\n"
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 502 "))
+        self.assertTrue(self.backends[0][2].disconnecting)
+
+    def test_backend_closes_early(self):
+        """
+        A backend that closes before answering gets the client a 502.
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        backend, _ = self.accept()
+        backend.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 502 "))
+
+    def test_backend_timeout(self):
+        """
+        A backend that does not answer within C{timeout_response} gets the
+        client a 504.
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.accept()
+        self.reactor.advance(29)
+        self.assertEqual(transport.value(), b"")
+        self.reactor.advance(1)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 504 "))
+
+    def test_slow_request_head(self):
+        """
+        A request head not complete within C{timeout_request} gets 408,
+        however slowly its bytes keep coming.
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        for _ in range(9):
+            protocol.dataReceived(b"X")
+            self.reactor.advance(1)
+        self.assertEqual(transport.value(), b"")
+        self.reactor.advance(1)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "))
+
+    def test_idle_keep_alive(self):
+        """
+        A keep-alive connection idle for C{timeout_keepalive} is closed.
+        """
+        _, _, (_, transport) = self.exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", OK)
+        self.reactor.advance(59)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_others_keep_being_served(self):
+        """
+        One client's bad request does not disturb another's exchange.
+        """
+        good, good_transport = self.client()
+        good.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        backend, _ = self.accept()
+        bad, bad_transport = self.client(IPv4Address("TCP", "192.0.2.66", 1))
+        bad.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        self.assertTrue(bad_transport.value().startswith(b"HTTP/1.1 400"))
+        backend.dataReceived(OK)
+        self.assertTrue(good_transport.value().startswith(b"HTTP/1.1 200"))
+
+
+class PersistenceHookTests(HTTPTestCase):
+    def test_persist_at_response_head(self):
+        """
+        Strategies record the binding once the response head is in, and
+        their response headers reach the client; their request changes
+        (a removed cookie) reach the backend.
+        """
+        forwarded, answer, _ = self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\nCookie: who=b; theme=dark\r\n\r\n",
+            b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+        )
+        self.assertEqual(self.strategy.persisted, [(201, "b")])
+        self.assertIn(b"cookie: theme=dark\r\n", forwarded)
+        self.assertNotIn(b"who=", forwarded)
+        self.assertEqual(self.backends[0][0], 9002)
+
+    def test_debug_header(self):
+        """
+        With C{debug_header}, responses say which strategy decided and how.
+        """
+        self.factory.settings = attrs.evolve(self.settings, debug_header=b"x-sticky")
+        _, answer, _ = self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\nCookie: who=b\r\n\r\n", OK
+        )
+        self.assertIn(b"x-sticky: recording; hit; backend=b", answer)
+
+    def test_redispatch_header(self):
+        """
+        A client bound to a backend in maintenance goes elsewhere, and with
+        C{redispatch_header} the new backend is told where the session was;
+        a client cannot send that header itself.
+        """
+        self.factory.settings = attrs.evolve(self.settings, redispatch_header=b"x-was")
+        self.pool.set_admin_state("b", AdminState.MAINT)
+        forwarded, answer, _ = self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\nCookie: who=b\r\nX-Was: forged\r\n\r\n", OK
+        )
+        self.assertEqual(self.backends[0][0], 9001)
+        self.assertIn(b"x-was: b\r\n", forwarded)
+        self.assertNotIn(b"forged", forwarded)
+        self.assertIn(b"set-cookie: who=a", answer)
+
+    def test_trusted_proxies(self):
+        """
+        Behind a trusted proxy, the client is the right-most untrusted
+        address of X-Forwarded-For, and X-Forwarded-Proto: https makes the
+        request secure.
+        """
+        self.factory.settings = attrs.evolve(
+            self.settings, trusted_proxies=parse_networks(["10.0.0.0/8"])
+        )
+        seen = self.strategy.seen
+        proxy = IPv4Address("TCP", "10.1.1.1", 4000)
+        self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.9, 10.2.2.2\r\n"
+            b"X-Forwarded-Proto: https\r\n\r\n",
+            OK,
+            self.client(proxy),
+        )
+        self.assertEqual((seen[0].client_host, seen[0].secure), ("203.0.113.9", True))
+
+    def test_untrusted_forwarded_for_ignored(self):
+        """
+        From an untrusted peer, X-Forwarded-For does not change the client.
+        """
+        self.factory.settings = attrs.evolve(
+            self.settings, trusted_proxies=parse_networks(["10.0.0.0/8"])
+        )
+        seen = self.strategy.seen
+        self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.9\r\n"
+            b"X-Forwarded-Proto: https\r\n\r\n",
+            OK,
+        )
+        self.assertEqual((seen[0].client_host, seen[0].secure), ("192.0.2.10", False))
+
+
+class ConnectionTests(HTTPTestCase):
+    def test_client_leaves_mid_response(self):
+        """
+        A client that leaves mid-response has its backend connection
+        aborted (not reused) and released.
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        backend, backend_transport = self.accept()
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(backend_transport.disconnecting)
+        self.assertEqual(self.pool.get("a").active, 0)
+        self.assertEqual(len(self.factory.connections[self.pool.get("a")]), 0)
+
+    def test_client_leaves_while_connecting(self):
+        """
+        A client that leaves before the backend connection is up cancels it.
+        """
+        protocol, _ = self.client()
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(self.reactor.connectors[0].stoppedConnecting)
+        self.assertEqual(self.pool.get("a").active, 0)
+
+    def test_stale_idle_connection_retried(self):
+        """
+        A request sent on an idle keep-alive connection the backend had just
+        closed is sent again on a fresh one.
+        """
+        _, _, client = self.exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", OK)
+        protocol, transport = client
+        protocol.dataReceived(b"GET /2 HTTP/1.1\r\nHost: a\r\nCookie: who=a\r\n\r\n")
+        _, old_backend, _ = self.backends[0]
+        old_backend.connectionLost(Failure(ConnectionDone()))
+        new_backend, new_transport = self.accept()
+        self.assertIn(b"GET /2 ", new_transport.value())
+        new_backend.dataReceived(OK)
+        self.assertTrue(transport.value().endswith(b"ok"))
+
+    def test_idle_pool_bounded(self):
+        """
+        At most C{keepalive} idle connections are kept per backend, and an
+        idle one is closed after C{keepalive_timeout}.
+        """
+        self.pool.keepalive_timeout = 30.0
+        connections = self.factory.connections[self.pool.get("a")]
+        connections.max_idle = 1
+        clients = [self.client(IPv4Address("TCP", "192.0.2.10", p)) for p in (1, 2)]
+        for protocol, _ in clients:
+            protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: who=a\r\n\r\n")
+        (first, first_t), (second, second_t) = self.accept(), self.accept()
+        first.dataReceived(OK)
+        second.dataReceived(OK)
+        self.assertEqual(len(connections), 1)
+        self.assertTrue(second_t.disconnecting)
+        self.reactor.advance(30)
+        self.assertEqual(len(connections), 0)
+        self.assertTrue(first_t.disconnecting)
+
+    def test_upgrade_tunnel(self):
+        """
+        An upgrade request is routed like any other; after the backend's
+        101, bytes go both ways untouched.
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(
+            b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\nSec-WebSocket-Key: x\r\n\r\n"
+        )
+        backend, backend_transport = self.accept()
+        forwarded = backend_transport.value()
+        self.assertIn(b"connection: upgrade\r\nupgrade: websocket\r\n", forwarded)
+        self.assertIn(b"sec-websocket-key: x", forwarded)
+        backend_transport.clear()
+        backend.dataReceived(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: y\r\n\r\n\x81\x02hi"
+        )
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"))
+        self.assertIn(b"upgrade: websocket", answer)
+        self.assertTrue(answer.endswith(b"\r\n\r\n\x81\x02hi"))
+        protocol.dataReceived(b"\x81\x82abcdXY")
+        self.assertEqual(backend_transport.value(), b"\x81\x82abcdXY")
+        self.assertEqual(self.strategy.persisted, [(101, "a")])
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(backend_transport.disconnecting)
+        self.assertEqual(self.pool.get("a").active, 0)
+
+    def test_send_proxy(self):
+        """
+        A pool that sends the PROXY protocol sends it first on each backend
+        connection, which is then never shared between clients.
+        """
+        self.pool.send_proxy = "v1"
+        self.factory = HTTPProxyFactory("web", self.router, self.reactor, self.settings)
+        forwarded, _, client = self.exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", OK)
+        self.assertTrue(
+            forwarded.startswith(b"PROXY TCP4 192.0.2.10 192.0.2.1 50000 80\r\nGET")
+        )
+        self.assertEqual(len(self.factory.connections[self.pool.get("a")]), 0)

@@ -472,8 +472,12 @@ def treq_client(reactor: Any, pool: Pool) -> Any:
     backend through its own endpoint.
     """
     from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
+    from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+
+    class QuietFactory(_HTTP11ClientFactory):
+        noisy = False  # a "Starting factory" line per probe is noise
 
     connections = HTTPConnectionPool(reactor, persistent=False)
+    connections._factory = QuietFactory
     agent = Agent.usingEndpointFactory(reactor, PoolEndpoints(pool), pool=connections)
     return HTTPClient(agent)

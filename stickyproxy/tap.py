@@ -139,8 +139,15 @@ def _makeService(options: Options, reactor: Any) -> ProxyService:
     demo_ports = None
     config: ProxyConfig
     if options["demo"]:
-        demo_ports = listen_demo_backends(reactor)
-        config = load_config(demo_config_data(options["listen"], demo_ports), registry)
+        # With --listen, one demo frontend (of --mode) listens there; else both.
+        mode = options["mode"] if options["listen"] else None
+        modes = ("tcp", "http") if mode is None else (mode,)
+        demo_ports = {}
+        for each in modes:
+            demo_ports.update(listen_demo_backends(reactor, each))
+        config = load_config(
+            demo_config_data(options["listen"], mode, demo_ports), registry
+        )
     elif options["config"]:
         config = read_config_file(options["config"], registry)
     else:

@@ -177,27 +177,41 @@ class MakeServiceTests(TestCase):
 
     def test_demo(self):
         """
-        C{--demo} starts three backends in the process and a source-ip
-        frontend in front of them, and once started, logs what to try with
-        the frontend's address.
+        C{--demo} starts three TCP and three web backends in the process, a
+        source-ip TCP frontend and a cookie HTTP frontend in front of them,
+        and once started, logs what to try at each frontend's address.
         """
         reactor = PortAssigningReactor()
         proxy = _makeService(_options("--demo"), reactor)
         ports = [(port, interface) for port, _, _, interface in reactor.tcpServers]
-        self.assertEqual(ports[3], (7000, "127.0.0.1"))
-        backends = [(b.name, b.address) for b in proxy.pools["demo"].backends]
-        self.assertEqual(
-            backends,
-            [
-                (f"demo{i}", f"127.0.0.1:{port}")
-                for i, (port, _) in enumerate(ports[:3], 1)
-            ],
-        )
+        self.assertEqual(ports[6:], [(7000, "127.0.0.1"), (8080, "127.0.0.1")])
+        for pool, first in (("demo-tcp", 0), ("demo-http", 3)):
+            backends = [(b.name, b.address) for b in proxy.pools[pool].backends]
+            self.assertEqual(
+                backends,
+                [
+                    (f"demo{i}", f"127.0.0.1:{port}")
+                    for i, (port, _) in enumerate(ports[first : first + 3], 1)
+                ],
+            )
+        self.assertEqual(proxy.routers["demo-http"].strategies[0].name, "cookie")
         with capturedLogs() as events:
             proxy.startService()
-        hints = [e for e in events if e.get("frontend") == "demo-tcp"]
-        self.assertEqual(len(hints), 1)
-        self.assertIn("nc {host} {port}", hints[0]["log_format"])
+        self.addCleanup(proxy.stopService)
+        hints = {e["frontend"]: e["log_format"] for e in events if "frontend" in e}
+        self.assertIn("nc {host} {port}", hints["demo-tcp"])
+        self.assertIn("curl -s -c jar -b jar", hints["demo-http"])
+
+    def test_demo_one_frontend(self):
+        """
+        C{--demo --mode http --listen X} runs only the HTTP demo, at X.
+        """
+        reactor = PortAssigningReactor()
+        proxy = _makeService(
+            _options("--demo", "--mode", "http", "--listen", "tcp:9999"), reactor
+        )
+        self.assertEqual(list(proxy.routers), ["demo-http"])
+        self.assertEqual(reactor.tcpServers[-1][0], 9999)
 
     def test_error_exits_with_one_line(self):
         """

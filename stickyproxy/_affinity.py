@@ -74,6 +74,10 @@ class StickTable:
             entry.last_used = now
             self._entries.move_to_end(key)
 
+    def forget(self, key: bytes) -> None:
+        if key in self._entries:
+            self._forget(key)
+
     def release(self, key: bytes) -> None:
         entry = self._entries.get(key)
         if entry is not None and entry.holds > 0:

@@ -143,6 +143,7 @@ class _Exchange:
         # Which flow-control registrations this exchange made, to undo them.
         self.pulls_request = False  # backend transport <- client transport
         self.pulls_response = False  # client transport <- backend transport
+        self.bound = False  # the router's bind ran: strategies hold a binding
         self.started = client.factory.clock.seconds()
 
     # routing and connecting
@@ -313,6 +314,7 @@ class _Exchange:
         ]
         router = self.client.factory.router
         router.bind(ctx, decision)
+        self.bound = True
         router.pool.report_status(decision.backend, status)
         extra: list[bytes] = []
         debug = self.client.settings.debug_header
@@ -396,11 +398,14 @@ class _Exchange:
         decision = self.decision
         assert decision is not None
         self.ctx.status = 101
-        self.ctx.response_headers = list(self.upgrade_headers)
+        self.ctx.response_headers = [
+            h for h in self.upgrade_headers if h[0] not in HOP_BY_HOP
+        ]
         self.client.factory.router.bind(self.ctx, decision)
+        self.bound = True
         head = self._response_head(
             101,
-            [h for h in self.upgrade_headers if h[0] not in HOP_BY_HOP],
+            self.ctx.response_headers,
             [
                 b"connection: upgrade\r\nupgrade: ",
                 self.ctx.header(b"upgrade") or b"",
@@ -462,7 +467,7 @@ class _Exchange:
                 if transport is not None:
                     transport.abortConnection()
         if decision is not None:
-            self.client.factory.router.release(self.ctx, decision.backend)
+            self.client.factory.router.release(self.ctx, decision.backend, self.bound)
 
     def _finish(self, ok: bool) -> None:
         if self.finished:

@@ -59,8 +59,9 @@ class IHTTPRoutingContext(IRoutingContext):
 
     def cookie(name: str) -> str | None:
         """
-        :returns: the value of the request cookie C{name} (the first one
-            sent), or C{None}.
+        :returns: the value of the request cookie C{name} (the first one)
+            as the client sent it, whatever strategies changed for the
+            forwarded request; or C{None}.
         """
 
     def remove_cookie(name: str) -> None:
@@ -70,7 +71,8 @@ class IHTTPRoutingContext(IRoutingContext):
 
     def replace_cookie(name: str, value: str) -> None:
         """
-        Forward the request with cookie C{name} set to C{value} instead.
+        Forward the request with every cookie C{name} set to C{value}
+        instead.
         """
 
     def response_cookies(name: str) -> list[SetCookie]:
@@ -91,6 +93,11 @@ class IHTTPRoutingContext(IRoutingContext):
     def response_header(name: bytes) -> bytes | None:
         """
         :returns: the response header's first value, or C{None}.
+        """
+
+    def response_header_values(name: bytes) -> list[bytes]:
+        """
+        :returns: every value of a response header, in order.
         """
 
     def set_response_header(name: bytes, value: bytes) -> None:
@@ -128,8 +135,8 @@ class HTTPRoutingContext:
     response_headers: list[tuple[bytes, bytes]] | None = None
     mode: str = "http"
     tried: list[Backend] = attrs.field(factory=list)
-    _cookies: list[tuple[str, str]] | None = None
-    _cookies_changed: bool = False
+    _sent: list[tuple[str, str]] | None = None  # the cookies as the client sent them
+    _forwarded: list[tuple[str, str]] | None = None  # as changed by strategies
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.request_headers:
@@ -140,40 +147,41 @@ class HTTPRoutingContext:
     def header_values(self, name: bytes) -> list[bytes]:
         return _split_list(value for key, value in self.request_headers if key == name)
 
-    def _request_cookies(self) -> list[tuple[str, str]]:
-        if self._cookies is None:
-            self._cookies = parse_cookie_header(
+    def _sent_cookies(self) -> list[tuple[str, str]]:
+        if self._sent is None:
+            self._sent = parse_cookie_header(
                 value for key, value in self.request_headers if key == b"cookie"
             )
-        return self._cookies
+        return self._sent
 
     def cookie(self, name: str) -> str | None:
-        for key, value in self._request_cookies():
+        for key, value in self._sent_cookies():
             if key == name:
                 return value
         return None
 
+    def _cookies_to_forward(self) -> list[tuple[str, str]]:
+        if self._forwarded is None:
+            return self._sent_cookies()
+        return self._forwarded
+
     def remove_cookie(self, name: str) -> None:
-        cookies = self._request_cookies()
-        kept = [(k, v) for k, v in cookies if k != name]
-        if len(kept) != len(cookies):
-            self._cookies, self._cookies_changed = kept, True
+        cookies = self._cookies_to_forward()
+        self._forwarded = [(k, v) for k, v in cookies if k != name]
 
     def replace_cookie(self, name: str, value: str) -> None:
-        self._cookies = [
-            (k, value if k == name else v) for k, v in self._request_cookies()
-        ]
-        self._cookies_changed = True
+        cookies = self._cookies_to_forward()
+        self._forwarded = [(k, value if k == name else v) for k, v in cookies]
 
     def forwarded_headers(self) -> list[tuple[bytes, bytes]]:
         """
         The request headers to forward, with the cookie changes made.
         """
-        if not self._cookies_changed:
+        if self._forwarded is None:
             return self.request_headers
         headers = [(k, v) for k, v in self.request_headers if k != b"cookie"]
-        if self._cookies:
-            value = "; ".join(f"{k}={v}" for k, v in self._cookies)
+        if self._forwarded:
+            value = "; ".join(f"{k}={v}" if k else v for k, v in self._forwarded)
             headers.append((b"cookie", value.encode("latin-1")))
         return headers
 
@@ -202,6 +210,9 @@ class HTTPRoutingContext:
             if key == name:
                 return value
         return None
+
+    def response_header_values(self, name: bytes) -> list[bytes]:
+        return [value for key, value in self.response_headers or () if key == name]
 
     def set_response_header(self, name: bytes, value: bytes) -> None:
         assert self.response_headers is not None

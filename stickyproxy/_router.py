@@ -199,10 +199,16 @@ class Router:
         for strategy in self.strategies:
             strategy.persist(context, decision.backend)
 
-    def release(self, context: IRoutingContext, backend: Backend) -> None:
+    def release(
+        self, context: IRoutingContext, backend: Backend, bound: bool = True
+    ) -> None:
         """
         The client's connection (or request) to C{backend} has ended.
+
+        :param bound: whether L{bind} ran for it; strategies release only
+            what they persisted.
         """
         backend.active -= 1
-        for strategy in self.strategies:
-            strategy.release(context, backend)
+        if bound:
+            for strategy in self.strategies:
+                strategy.release(context, backend)

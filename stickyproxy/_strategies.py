@@ -24,6 +24,7 @@ from twisted.plugin import IPlugin, getPlugins
 from ._affinity import StickTable
 from ._backends import Backend
 from ._balancers import rendezvous_order
+from ._httpcontext import IHTTPRoutingContext, IPNetwork, parse_networks, real_client
 from ._options import ConfigError, OptionReader
 from .interfaces import (
     IBackendPool,
@@ -55,6 +56,23 @@ def masked_address(host: str, mask: int, mask6: int) -> bytes:
     return network.network_address.packed
 
 
+def client_address(
+    context: IRoutingContext, trusted: tuple[IPNetwork, ...] = ()
+) -> str:
+    """
+    The client address source-ip persistence keys on: the context's client,
+    or, on an HTTP context with C{trusted} proxy networks, the right-most
+    C{X-Forwarded-For} address that is not a trusted proxy (when the peer
+    itself is one; see L{real_client}).
+    """
+    if trusted and IHTTPRoutingContext.providedBy(context):
+        host: str = real_client(
+            context.peer_host, context.header_values(b"x-forwarded-for"), trusted
+        )
+        return host
+    return context.client_host  # type: ignore[no-any-return]
+
+
 @implementer(IPersistenceStrategy)
 @attrs.define(eq=False)
 class SourceIPHash:
@@ -62,16 +80,23 @@ class SourceIPHash:
     Stateless affinity: the masked client address is hashed (rendezvous)
     over the backends that serve bound clients, so every proxy with the
     same backends agrees, and a backend that leaves moves only its clients.
+    Backends that already failed this client are skipped, so a retry goes
+    where the hash settles once they are marked down.
     """
 
     pool: IBackendPool
     mask: int = 32
     mask6: int = 64
+    trusted: tuple[IPNetwork, ...] = ()
     name = "source-ip"
 
     def lookup(self, context: IRoutingContext) -> Backend | None:
-        key = masked_address(context.client_host, self.mask, self.mask6)
-        order = rendezvous_order(key, self.pool.serving_bound())
+        key = masked_address(
+            client_address(context, self.trusted), self.mask, self.mask6
+        )
+        tried = context.tried
+        candidates = [b for b in self.pool.serving_bound() if b not in tried]
+        order = rendezvous_order(key, candidates)
         return order[0] if order else None
 
     def persist(self, context: IRoutingContext, backend: Backend) -> None:
@@ -94,10 +119,13 @@ class SourceIPTable:
     table: IStickTable
     mask: int = 32
     mask6: int = 64
+    trusted: tuple[IPNetwork, ...] = ()
     name = "source-ip"
 
     def _key(self, context: IRoutingContext) -> bytes:
-        return masked_address(context.client_host, self.mask, self.mask6)
+        return masked_address(
+            client_address(context, self.trusted), self.mask, self.mask6
+        )
 
     def lookup(self, context: IRoutingContext) -> Backend | None:
         name = self.table.get(self._key(context))
@@ -125,6 +153,10 @@ def read_table_options(reader: OptionReader, clock: IReactorTime) -> StickTable:
 class SourceIPFactory:
     """
     C{strategy = "source-ip"}: affinity on the client's (masked) address.
+
+    On HTTP frontends, C{trusted_proxies} (addresses or CIDR networks) makes
+    the client the right-most C{X-Forwarded-For} hop that is not one of
+    them, when the request comes from one of them.
     """
 
     name: str = "source-ip"
@@ -142,18 +174,29 @@ class SourceIPFactory:
         mode = reader.string("mode", "hash", choices=("hash", "table"))
         mask = reader.integer("mask", 32, minimum=0, maximum=32)
         mask6 = reader.integer("mask6", 64, minimum=0, maximum=128)
+        trusted = _read_networks(reader, "trusted_proxies")
         strategy: IPersistenceStrategy
         if mode == "table":
             table = read_table_options(reader, reactor)
             pool.add_session_source(table.count)
-            strategy = SourceIPTable(pool, table, mask, mask6)
+            strategy = SourceIPTable(pool, table, mask, mask6, trusted)
         else:
-            strategy = SourceIPHash(pool, mask, mask6)
+            strategy = SourceIPHash(pool, mask, mask6, trusted)
         reader.finish()
         return strategy
 
 
-sourceIP = SourceIPFactory()
+def _read_networks(reader: OptionReader, name: str) -> tuple[IPNetwork, ...]:
+    values = reader.strings(name, ())
+    try:
+        return parse_networks(values)
+    except ValueError:
+        raise reader.fail(
+            name, "an array of IP addresses or CIDR networks (10.0.0.0/8)"
+        ) from None
+
+
+source_ip = SourceIPFactory()
 
 
 def _origin(plugin: object) -> str:

@@ -147,6 +147,12 @@ class IStickTable(Interface):
         Releasing an unknown key does nothing.
         """
 
+    def forget(key: bytes) -> None:
+        """
+        Remove the binding of C{key} now (its session ended), held or not.
+        Forgetting an unknown key does nothing.
+        """
+
     def __len__() -> int:
         """
         :returns: how many bindings are stored (expired ones may linger
@@ -185,7 +191,8 @@ class IPersistenceStrategy(Interface):
 
     def release(context: IRoutingContext, backend: Backend) -> None:
         """
-        The connection or request recorded by L{persist} has ended.
+        The connection or request recorded by L{persist} has ended (called
+        only after L{persist}).
         """
 
 

@@ -7,10 +7,20 @@ network: backends whose endpoints go nowhere, pools of them, and contexts.
     pool = make_pool("a", "b", "c")
     strategy = MyFactory().build({}, pool, Clock(), "frontend[0].persistence")
     strategy.lookup(routing_context("10.0.0.1"))
+
+For HTTP strategies, L{http_context} builds a request and L{respond} gives
+it the response head that C{persist} sees:
+
+    ctx = http_context(b"/cart", cookies={"JSESSIONID": "abc.b"})
+    backend = strategy.lookup(ctx)
+    respond(ctx, 200, [(b"set-cookie", b"JSESSIONID=def; Path=/")])
+    strategy.persist(ctx, backend)
+    set_cookies(ctx)  # what the client is sent
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from zope.interface import Interface, implementer
@@ -22,6 +32,7 @@ from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 
 from ._backends import AdminState, Backend, Health, Pool
 from ._balancers import RoundRobin
+from ._httpcontext import HTTPRoutingContext, SetCookie
 from ._router import RoutingContext
 from .interfaces import IBalancer
 
@@ -90,3 +101,76 @@ def assert_provides(interface: type[Interface], obj: object) -> None:
     :raises zope.interface.exceptions.Invalid: it does not.
     """
     verifyObject(interface, obj)
+
+
+def http_context(
+    target: bytes = b"/",
+    *,
+    client: str = "192.0.2.1",
+    peer: str | None = None,
+    secure: bool = False,
+    method: bytes = b"GET",
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    cookies: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+    port: int = 0,
+    frontend: str = "test",
+) -> HTTPRoutingContext:
+    """
+    The context an HTTP frontend builds for one request.
+
+    :param target: the request-target (path and query).
+    :param client: the client's address.
+    :param peer: the TCP peer's address (a proxy in front); C{client} when
+        C{None}.
+    :param secure: whether the client came over TLS.
+    :param headers: request headers, as (name, value) pairs; names are
+        lowercased.
+    :param cookies: request cookies, sent in one C{Cookie} header after
+        C{headers}.
+    """
+    request_headers = [(name.lower(), value) for name, value in headers]
+    pairs = list(cookies.items() if isinstance(cookies, Mapping) else cookies)
+    if pairs:
+        value = "; ".join(f"{name}={cookie}" for name, cookie in pairs)
+        request_headers.append((b"cookie", value.encode("latin-1")))
+    return HTTPRoutingContext(
+        frontend=frontend,
+        client_host=client,
+        client_port=port,
+        peer_host=client if peer is None else peer,
+        secure=secure,
+        method=method,
+        target=target,
+        request_headers=request_headers,
+    )
+
+
+def respond(
+    context: HTTPRoutingContext,
+    status: int = 200,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> HTTPRoutingContext:
+    """
+    Give C{context} the response head a backend sent, as the frontend does
+    before it calls C{persist}.
+
+    :param headers: response headers, as (name, value) pairs; names are
+        lowercased.
+    :returns: C{context}.
+    """
+    context.status = status
+    context.response_headers = [(name.lower(), value) for name, value in headers]
+    return context
+
+
+def set_cookies(context: HTTPRoutingContext) -> list[SetCookie]:
+    """
+    :returns: every C{Set-Cookie} of the response, as it will be sent.
+    """
+    cookies = []
+    for name, value in context.response_headers or ():
+        if name == b"set-cookie":
+            cookie = SetCookie.parse(value)
+            if cookie is not None:
+                cookies.append(cookie)
+    return cookies

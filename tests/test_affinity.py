@@ -107,3 +107,13 @@ class StickTableTests(TestCase):
         """
         self.table.release(b"nothing")
         self.assertEqual(len(self.table), 0)
+
+    def test_forget(self):
+        """
+        A forgotten binding is gone at once, held or not.
+        """
+        self.table.bind(b"k", "b1")
+        self.table.forget(b"k")
+        self.assertIsNone(self.table.get(b"k"))
+        self.assertEqual(self.table.count("b1"), 0)
+        self.table.forget(b"unknown")

@@ -14,7 +14,7 @@ from twisted.plugin import IPlugin
 from stickyproxy import AdminState, ConfigError, load_config, read_config_file
 from stickyproxy._backends import Health
 from stickyproxy._options import OptionReader
-from stickyproxy._strategies import SourceIPHash, StrategyRegistry, sourceIP
+from stickyproxy._strategies import SourceIPHash, StrategyRegistry, source_ip
 from stickyproxy.interfaces import IPersistenceStrategyFactory
 from stickyproxy.service import ProxyService
 
@@ -32,7 +32,7 @@ class _HTTPOnly:
         return SourceIPHash(pool)
 
 
-REGISTRY = StrategyRegistry.of([sourceIP, _HTTPOnly()])
+REGISTRY = StrategyRegistry.of([source_ip, _HTTPOnly()])
 
 GOOD = {
     "admin": {"listen": "tcp:9901:interface=127.0.0.1"},

@@ -27,7 +27,7 @@ from stickyproxy._health import (
     StatusRanges,
     TCPProbe,
 )
-from stickyproxy._strategies import sourceIP
+from stickyproxy._strategies import source_ip
 from stickyproxy.testing import make_backend, make_pool, routing_context
 
 from tests._base import TestCase
@@ -588,7 +588,7 @@ class PoolStateTests(TestCase):
         self.clock = Clock()
         self.pool = make_pool("a", "b", "c")
         self.pool.clock = self.clock
-        self.strategy = sourceIP.build({"mode": "table"}, self.pool, self.clock, "p")
+        self.strategy = source_ip.build({"mode": "table"}, self.pool, self.clock, "p")
         self.router = Router(self.pool, [self.strategy], self.clock)
 
     def test_drain_to_maint_at_zero(self):

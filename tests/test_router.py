@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 
 from stickyproxy import AdminState, NoBackendAvailable, Outcome, Router
 from stickyproxy._backends import Health
-from stickyproxy._strategies import sourceIP
+from stickyproxy._strategies import source_ip
 from stickyproxy.testing import make_pool, routing_context
 
 from tests._base import TestCase
@@ -18,7 +18,7 @@ class ChooseTests(TestCase):
     def setUp(self):
         self.clock = Clock()
         self.pool = make_pool("a", "b", "c")
-        self.strategy = sourceIP.build({"mode": "table"}, self.pool, self.clock, "p")
+        self.strategy = source_ip.build({"mode": "table"}, self.pool, self.clock, "p")
         self.router = Router(self.pool, [self.strategy], self.clock)
         self.ctx = routing_context("192.0.2.1")
 
@@ -100,7 +100,7 @@ class ChooseTests(TestCase):
         """
         Strategies are asked in order; the first that knows the client decides.
         """
-        other = sourceIP.build({"mode": "table"}, self.pool, self.clock, "q")
+        other = source_ip.build({"mode": "table"}, self.pool, self.clock, "q")
         router = Router(self.pool, [self.strategy, other], self.clock)
         other.persist(self.ctx, self.pool.get("b"))
         self.assertEqual(router.choose(self.ctx).backend.name, "b")
@@ -112,7 +112,7 @@ class DispatchTests(TestCase):
     def setUp(self):
         self.clock = Clock()
         self.pool = make_pool("a", "b", "c", retries=2)
-        self.strategy = sourceIP.build({"mode": "table"}, self.pool, self.clock, "p")
+        self.strategy = source_ip.build({"mode": "table"}, self.pool, self.clock, "p")
         self.router = Router(self.pool, [self.strategy], self.clock)
         self.ctx = routing_context("192.0.2.1")
         self.attempts = []
@@ -222,3 +222,32 @@ class DispatchTests(TestCase):
         self.assertEqual(cancelled, ["a"])
         self.assertEqual(self.pool.get("a").active, 0)
         self.assertIsNone(self.strategy.lookup(self.ctx))
+
+    def test_release_without_bind(self):
+        """
+        A request that ended before its backend served it (a 502) is
+        released from the backend's count, but strategies, which never
+        recorded it, are not told.
+        """
+        released = []
+
+        class Recorder:
+            name = "recorder"
+
+            def lookup(self, context):
+                return None
+
+            def persist(self, context, backend):
+                pass
+
+            def release(self, context, backend):
+                released.append(backend)
+
+        router = Router(self.pool, [Recorder()], self.clock)
+        decision, _ = self.successResultOf(
+            router.dispatch(self.ctx, self.connect_failing())
+        )
+        router.release(self.ctx, decision.backend, bound=False)
+        self.assertEqual((self.pool.get("a").active, released), (0, []))
+        router.release(self.ctx, decision.backend)
+        self.assertEqual(released, [decision.backend])

@@ -10,13 +10,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 
 from stickyproxy import ConfigError, load_config
-from stickyproxy._strategies import StrategyRegistry, sourceIP
+from stickyproxy._strategies import StrategyRegistry, source_ip
 from stickyproxy.service import ProxyService
 from stickyproxy.tap import Options, _makeService, makeService
 
 from tests._base import TestCase
 
-REGISTRY = StrategyRegistry.of([sourceIP])
+REGISTRY = StrategyRegistry.of([source_ip])
 
 CONFIG = {
     "frontend": [

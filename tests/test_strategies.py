@@ -22,7 +22,7 @@ from stickyproxy._strategies import (
     SourceIPTable,
     StrategyRegistry,
     masked_address,
-    sourceIP,
+    source_ip,
 )
 from stickyproxy.interfaces import IPersistenceStrategy, IPersistenceStrategyFactory
 from stickyproxy.testing import make_pool, routing_context
@@ -33,7 +33,7 @@ PATH = "frontend[0].persistence"
 
 
 def _build(pool, **options):
-    return sourceIP.build(options, pool, Clock(), PATH)
+    return source_ip.build(options, pool, Clock(), PATH)
 
 
 class MaskTests(TestCase):
@@ -86,7 +86,7 @@ class SourceIPHashTests(TestCase):
         """
         The factory and the strategy provide their interfaces.
         """
-        self.assertProvides(IPersistenceStrategyFactory, sourceIP)
+        self.assertProvides(IPersistenceStrategyFactory, source_ip)
         self.assertProvides(IPersistenceStrategy, self.strategy)
         self.assertIsInstance(self.strategy, SourceIPHash)
 
@@ -174,7 +174,7 @@ class SourceIPTableTests(TestCase):
     def setUp(self):
         self.clock = Clock()
         self.pool = make_pool("a", "b", "c")
-        self.strategy = sourceIP.build(
+        self.strategy = source_ip.build(
             {"mode": "table", "timeout": 30, "size": 2}, self.pool, self.clock, PATH
         )
 
@@ -221,7 +221,7 @@ class SourceIPTableTests(TestCase):
         """
         The table is keyed on the masked address.
         """
-        strategy = sourceIP.build(
+        strategy = source_ip.build(
             {"mode": "table", "mask": 16}, self.pool, self.clock, PATH
         )
         strategy.persist(routing_context("10.1.0.1"), self.pool.get("c"))
@@ -286,14 +286,14 @@ class RegistryTests(TestCase):
         """
         registry = StrategyRegistry.from_plugins()
         self.assertIn("source-ip", registry.names())
-        self.assertIs(registry.get("source-ip", "x"), sourceIP)
+        self.assertIs(registry.get("source-ip", "x"), source_ip)
 
     def test_unknown_name(self):
         """
         An unknown name is a L{ConfigError} at the given key, listing the
         known names.
         """
-        registry = StrategyRegistry.of([sourceIP])
+        registry = StrategyRegistry.of([source_ip])
         error = self.assertRaises(ConfigError, registry.get, "cookie-jar", "f.strategy")
         self.assertEqual(error.path, "f.strategy")
         self.assertIn("source-ip", error.message)
@@ -305,7 +305,7 @@ class RegistryTests(TestCase):
         skipped; the others stay usable.
         """
         with capturedLogs() as events:
-            registry = StrategyRegistry.of([_Factory("Upper"), sourceIP])
+            registry = StrategyRegistry.of([_Factory("Upper"), source_ip])
         self.assertEqual(registry.names(), ["source-ip"])
         (event,) = [e for e in events if e["log_level"] == LogLevel.error]
         self.assertIn("lowercase", event["reason"])
@@ -316,8 +316,8 @@ class RegistryTests(TestCase):
         warning; the built-in stays.
         """
         with capturedLogs() as events:
-            registry = StrategyRegistry.of([_Factory("source-ip"), sourceIP])
-        self.assertIs(registry.get("source-ip", "x"), sourceIP)
+            registry = StrategyRegistry.of([_Factory("source-ip"), source_ip])
+        self.assertIs(registry.get("source-ip", "x"), source_ip)
         self.assertTrue(any(e["log_level"] == LogLevel.warn for e in events))
 
     def test_duplicate_third_party(self):
@@ -326,7 +326,9 @@ class RegistryTests(TestCase):
         used, with both origins named, and the other strategies still work.
         """
         with capturedLogs() as events:
-            registry = StrategyRegistry.of([_Factory("dup"), _Factory("dup"), sourceIP])
+            registry = StrategyRegistry.of(
+                [_Factory("dup"), _Factory("dup"), source_ip]
+            )
         self.assertEqual(registry.names(), ["source-ip"])
         error = self.assertRaises(ConfigError, registry.get, "dup", "f.strategy")
         self.assertIn("several plugins", error.message)
@@ -418,3 +420,29 @@ class RegistryTests(TestCase):
         router = proxy.routers["db"]
         self.assertEqual(router.choose(routing_context("10.0.0.1")).backend.name, "one")
         self.assertEqual(router.choose(routing_context("10.0.0.2")).backend.name, "one")
+
+
+class HTTPContextTests(TestCase):
+    def test_cookie_as_sent(self):
+        """
+        A strategy reads cookies as the client sent them, even after one
+        was taken off or changed for the forwarded request (so a retry's
+        lookup still sees them); the forwarded headers carry the changes.
+        """
+        from stickyproxy.testing import http_context
+
+        ctx = http_context(headers=[(b"cookie", b"a=1; STICKY=x; b=2")])
+        ctx.remove_cookie("STICKY")
+        ctx.replace_cookie("a", "9")
+        self.assertEqual((ctx.cookie("STICKY"), ctx.cookie("a")), ("x", "1"))
+        self.assertIn((b"cookie", b"a=9; b=2"), ctx.forwarded_headers())
+
+    def test_response_header_values(self):
+        """
+        Every value of a response header, in order.
+        """
+        from stickyproxy.testing import http_context, respond
+
+        ctx = http_context()
+        respond(ctx, 200, [(b"vary", b"a"), (b"x", b"y"), (b"vary", b"b")])
+        self.assertEqual(ctx.response_header_values(b"vary"), [b"a", b"b"])

@@ -15,7 +15,7 @@ from stickyproxy._backends import Backend, Health, Pool, connect_endpoint
 from stickyproxy._balancers import RoundRobin
 from stickyproxy._proxyprotocol import v1_header, v2_header
 from stickyproxy._router import Router
-from stickyproxy._strategies import sourceIP
+from stickyproxy._strategies import source_ip
 from stickyproxy._tcp import TCPProxyFactory
 from stickyproxy.service import ListenerService
 from stickyproxy.testing import routing_context
@@ -49,7 +49,7 @@ class TCPProxyTests(TestCase):
             for name, port in (("a", 9001), ("b", 9002), ("c", 9003))
         )
         self.pool = Pool("p", backends, RoundRobin(), connect_timeout=3.0, retries=2)
-        self.strategy = sourceIP.build({"mode": "table"}, self.pool, self.reactor, "p")
+        self.strategy = source_ip.build({"mode": "table"}, self.pool, self.reactor, "p")
         self.router = Router(self.pool, [self.strategy], self.reactor)
         self.factory = TCPProxyFactory("front", self.router, self.reactor)
 
@@ -341,7 +341,7 @@ class ProxyHeaderReceiverTests(TestCase):
             "a", "127.0.0.1:9001", connect_endpoint(self.reactor, "127.0.0.1:9001", 3)
         )
         pool = Pool("p", (backend,), RoundRobin())
-        self.strategy = sourceIP.build({"mode": "table"}, pool, self.reactor, "p")
+        self.strategy = source_ip.build({"mode": "table"}, pool, self.reactor, "p")
         router = Router(pool, [self.strategy], self.reactor)
         factory = TCPProxyFactory("front", router, self.reactor)
         ListenerService(self.reactor, "haproxy:tcp:7000", factory, "listen").bind()

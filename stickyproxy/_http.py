@@ -149,10 +149,11 @@ class _Exchange:
     # routing and connecting
 
     def start(self) -> None:
-        self.client.pause_reading()
+        self.client.wait(self.client.settings.timeout_response, self._timed_out)
         self.dispatching = self.client.factory.router.dispatch(self.ctx, self._acquire)
         self.dispatching.addCallbacks(self._connected, self._no_backend)
-        self.client.wait(self.client.settings.timeout_response, self._timed_out)
+        if self.dispatching is not None:
+            self.client.pause_reading()  # until the backend connection is up
 
     def _acquire(self, backend: Backend) -> Deferred[Any]:
         return self.client.factory.connections[backend].acquire()
@@ -284,6 +285,7 @@ class _Exchange:
         if self.pulls_request:
             self.pulls_request = False
             transport.unregisterProducer()
+            self.client.undo_flow_control()
 
     # the response (ResponseReceiver)
 
@@ -457,6 +459,7 @@ class _Exchange:
                 if self.pulls_request:
                     self.pulls_request = False
                     transport.unregisterProducer()
+                    self.client.undo_flow_control()
             if ok and self.request_done:
                 if transport is not None:
                     transport.resumeProducing()  # a slow client may have paused it
@@ -492,6 +495,19 @@ class _Exchange:
         self._release(False)
 
 
+def _no_delay(transport: Any) -> None:
+    """
+    Send small writes at once (no Nagle): a proxy's head-then-body writes
+    would otherwise wait for the peer's delayed ACK, about 40 ms each.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass  # not a TCP socket after all
+
+
 class HTTPProxyProtocol(Protocol):
     """
     One client connection.
@@ -518,6 +534,7 @@ class HTTPProxyProtocol(Protocol):
         self.timer: IdleTimer
 
     def connectionMade(self) -> None:
+        _no_delay(self.transport)
         self.peer_host, self.peer_port = client_host(self.transport.getPeer())
         self.secure = ISSLTransport.providedBy(self.transport)
         self.timer = IdleTimer(
@@ -544,8 +561,17 @@ class HTTPProxyProtocol(Protocol):
             self.transport.pauseProducing()
 
     def resume_reading(self) -> None:
-        self._paused = False
-        self.transport.resumeProducing()
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def undo_flow_control(self) -> None:
+        """
+        The backend no longer pulls the request body: whatever its flow
+        control paused, read again (unless we pause reading ourselves).
+        """
+        if not self._paused and self.transport is not None:
+            self.transport.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
         if self._tunnel is not None:

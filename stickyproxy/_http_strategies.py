@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from typing import cast
 from urllib.parse import unquote_to_bytes
 
 import attrs
@@ -84,11 +85,12 @@ _PREFIX_LENGTH = len(b64encode(bytes(TOKEN_SIZE)))
 
 def _http(context: IRoutingContext) -> IHTTPRoutingContext:
     """
-    :returns: C{context} as an L{IHTTPRoutingContext}.
-    :raises TypeError: it is not one (the strategy is used on a TCP
-        frontend, which the configuration refuses).
+    :returns: C{context} as an L{IHTTPRoutingContext}: HTTP strategies only
+        fit HTTP frontends (the configuration refuses others), which build
+        nothing else, so this is a cast, not an adaptation (which would cost
+        more than a whole cookie check).
     """
-    return IHTTPRoutingContext(context)
+    return cast(IHTTPRoutingContext, context)
 
 
 def mark_private(context: IHTTPRoutingContext) -> None:
@@ -98,9 +100,13 @@ def mark_private(context: IHTTPRoutingContext) -> None:
     C{private="field"} form); a response without one gets
     C{Cache-Control: private}.
     """
+    values = context.response_header_values(b"cache-control")
+    if not values:
+        context.add_response_header(b"cache-control", b"private")
+        return
     directives = [
         match.group().strip()
-        for value in context.response_header_values(b"cache-control")
+        for value in values
         for match in _DIRECTIVE.finditer(value)
     ]
     kept = [
@@ -332,7 +338,9 @@ class ProxyCookie:
         C{expires}, or a browser-session cookie) for C{backend}, signed and
         tokened with the first key, and count its session.
         """
-        payload = attrs.evolve(payload, backend=self.tokens.token(backend))
+        token = self.tokens.token(backend)
+        if payload.backend != token:
+            payload = attrs.evolve(payload, backend=token)
         max_age = None if payload.expires is None else payload.expires - int(now)
         value = self.signer.sign(payload.pack())
         self._send(context, self.attributes.make(context, value, max_age))

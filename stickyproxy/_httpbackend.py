@@ -81,6 +81,9 @@ class BackendHTTP(Protocol):
 
     def connectionMade(self) -> None:
         self.connected_ = True
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
 
     def start(self, receiver: ResponseReceiver, no_body: bool) -> None:
         """

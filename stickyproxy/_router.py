@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import attrs
 from zope.interface import implementer
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
@@ -151,19 +151,34 @@ class Router:
         :returns: the decision and what C{connect} produced; fails with
             L{NoBackendAvailable} when every allowed attempt failed.
         """
-        return Deferred.fromCoroutine(self._dispatch(context, connect))
+        try:
+            decision = self.choose(context)
+        except NoBackendAvailable:
+            return fail()
+        decision.backend.active += 1
+        attempt = connect(decision.backend)
+        if attempt.called:
+            # The hot path (an idle keep-alive connection): no timer, no
+            # coroutine.
+            outcome: list[Any] = []
+            attempt.addBoth(outcome.append)
+            if not isinstance(outcome[0], Failure):
+                self.pool.report_connect_success(decision.backend)
+                return succeed((decision, outcome[0]))
+            attempt = fail(outcome[0])
+        dispatching = self._dispatch(context, connect, decision, attempt)
+        return Deferred.fromCoroutine(dispatching)
 
     async def _dispatch(
         self,
         context: IRoutingContext,
         connect: Callable[[Backend], Deferred[_T]],
+        decision: Decision,
+        attempt: Deferred[_T],
     ) -> tuple[Decision, _T]:
         tried: list[Backend] = []
         while True:
-            decision = self.choose(context, tried)
             backend = decision.backend
-            backend.active += 1
-            attempt = connect(backend)
             timed_out: list[bool] = []
             timer = self.clock.callLater(
                 self.pool.connect_timeout, _give_up, attempt, timed_out
@@ -186,6 +201,9 @@ class Router:
                     raise NoBackendAvailable(
                         f"{len(tried)} connect attempts failed in pool {self.pool.name}"
                     ) from None
+                decision = self.choose(context, tried)
+                decision.backend.active += 1
+                attempt = connect(decision.backend)
                 continue
             timer.cancel()
             self.pool.report_connect_success(backend)

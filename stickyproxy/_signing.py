@@ -109,7 +109,7 @@ class CookieSigner:
 
     def _tag(self, key: bytes, payload: bytes) -> bytes:
         message = self.purpose + b"\0" + payload
-        return hmac.new(key, message, hashlib.sha256).digest()[:TAG_SIZE]
+        return hmac.digest(key, message, "sha256")[:TAG_SIZE]
 
     def sign(self, payload: bytes) -> str:
         """

@@ -126,7 +126,7 @@ class BackendTokens:
     """
 
     pool: IBackendPool
-    keys: tuple[bytes, ...]
+    keys: tuple[bytes, ...] = attrs.field(repr=False)
     _known: dict[bytes, str] = attrs.field(init=False, factory=dict)
     _made: dict[str, bytes] = attrs.field(init=False, factory=dict)
     _of: object = attrs.field(init=False, default=None)

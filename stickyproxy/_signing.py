@@ -104,7 +104,7 @@ class CookieSigner:
         purpose does not verify for another.
     """
 
-    keys: tuple[bytes, ...] = attrs.field(converter=_check_keys)
+    keys: tuple[bytes, ...] = attrs.field(converter=_check_keys, repr=False)
     purpose: bytes = b""
 
     def _tag(self, key: bytes, payload: bytes) -> bytes:

@@ -56,6 +56,12 @@ class Options(usage.Options):
         ],
         ["persistence", None, None, "Persistence strategy name, e.g. source-ip."],
         [
+            "cookie-name",
+            None,
+            None,
+            "The name of the cookie the cookie (or app-cookie) strategy sets.",
+        ],
+        [
             "balance",
             None,
             "roundrobin",
@@ -99,6 +105,10 @@ class Options(usage.Options):
             )
         if self["backends"] and not self["listen"]:
             raise usage.UsageError("--listen ENDPOINT is required with --backend")
+        if self["cookie-name"] and self["persistence"] not in ("cookie", "app-cookie"):
+            raise usage.UsageError(
+                "--cookie-name goes with --persistence cookie (or app-cookie)"
+            )
 
     def config_data(self) -> dict[str, object]:
         """
@@ -111,7 +121,10 @@ class Options(usage.Options):
             "pool": "main",
         }
         if self["persistence"]:
-            frontend["persistence"] = {"strategy": self["persistence"]}
+            persistence = {"strategy": self["persistence"]}
+            if self["cookie-name"]:
+                persistence["name"] = self["cookie-name"]
+            frontend["persistence"] = persistence
         data: dict[str, object] = {
             "frontend": [frontend],
             "pool": {

@@ -8,6 +8,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
+from twisted.python.usage import UsageError
 
 from stickyproxy import ConfigError, load_config
 from stickyproxy._strategies import StrategyRegistry, source_ip
@@ -228,3 +229,31 @@ class MakeServiceTests(TestCase):
         message = str(error.code)
         self.assertIn("frontend[0].colour: unknown key", message)
         self.assertNotIn("\n", message)
+
+    def test_cookie_name(self):
+        """
+        C{--cookie-name} names the cookie strategy's cookie (the issue's
+        example command line), and the keys never show in reprs, which
+        logs could print.
+        """
+        proxy = _makeService(
+            _options(
+                *"--mode http --listen tcp:8080 --backend a=127.0.0.1:9001 "
+                "--backend b=127.0.0.1:9002 --persistence cookie "
+                "--cookie-name SRV".split()
+            ),
+            MemoryReactorClock(),
+        )
+        strategy = proxy.routers["main"].strategies[0]
+        self.assertIn("name='SRV'", repr(strategy))
+        self.assertNotIn("keys=", repr(strategy))
+        self.assertRaises(
+            UsageError,
+            _options,
+            "--listen",
+            "tcp:1",
+            "--backend",
+            "a:1",
+            "--cookie-name",
+            "SRV",
+        )

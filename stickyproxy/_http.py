@@ -29,7 +29,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._backends import Backend
+from ._backends import Backend, StateChange
 from ._httpbackend import BackendConnections, BackendHTTP
 from ._httpcontext import HTTPRoutingContext, IPNetwork, in_networks, real_client
 from ._proxyprotocol import HEADERS
@@ -860,6 +860,13 @@ class HTTPProxyFactory(Factory):
             )
             for backend in pool.backends
         }
+        pool.observe(self._backend_changed)
+
+    def _backend_changed(self, change: StateChange) -> None:
+        # Idle connections to a backend that went down would only fail the
+        # next request sent on them.
+        if not change.backend.healthy:
+            self.connections[change.backend].close_idle()
 
     def buildProtocol(self, addr: IAddress | None) -> HTTPProxyProtocol:  # type: ignore[override]
         return HTTPProxyProtocol(self)

@@ -660,3 +660,16 @@ class ConnectionTests(HTTPTestCase):
             forwarded.startswith(b"PROXY TCP4 192.0.2.10 192.0.2.1 50000 80\r\nGET")
         )
         self.assertEqual(len(self.factory.connections[self.pool.get("a")]), 0)
+
+    def test_backend_down_closes_idle(self):
+        """
+        When a backend goes down, its idle keep-alive connections are closed.
+        """
+        from stickyproxy._backends import Health
+
+        _, _, _ = self.exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", OK)
+        connections = self.factory.connections[self.pool.get("a")]
+        self.assertEqual(len(connections), 1)
+        self.pool.set_health(self.pool.get("a"), Health.DOWN, "test")
+        self.assertEqual(len(connections), 0)
+        self.assertTrue(self.backends[0][2].disconnecting)

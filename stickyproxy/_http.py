@@ -318,10 +318,7 @@ class _Exchange:
         router.bind(ctx, decision)
         self.bound = True
         router.pool.report_status(decision.backend, status)
-        extra: list[bytes] = []
-        debug = self.client.settings.debug_header
-        if debug is not None:
-            extra += [debug, b": ", self._describe(decision).encode("utf-8"), b"\r\n"]
+        extra = self._debug(decision)
         if body in ("chunked", "close"):
             if self.version == "1.1":
                 self.chunked_out = True
@@ -354,9 +351,16 @@ class _Exchange:
         lines.append(b"\r\n")
         return b"".join(lines)
 
-    def _describe(self, decision: Decision) -> str:
+    def _debug(self, decision: Decision) -> list[bytes]:
+        """
+        The debug header, if configured: which strategy decided, and how.
+        """
+        name = self.client.settings.debug_header
+        if name is None:
+            return []
         strategy = decision.strategy or "balancer"
-        return f"{strategy}; {decision.outcome.value}; backend={decision.backend.name}"
+        value = f"{strategy}; {decision.outcome.value}; backend={decision.backend.name}"
+        return [name, b": ", value.encode("utf-8"), b"\r\n"]
 
     def response_body(self, data: bytes) -> None:
         self.client.timer.touch()
@@ -405,10 +409,12 @@ class _Exchange:
         ]
         self.client.factory.router.bind(self.ctx, decision)
         self.bound = True
+        extra = self._debug(decision)
         head = self._response_head(
             101,
             self.ctx.response_headers,
-            [
+            extra
+            + [
                 b"connection: upgrade\r\nupgrade: ",
                 self.ctx.header(b"upgrade") or b"",
                 b"\r\n",

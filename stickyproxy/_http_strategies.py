@@ -25,6 +25,7 @@ change because the first answer took the cookie off the request.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -323,7 +324,7 @@ class ProxyCookie:
             backend=self.tokens.token(backend),
             issued=int(now),
             last_seen=int(now),
-            expires=None if expires is None else int(expires),
+            expires=None if expires is None else math.ceil(expires),
         )
 
     def issue(
@@ -409,7 +410,7 @@ class CookieInsert:
         expires = now + self.max_age
         if self.cookie.max_life is not None:
             expires = min(expires, issued + self.cookie.max_life)
-        return int(expires)
+        return math.ceil(expires)
 
     def lookup(self, context: IRoutingContext) -> Backend | None:
         found = self.cookie.lookup(_http(context))

@@ -83,22 +83,18 @@ def connect_endpoint(
     """
     host, sep, port = address.rpartition(":")
     if sep and port.isdigit() and host and "=" not in address:
-        number = int(port)
-        if not 0 < number < 65536:
-            raise ValueError(f"port {number} is out of range")
         if host.startswith("[") and host.endswith("]"):
-            return TCP6ClientEndpoint(reactor, host[1:-1], number, timeout)
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            if ":" in host:
-                raise ValueError(
-                    "an IPv6 address needs brackets: [addr]:port"
-                ) from None
-            return HostnameEndpoint(reactor, host.encode("ascii"), number, timeout)
-        if ip.version == 6:
+            return TCP6ClientEndpoint(reactor, host[1:-1], _port(port), timeout)
+        if ":" not in host:
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                return HostnameEndpoint(
+                    reactor, host.encode("ascii"), _port(port), timeout
+                )
+            return TCP4ClientEndpoint(reactor, host, _port(port), timeout)
+        if _is_ipv6(host) or _is_ipv6(address):
             raise ValueError("an IPv6 address needs brackets: [addr]:port")
-        return TCP4ClientEndpoint(reactor, host, number, timeout)
     endpoint: IStreamClientEndpoint = clientFromString(reactor, address)
     return endpoint
 
@@ -126,6 +122,21 @@ def connect_quietly(
     without logging.
     """
     return endpoint.connect(_OneConnection(protocol))
+
+
+def _port(text: str) -> int:
+    number = int(text)
+    if not 0 < number < 65536:
+        raise ValueError(f"port {number} is out of range")
+    return number
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 @attrs.define(eq=False)

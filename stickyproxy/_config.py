@@ -138,8 +138,8 @@ class ProxyConfig:
     admin: AdminConfig | None = None
 
 
-def _backend(reader: OptionReader, index: int) -> BackendConfig:
-    name = reader.string("name", f"backend{index + 1}")
+def _backend(reader: OptionReader, default_name: str) -> BackendConfig:
+    name = reader.string("name", default_name)
     backend = BackendConfig(
         name=name,
         address=reader.string("address"),
@@ -158,7 +158,13 @@ def _pool(name: str, reader: OptionReader) -> PoolConfig:
     backend_readers = reader.tables("backend")
     if not backend_readers:
         raise reader.fail("backend", "at least one [[pool.NAME.backend]] table")
-    backends = tuple(_backend(r, i) for i, r in enumerate(backend_readers))
+    # Unnamed backends are backend1, backend2, ... skipping names in use.
+    taken = {r.string("name") for r in backend_readers if r.has("name")}
+    free = (f"backend{n}" for n in range(1, len(backend_readers) + len(taken) + 2))
+    unused = (name for name in free if name not in taken)
+    backends = tuple(
+        _backend(r, "" if r.has("name") else next(unused)) for r in backend_readers
+    )
     seen: set[str] = set()
     for backend in backends:
         if backend.name in seen:
@@ -253,6 +259,12 @@ def _health(reader: OptionReader) -> HealthConfig:
         )
     elif kind is not None:
         raise reader.fail("type", "'tcp' or 'http' (or no type: passive checks only)")
+    if kind is None and settings.init_state is Health.DOWN:
+        raise ConfigError(
+            reader.key("init_state"),
+            "expected 'up' without a probe: with no type, nothing would ever "
+            "bring the backends up",
+        )
     reader.finish()
     return health
 

@@ -112,8 +112,8 @@ class IBalancer(Interface):
         """
         Pick one backend.
 
-        :param candidates: the backends allowed for this pick, never empty
-            of duplicates; may be empty.
+        :param candidates: the backends allowed for this pick, without
+            duplicates; may be empty.
         :param key: bytes identifying the client (its address for L4), used
             by hashing balancers and ignored by the others.
         :returns: one of C{candidates}, or C{None} when it is empty.

@@ -199,6 +199,8 @@ class ProxyService(MultiService):
     :ivar listeners: each frontend's listener, by frontend name.
     """
 
+    log = Logger()
+
     def __init__(
         self,
         config: ProxyConfig,
@@ -225,6 +227,12 @@ class ProxyService(MultiService):
             monitor.setName(f"health:{name}")
             monitor.setServiceParent(self)
             self.monitors[name] = monitor
+        if config.admin is not None:
+            self.log.warn(
+                "[admin] listen = {listen!r} is accepted, but this version has "
+                "no admin listener yet; nothing listens there",
+                listen=config.admin.listen,
+            )
         self.routers: dict[str, Router] = {}
         self.listeners: dict[str, ListenerService] = {}
         for frontend in config.frontends:

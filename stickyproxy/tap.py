@@ -47,7 +47,7 @@ class Options(usage.Options):
     ]
     optParameters = [
         ["config", "c", None, "The TOML configuration file."],
-        ["mode", None, "tcp", "Frontend mode: tcp or http.", _mode],
+        ["mode", None, None, "Frontend mode: tcp (the default) or http.", _mode],
         [
             "listen",
             None,
@@ -64,8 +64,8 @@ class Options(usage.Options):
         [
             "balance",
             None,
-            "roundrobin",
-            "Balancer: " + ", ".join(BALANCERS) + ".",
+            None,
+            "Balancer: " + ", ".join(BALANCERS) + " (default: roundrobin).",
             _balance,
         ],
         ["admin", None, None, "Admin listener endpoint string."],
@@ -77,27 +77,41 @@ class Options(usage.Options):
 
     def opt_backend(self, value: str) -> None:
         """
-        A backend, [NAME=]ADDRESS (host:port, [v6]:port or a client endpoint
-        string); repeat for each one.
+        A backend as [NAME=]ADDRESS (host:port, [v6]:port or an endpoint); repeatable.
         """
+        name: str | None
         name, sep, address = value.partition("=")
         if not sep or ":" in name:
-            name, address = f"b{len(self['backends']) + 1}", value
-        if not name or not address:
+            name, address = None, value  # named like an unnamed one in a config file
+        if name == "" or not address:
             raise usage.UsageError(f"--backend: expected [NAME=]ADDRESS, got {value!r}")
         self["backends"].append((name, address))
 
     def postOptions(self) -> None:
-        flags = [f"--{k}" for k in ("listen", "persistence", "admin") if self[k]]
-        if self["backends"]:
-            flags.append("--backend")
-        if self["config"] and (flags or self["demo"]):
+        given = [
+            f"--{key}"
+            for key in (
+                "mode",
+                "listen",
+                "persistence",
+                "cookie-name",
+                "balance",
+                "admin",
+            )
+            if self[key] is not None
+        ] + (["--backend"] if self["backends"] else [])
+        if self["config"] and (given or self["demo"]):
             raise usage.UsageError(
                 "--config describes everything; do not combine it with "
-                + (", ".join(flags) or "--demo")
+                + ", ".join(given or ["--demo"])
             )
-        if self["demo"] and self["backends"]:
-            raise usage.UsageError("--demo brings its own backends; drop --backend")
+        if self["demo"]:
+            extra = [flag for flag in given if flag not in ("--mode", "--listen")]
+            if extra:
+                raise usage.UsageError(
+                    "--demo brings its own backends and settings; it takes only "
+                    f"--mode and --listen, not {', '.join(extra)}"
+                )
         if not (self["config"] or self["demo"] or self["backends"]):
             raise usage.UsageError(
                 "nothing to proxy: give --config FILE, or --listen ENDPOINT with "
@@ -116,7 +130,7 @@ class Options(usage.Options):
         """
         frontend: dict[str, object] = {
             "name": "main",
-            "mode": self["mode"],
+            "mode": self["mode"] or "tcp",
             "listen": self["listen"],
             "pool": "main",
         }
@@ -129,9 +143,11 @@ class Options(usage.Options):
             "frontend": [frontend],
             "pool": {
                 "main": {
-                    "balance": self["balance"],
+                    "balance": self["balance"] or "roundrobin",
                     "backend": [
-                        {"name": name, "address": address}
+                        {"address": address}
+                        if name is None
+                        else {"name": name, "address": address}
                         for name, address in self["backends"]
                     ],
                 }
@@ -153,7 +169,7 @@ def _makeService(options: Options, reactor: Any) -> ProxyService:
     config: ProxyConfig
     if options["demo"]:
         # With --listen, one demo frontend (of --mode) listens there; else both.
-        mode = options["mode"] if options["listen"] else None
+        mode = (options["mode"] or "tcp") if options["listen"] else None
         modes = ("tcp", "http") if mode is None else (mode,)
         demo_ports = {}
         for each in modes:

@@ -548,6 +548,7 @@ class HealthConfigTests(TestCase):
         self.assertHealthError({"jitter": 0.9}, "jitter", "from 0 to 0.5")
         self.assertHealthError({"init_state": "maybe"}, "init_state", "'down'")
         self.assertHealthError({"on_down": "kill"}, "on_down", "'close'")
+        self.assertHealthError({"init_state": "down"}, "init_state", "without a probe")
 
 
 class HealthBuildTests(TestCase):
@@ -567,3 +568,32 @@ class HealthBuildTests(TestCase):
         self.assertIsInstance(monitor.probe, HTTPProbe)
         self.assertEqual(monitor.probe.path, "/hz")
         self.assertIs(proxy.pools["pg"].passive, monitor)
+
+
+class AddressTests(TestCase):
+    def test_forms(self):
+        """
+        Backend addresses: host:port, [v6]:port, a hostname, or any client
+        endpoint string, positional ones included.
+        """
+        from twisted.internet.endpoints import (
+            HostnameEndpoint,
+            TCP4ClientEndpoint,
+            TCP6ClientEndpoint,
+            UNIXClientEndpoint,
+        )
+
+        from stickyproxy._backends import connect_endpoint
+
+        reactor = MemoryReactorClock()
+        for address, kind in [
+            ("127.0.0.1:80", TCP4ClientEndpoint),
+            ("[::1]:80", TCP6ClientEndpoint),
+            ("app.example:80", HostnameEndpoint),
+            ("tcp:10.0.0.5:80", TCP4ClientEndpoint),
+            ("tcp:host=10.0.0.5:port=80", TCP4ClientEndpoint),
+            ("unix:/run/app.sock", UNIXClientEndpoint),
+        ]:
+            self.assertIsInstance(connect_endpoint(reactor, address, 3), kind, address)
+        for address in ("::1:80", "2001:db8::1:443", "127.0.0.1:0", "nonsense"):
+            self.assertRaises(ValueError, connect_endpoint, reactor, address, 3)

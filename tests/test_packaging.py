@@ -114,7 +114,7 @@ class OptionsTests(SynchronousTestCase):
             },
             {
                 "listen": "tcp:7000",
-                "backends": [("a", "127.0.0.1:1"), ("b2", "127.0.0.1:2")],
+                "backends": [("a", "127.0.0.1:1"), (None, "127.0.0.1:2")],
                 "mode": "tcp",
                 "balance": "leastconn",
                 "persistence": "source-ip",
@@ -129,9 +129,11 @@ class OptionsTests(SynchronousTestCase):
         round-robin, and no persistence.
         """
         options = _parse("--listen", "tcp:7000", "--backend", "127.0.0.1:1")
+        data = options.config_data()
+        frontend, pool = data["frontend"][0], data["pool"]["main"]
         self.assertEqual(
-            (options["mode"], options["balance"], options["persistence"]),
-            ("tcp", "roundrobin", None),
+            (frontend["mode"], pool["balance"], "persistence" in frontend),
+            ("tcp", "roundrobin", False),
         )
 
     def test_endpoint_backends(self) -> None:
@@ -149,7 +151,7 @@ class OptionsTests(SynchronousTestCase):
         )
         self.assertEqual(
             options["backends"],
-            [("b1", "tcp:host=127.0.0.1:port=1"), ("sock", "unix:path=/run/app.sock")],
+            [(None, "tcp:host=127.0.0.1:port=1"), ("sock", "unix:path=/run/app.sock")],
         )
 
     def test_config_data(self) -> None:

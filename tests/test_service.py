@@ -158,7 +158,7 @@ class MakeServiceTests(TestCase):
         )
         self.assertEqual([s[0] for s in reactor.tcpServers], [7000])
         pool = proxy.pools["main"]
-        self.assertEqual([b.name for b in pool.backends], ["a", "b2"])
+        self.assertEqual([b.name for b in pool.backends], ["a", "backend1"])
         self.assertEqual(pool.balancer.name, "leastconn")
         self.assertEqual(proxy.routers["main"].strategies[0].name, "source-ip")
 
@@ -257,3 +257,46 @@ class MakeServiceTests(TestCase):
             "--cookie-name",
             "SRV",
         )
+
+
+class FlagConflictTests(TestCase):
+    def test_config_takes_no_flags(self):
+        """
+        C{--config} with any flag it would silently override is refused.
+        """
+        for flag in (
+            ["--mode", "http"],
+            ["--balance", "leastconn"],
+            ["--listen", "tcp:1"],
+        ):
+            error = self.assertRaises(UsageError, _options, "--config", "x.toml", *flag)
+            self.assertIn(flag[0], str(error))
+
+    def test_demo_takes_mode_and_listen_only(self):
+        """
+        C{--demo} refuses the flags it would ignore.
+        """
+        error = self.assertRaises(UsageError, _options, "--demo", "--balance", "hash")
+        self.assertIn("--balance", str(error))
+        _options("--demo", "--mode", "http", "--listen", "tcp:1")
+
+    def test_unnamed_backends_never_clash(self):
+        """
+        Unnamed backends are named backend1, backend2, ... skipping the names
+        given to others.
+        """
+        proxy = _makeService(
+            _options(
+                "--listen",
+                "tcp:1",
+                "--backend",
+                "backend1=127.0.0.1:1",
+                "--backend",
+                "127.0.0.1:2",
+                "--backend",
+                "127.0.0.1:3",
+            ),
+            MemoryReactorClock(),
+        )
+        names = [b.name for b in proxy.pools["main"].backends]
+        self.assertEqual(names, ["backend1", "backend2", "backend3"])

@@ -14,7 +14,7 @@ C{route}
     The session id carries the backend's route after a separator, as
     Tomcat's C{jvmRoute} does (L{RouteStrategy}).
 C{header}
-    Affinity on a request header's value (L{HeaderHash}, L{HeaderTable}).
+    Affinity on a request header's value (L{HeaderKey}, hashed or learned).
 
 Every strategy reads the request only through L{IHTTPRoutingContext}.  A
 cookie or prefix the proxy made is read from the request I{as the client
@@ -41,7 +41,6 @@ from twisted.plugin import IPlugin
 
 from ._affinity import StickTable
 from ._backends import Backend
-from ._balancers import rendezvous_order
 from ._httpcontext import (
     IHTTPRoutingContext,
     SetCookie,
@@ -58,7 +57,7 @@ from ._signing import (
     backend_token,
     backend_tokens,
 )
-from ._strategies import read_table_options
+from ._strategies import read_affinity, read_table_options
 from .interfaces import (
     IBackendPool,
     IPersistenceStrategy,
@@ -706,68 +705,16 @@ def _header_value(context: IRoutingContext, header: bytes) -> bytes | None:
     return value or None
 
 
-@implementer(IPersistenceStrategy)
-@attrs.define(eq=False)
-class HeaderHash:
+@attrs.frozen
+class HeaderKey:
     """
-    C{header}, C{mode = "hash"}: the header's value is hashed (rendezvous)
-    over the backends that serve bound clients, statelessly, as
-    C{source-ip} does with addresses.  A request without it is not bound.
-    Backends that already failed this request are skipped, so a retry goes
-    where the hash settles once they are marked down.
+    The key of header persistence: the request header's value.
     """
 
-    pool: IBackendPool
     header: bytes
-    name = "header"
 
-    def lookup(self, context: IRoutingContext) -> Backend | None:
-        value = _header_value(context, self.header)
-        if value is None:
-            return None
-        tried = context.tried
-        candidates = [b for b in self.pool.serving_bound() if b not in tried]
-        order = rendezvous_order(value, candidates)
-        return order[0] if order else None
-
-    def persist(self, context: IRoutingContext, backend: Backend) -> None:
-        pass
-
-    def release(self, context: IRoutingContext, backend: Backend) -> None:
-        pass
-
-
-@implementer(IPersistenceStrategy)
-@attrs.define(eq=False)
-class HeaderTable:
-    """
-    C{header}, C{mode = "table"}: the backend that first served a header
-    value is remembered in a stick table for C{timeout} seconds after the
-    last response for that value.
-    """
-
-    pool: IBackendPool
-    table: IStickTable
-    header: bytes
-    name = "header"
-
-    def lookup(self, context: IRoutingContext) -> Backend | None:
-        value = _header_value(context, self.header)
-        if value is None:
-            return None
-        name = self.table.get(value)
-        return None if name is None else self.pool.get(name)
-
-    def persist(self, context: IRoutingContext, backend: Backend) -> None:
-        # Bound and released at once: no hold outlives the response head,
-        # so a request that fails before it cannot leave a hold behind.
-        value = _header_value(context, self.header)
-        if value is not None:
-            self.table.bind(value, backend.name)
-            self.table.release(value)
-
-    def release(self, context: IRoutingContext, backend: Backend) -> None:
-        pass
+    def __call__(self, context: IRoutingContext) -> bytes | None:
+        return _header_value(context, self.header)
 
 
 _REQUIRED: object = object()
@@ -1026,15 +973,8 @@ class HeaderFactory:
         path: str,
     ) -> IPersistenceStrategy:
         reader = OptionReader(options, path)
-        header = _token(reader, "header").lower().encode("ascii")
-        mode = reader.string("mode", "hash", choices=("hash", "table"))
-        strategy: IPersistenceStrategy
-        if mode == "table":
-            table = read_table_options(reader, reactor)
-            pool.add_session_source(table.count)
-            strategy = HeaderTable(pool, table, header)
-        else:
-            strategy = HeaderHash(pool, header)
+        key = HeaderKey(_token(reader, "header").lower().encode("ascii"))
+        strategy = read_affinity(self.name, reader, pool, reactor, key)
         reader.finish()
         return strategy
 

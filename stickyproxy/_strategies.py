@@ -8,7 +8,7 @@ L{twisted.plugin.getPlugins}, from C{twisted/plugins/stickyproxy_strategies.py}.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from types import ModuleType
 
@@ -73,29 +73,36 @@ def client_address(
     return context.client_host  # type: ignore[no-any-return]
 
 
+AffinityKey = Callable[[IRoutingContext], "bytes | None"]
+
+
 @implementer(IPersistenceStrategy)
 @attrs.define(eq=False)
-class SourceIPHash:
+class HashAffinity:
     """
-    Stateless affinity: the masked client address is hashed (rendezvous)
-    over the backends that serve bound clients, so every proxy with the
-    same backends agrees, and a backend that leaves moves only its clients.
-    Backends that already failed this client are skipped, so a retry goes
-    where the hash settles once they are marked down.
+    Stateless affinity: a key taken from the client (its masked address, a
+    header) is hashed (rendezvous) over the backends that serve bound
+    clients, so every proxy with the same backends agrees, and a backend
+    that leaves moves only its clients.  Backends that already failed this
+    client are skipped, so a retry goes where the hash settles once they
+    are marked down.
+
+    :ivar key: the key of a context, or C{None} when it has none (the
+        client is then not bound).
     """
 
+    name: str
     pool: IBackendPool
-    mask: int = 32
-    mask6: int = 64
-    trusted: tuple[IPNetwork, ...] = ()
-    name = "source-ip"
+    key: AffinityKey
 
     def lookup(self, context: IRoutingContext) -> Backend | None:
-        key = masked_address(
-            client_address(context, self.trusted), self.mask, self.mask6
-        )
+        key = self.key(context)
+        if key is None:
+            return None
+        candidates = self.pool.serving_bound()
         tried = context.tried
-        candidates = [b for b in self.pool.serving_bound() if b not in tried]
+        if tried:
+            candidates = [b for b in candidates if b not in tried]
         order = rendezvous_order(key, candidates)
         return order[0] if order else None
 
@@ -108,34 +115,67 @@ class SourceIPHash:
 
 @implementer(IPersistenceStrategy)
 @attrs.define(eq=False)
-class SourceIPTable:
+class TableAffinity:
     """
-    Learned affinity: the backend that first served a masked client address
-    is remembered in a stick table while it has connections, and for
-    C{timeout} seconds after the last one closes.
+    Learned affinity: the backend that first served a key (a masked
+    address, a header value) is remembered in a stick table while the key
+    has connections or requests open, and for the table's C{timeout} after
+    the last one ends.
     """
 
+    name: str
     pool: IBackendPool
     table: IStickTable
+    key: AffinityKey
+
+    def lookup(self, context: IRoutingContext) -> Backend | None:
+        key = self.key(context)
+        name = None if key is None else self.table.get(key)
+        return None if name is None else self.pool.get(name)
+
+    def persist(self, context: IRoutingContext, backend: Backend) -> None:
+        key = self.key(context)
+        if key is not None:
+            self.table.bind(key, backend.name)
+
+    def release(self, context: IRoutingContext, backend: Backend) -> None:
+        key = self.key(context)
+        if key is not None:
+            self.table.release(key)
+
+
+@attrs.frozen
+class SourceIPKey:
+    """
+    The key of source-ip persistence: the client's masked address.
+    """
+
     mask: int = 32
     mask6: int = 64
     trusted: tuple[IPNetwork, ...] = ()
-    name = "source-ip"
 
-    def _key(self, context: IRoutingContext) -> bytes:
+    def __call__(self, context: IRoutingContext) -> bytes:
         return masked_address(
             client_address(context, self.trusted), self.mask, self.mask6
         )
 
-    def lookup(self, context: IRoutingContext) -> Backend | None:
-        name = self.table.get(self._key(context))
-        return None if name is None else self.pool.get(name)
 
-    def persist(self, context: IRoutingContext, backend: Backend) -> None:
-        self.table.bind(self._key(context), backend.name)
-
-    def release(self, context: IRoutingContext, backend: Backend) -> None:
-        self.table.release(self._key(context))
+def read_affinity(
+    name: str,
+    reader: OptionReader,
+    pool: IBackendPool,
+    clock: IReactorTime,
+    key: AffinityKey,
+) -> IPersistenceStrategy:
+    """
+    Read C{mode} (C{"hash"}, the default, or C{"table"} with the table
+    options) and make the affinity strategy on C{key} it names.
+    """
+    if reader.string("mode", "hash", choices=("hash", "table")) == "hash":
+        return HashAffinity(name, pool, key)
+    table = read_table_options(reader, clock)
+    pool.add_session_source(table.count)
+    return TableAffinity(name, pool, table, key)
 
 
 def read_table_options(reader: OptionReader, clock: IReactorTime) -> StickTable:
@@ -171,17 +211,12 @@ class SourceIPFactory:
         path: str,
     ) -> IPersistenceStrategy:
         reader = OptionReader(options, path)
-        mode = reader.string("mode", "hash", choices=("hash", "table"))
-        mask = reader.integer("mask", 32, minimum=0, maximum=32)
-        mask6 = reader.integer("mask6", 64, minimum=0, maximum=128)
-        trusted = _read_networks(reader, "trusted_proxies")
-        strategy: IPersistenceStrategy
-        if mode == "table":
-            table = read_table_options(reader, reactor)
-            pool.add_session_source(table.count)
-            strategy = SourceIPTable(pool, table, mask, mask6, trusted)
-        else:
-            strategy = SourceIPHash(pool, mask, mask6, trusted)
+        key = SourceIPKey(
+            mask=reader.integer("mask", 32, minimum=0, maximum=32),
+            mask6=reader.integer("mask6", 64, minimum=0, maximum=128),
+            trusted=_read_networks(reader, "trusted_proxies"),
+        )
+        strategy = read_affinity(self.name, reader, pool, reactor, key)
         reader.finish()
         return strategy
 

@@ -14,7 +14,7 @@ from twisted.plugin import IPlugin
 from stickyproxy import AdminState, ConfigError, load_config, read_config_file
 from stickyproxy._backends import Health
 from stickyproxy._options import OptionReader
-from stickyproxy._strategies import SourceIPHash, StrategyRegistry, source_ip
+from stickyproxy._strategies import HashAffinity, StrategyRegistry, source_ip
 from stickyproxy.interfaces import IPersistenceStrategyFactory
 from stickyproxy.service import ProxyService
 
@@ -29,7 +29,7 @@ class _HTTPOnly:
     description: str = "test"
 
     def build(self, options, pool, reactor, path):
-        return SourceIPHash(pool)
+        return HashAffinity("test", pool, lambda context: b"key")
 
 
 REGISTRY = StrategyRegistry.of([source_ip, _HTTPOnly()])

@@ -21,8 +21,6 @@ from stickyproxy._http_strategies import (
     AppCookieLearn,
     AppCookiePrefix,
     CookieInsert,
-    HeaderHash,
-    HeaderTable,
     RouteStrategy,
     app_cookie,
     cookie,
@@ -37,7 +35,12 @@ from stickyproxy._signing import (
     b64encode,
     backend_token,
 )
-from stickyproxy._strategies import StrategyRegistry, source_ip
+from stickyproxy._strategies import (
+    HashAffinity,
+    StrategyRegistry,
+    TableAffinity,
+    source_ip,
+)
 from stickyproxy.interfaces import IPersistenceStrategy, IPersistenceStrategyFactory
 from stickyproxy.testing import (
     http_context,
@@ -1327,10 +1330,10 @@ class HeaderTests(TestCase):
         self.assertProvides(IPlugin, header)
         self.assertProvides(IPersistenceStrategyFactory, header)
         self.assertEqual(header.modes, frozenset({"http"}))
-        self.assertIsInstance(self.strategy, HeaderHash)
+        self.assertIsInstance(self.strategy, HashAffinity)
         self.assertProvides(IPersistenceStrategy, self.strategy)
         table = _build(header, self.pool, header="X-Session-Id", mode="table")
-        self.assertIsInstance(table, HeaderTable)
+        self.assertIsInstance(table, TableAffinity)
         self.assertProvides(IPersistenceStrategy, table)
 
     def test_hash(self):

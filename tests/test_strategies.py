@@ -18,9 +18,9 @@ from twisted.plugin import IPlugin
 
 from stickyproxy import AdminState, ConfigError
 from stickyproxy._strategies import (
-    SourceIPHash,
-    SourceIPTable,
+    HashAffinity,
     StrategyRegistry,
+    TableAffinity,
     masked_address,
     source_ip,
 )
@@ -88,7 +88,7 @@ class SourceIPHashTests(TestCase):
         """
         self.assertProvides(IPersistenceStrategyFactory, source_ip)
         self.assertProvides(IPersistenceStrategy, self.strategy)
-        self.assertIsInstance(self.strategy, SourceIPHash)
+        self.assertIsInstance(self.strategy, HashAffinity)
 
     def test_same_address_same_backend(self):
         """
@@ -182,7 +182,7 @@ class SourceIPTableTests(TestCase):
         """
         The table strategy provides L{IPersistenceStrategy}.
         """
-        self.assertIsInstance(self.strategy, SourceIPTable)
+        self.assertIsInstance(self.strategy, TableAffinity)
         self.assertProvides(IPersistenceStrategy, self.strategy)
 
     def test_learns(self):
@@ -269,7 +269,7 @@ class _Factory:
     description: str = "test"
 
     def build(self, options, pool, reactor, path):
-        return SourceIPHash(pool)
+        return HashAffinity("test", pool, lambda context: b"key")
 
 
 class _Broken:

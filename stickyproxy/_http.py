@@ -31,7 +31,8 @@ from twisted.python.failure import Failure
 
 from ._backends import Backend, StateChange
 from ._httpbackend import BackendConnections, BackendHTTP
-from ._httpcontext import HTTPRoutingContext, IPNetwork, in_networks, real_client
+from ._httpcontext import HTTPRoutingContext, in_networks, real_client
+from ._options import IPNetwork
 from ._proxyprotocol import HEADERS
 from ._router import Decision, NoBackendAvailable, Outcome, Router
 from ._tcp import client_host

@@ -16,11 +16,11 @@ C{route}
 C{header}
     Affinity on a request header's value (L{HeaderKey}, hashed or learned).
 
-Every strategy reads the request only through L{IHTTPRoutingContext}.  A
-cookie or prefix the proxy made is read from the request I{as the client
-sent it}, not from the context's current view: the router asks every
-strategy again when it retries a failed connect, and the answer must not
-change because the first answer took the cookie off the request.
+Every strategy reads the request only through L{IHTTPRoutingContext},
+whose cookies are the ones the client sent, whatever a strategy took off
+the forwarded request: the router asks every strategy again when it
+retries a failed connect, and the answer must not change because the
+first answer took the cookie off.
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ from .interfaces import (
 
 log = Logger()
 
-_TOKEN_CHARS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _ATTRIBUTE_VALUE = re.compile(r"[\x21-\x3a\x3c-\x7e]+")  # no space, ";" or CTLs
 _DIRECTIVE = re.compile(rb'(?:[^,"]|"(?:[^"\\]|\\.)*")+')
 
@@ -717,22 +716,6 @@ class HeaderKey:
         return _header_value(context, self.header)
 
 
-_REQUIRED: object = object()
-
-
-def _token(reader: OptionReader, name: str, default: object = _REQUIRED) -> str:
-    """
-    Read a cookie or header name (an RFC 9110 token).
-    """
-    if default is _REQUIRED:
-        value = reader.string(name)
-    else:
-        value = reader.string(name, default)
-    if not _TOKEN_CHARS.fullmatch(value):
-        raise reader.fail(name, "a cookie or header name (letters, digits, -_.!#$...)")
-    return value
-
-
 def _attribute(reader: OptionReader, name: str, default: str | None) -> str | None:
     """
     Read a cookie attribute's value (optional when C{default} is C{None}).
@@ -773,7 +756,7 @@ def read_cookie_attributes(reader: OptionReader, name: str) -> CookieAttributes:
     if path is not None and not path.startswith("/"):
         raise reader.fail("path", "a path starting with '/'")
     return CookieAttributes(
-        name=_token(reader, "name", name),
+        name=reader.token("name", name),
         path=path,
         domain=_attribute(reader, "domain", None),
         secure=_read_secure(reader),
@@ -898,7 +881,7 @@ class AppCookieFactory:
     ) -> IPersistenceStrategy:
         reader = OptionReader(options, path)
         mode = reader.string("mode", "follow", choices=("follow", "learn", "prefix"))
-        app_cookie = _token(reader, "cookie", "JSESSIONID")
+        app_cookie = reader.token("cookie", "JSESSIONID")
         strategy: IPersistenceStrategy
         if mode == "learn":
             table = read_table_options(reader, reactor)
@@ -942,8 +925,8 @@ class RouteFactory:
         path: str,
     ) -> IPersistenceStrategy:
         reader = OptionReader(options, path)
-        cookie = _token(reader, "cookie", "JSESSIONID")
-        param = _token(reader, "param", "jsessionid")
+        cookie = reader.token("cookie", "JSESSIONID")
+        param = reader.token("param", "jsessionid")
         separator = reader.string("separator", ".")
         if not separator or any(c in separator for c in ';,=&? "\t'):
             raise reader.fail(
@@ -973,7 +956,7 @@ class HeaderFactory:
         path: str,
     ) -> IPersistenceStrategy:
         reader = OptionReader(options, path)
-        key = HeaderKey(_token(reader, "header").lower().encode("ascii"))
+        key = HeaderKey(reader.token("header").lower().encode("ascii"))
         strategy = read_affinity(self.name, reader, pool, reactor, key)
         reader.finish()
         return strategy

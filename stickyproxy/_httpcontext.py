@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING
 import attrs
 from zope.interface import Attribute, implementer
 
+from ._options import IPNetwork
 from .interfaces import IRoutingContext
 
 if TYPE_CHECKING:
     from ._backends import Backend
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class IHTTPRoutingContext(IRoutingContext):
@@ -379,13 +378,6 @@ def delete_cookie(
         httponly=False,
         samesite=None,
     )
-
-
-def parse_networks(values: Sequence[str]) -> tuple[IPNetwork, ...]:
-    """
-    :raises ValueError: a value is not an address or CIDR network.
-    """
-    return tuple(ipaddress.ip_network(value, strict=False) for value in values)
 
 
 def in_networks(host: str, networks: Sequence[IPNetwork]) -> bool:

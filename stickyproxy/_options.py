@@ -8,13 +8,17 @@ C{frontend[0].persistence.mask: expected an integer from 0 to 32, got 33}.
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import TypeVar
 
 import attrs
 
 _T = TypeVar("_T")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _MISSING: object = object()
 
 
@@ -196,6 +200,29 @@ class OptionReader:
         """
         self._seen.add(name)
         return self.number(name, positive=positive) if self.has(name) else None
+
+    def token(self, name: str, default: object = _MISSING) -> str:
+        """
+        Read a header or cookie name (an RFC 9110 token).
+        """
+        value = self.string(name, default)
+        if not _TOKEN.fullmatch(value):
+            raise self.fail(name, "a cookie or header name (letters, digits, -_.!#$)")
+        return value
+
+    def networks(self, name: str) -> tuple[IPNetwork, ...]:
+        """
+        Read an array of IP addresses or CIDR networks (absent: none).
+        """
+        try:
+            return tuple(
+                ipaddress.ip_network(value, strict=False)
+                for value in self.strings(name, ())
+            )
+        except ValueError:
+            raise self.fail(
+                name, "an array of IP addresses or CIDR networks (10.0.0.0/8)"
+            ) from None
 
     def boolean(self, name: str, default: object = _MISSING) -> bool:
         """

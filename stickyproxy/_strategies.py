@@ -24,8 +24,8 @@ from twisted.plugin import IPlugin, getPlugins
 from ._affinity import StickTable
 from ._backends import Backend
 from ._balancers import rendezvous_order
-from ._httpcontext import IHTTPRoutingContext, IPNetwork, parse_networks, real_client
-from ._options import ConfigError, OptionReader
+from ._httpcontext import IHTTPRoutingContext, real_client
+from ._options import ConfigError, IPNetwork, OptionReader
 from .interfaces import (
     IBackendPool,
     IPersistenceStrategy,
@@ -214,21 +214,11 @@ class SourceIPFactory:
         key = SourceIPKey(
             mask=reader.integer("mask", 32, minimum=0, maximum=32),
             mask6=reader.integer("mask6", 64, minimum=0, maximum=128),
-            trusted=_read_networks(reader, "trusted_proxies"),
+            trusted=reader.networks("trusted_proxies"),
         )
         strategy = read_affinity(self.name, reader, pool, reactor, key)
         reader.finish()
         return strategy
-
-
-def _read_networks(reader: OptionReader, name: str) -> tuple[IPNetwork, ...]:
-    values = reader.strings(name, ())
-    try:
-        return parse_networks(values)
-    except ValueError:
-        raise reader.fail(
-            name, "an array of IP addresses or CIDR networks (10.0.0.0/8)"
-        ) from None
 
 
 source_ip = SourceIPFactory()

@@ -261,7 +261,7 @@ class ErrorTests(TestCase):
         self.assertConfigError(
             lambda d: d["frontend"][0].update(mode="http", debug_header="X Debug"),
             "frontend[0].debug_header",
-            "header name",
+            "cookie or header name",
         )
 
     def test_unknown_pool(self):

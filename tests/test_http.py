@@ -2,6 +2,8 @@
 Tests for the L7 proxy, L{stickyproxy._http}, over Twisted's fakes.
 """
 
+import ipaddress
+
 import attrs
 from zope.interface import implementer
 
@@ -14,7 +16,7 @@ from stickyproxy import AdminState
 from stickyproxy._backends import Backend, Pool, connect_endpoint
 from stickyproxy._balancers import RoundRobin
 from stickyproxy._http import HTTPProxyFactory, HTTPSettings
-from stickyproxy._httpcontext import make_set_cookie, parse_networks
+from stickyproxy._httpcontext import make_set_cookie
 from stickyproxy._router import Router
 from stickyproxy.interfaces import IPersistenceStrategy
 
@@ -530,7 +532,7 @@ class PersistenceHookTests(HTTPTestCase):
         request secure.
         """
         self.factory.settings = attrs.evolve(
-            self.settings, trusted_proxies=parse_networks(["10.0.0.0/8"])
+            self.settings, trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),)
         )
         seen = self.strategy.seen
         proxy = IPv4Address("TCP", "10.1.1.1", 4000)
@@ -547,7 +549,7 @@ class PersistenceHookTests(HTTPTestCase):
         From an untrusted peer, X-Forwarded-For does not change the client.
         """
         self.factory.settings = attrs.evolve(
-            self.settings, trusted_proxies=parse_networks(["10.0.0.0/8"])
+            self.settings, trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),)
         )
         seen = self.strategy.seen
         self.exchange(

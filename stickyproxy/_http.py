@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._backends import Backend, StateChange
-from ._httpbackend import BackendConnections, BackendHTTP
+from ._httpbackend import HOP_BY_HOP, BackendConnections, BackendHTTP
 from ._httpcontext import HTTPRoutingContext, in_networks, real_client
 from ._options import IPNetwork
 from ._proxyprotocol import HEADERS
@@ -38,20 +38,6 @@ from ._router import Decision, NoBackendAvailable, Outcome, Router
 from ._tcp import client_host
 from ._timers import IdleTimer
 
-# RFC 9110 7.6.1 and RFC 2616 13.5.1: meaningful for one connection only.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-    }
-)
 _REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 _ADDED_BY_US = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
@@ -306,15 +292,7 @@ class _Exchange:
         assert backend is not None and decision is not None
         ctx = self.ctx
         ctx.status = status
-        named = {
-            token.strip().lower()
-            for name, value in headers
-            if name == b"connection"
-            for token in value.split(b",")
-        }
-        ctx.response_headers = [
-            (n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named
-        ]
+        ctx.response_headers = headers
         router = self.client.factory.router
         router.bind(ctx, decision)
         self.bound = True

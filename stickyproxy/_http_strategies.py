@@ -71,6 +71,8 @@ log = Logger()
 _ATTRIBUTE_VALUE = re.compile(r"[\x21-\x3a\x3c-\x7e]+")  # no space, ";" or CTLs
 _DIRECTIVE = re.compile(rb'(?:[^,"]|"(?:[^"\\]|\\.)*")+')
 
+#: How many checked cookie values a proxy cookie remembers.
+CHECKED_VALUES = 10_000
 #: How many sessions the session-counting table of a proxy cookie keeps.
 SESSION_TABLE_SIZE = 100_000
 #: Its idle timeout when the cookie has no C{max_idle}.
@@ -239,6 +241,9 @@ class ProxyCookie:
     nocache: bool = True
     max_idle: float | None = None
     max_life: float | None = None
+    # What each value seen lately proved to be (checking costs two HMACs and
+    # base64 both ways; a sticky client sends the same value every time).
+    _checked: dict[str, FoundCookie | None] = attrs.field(init=False, factory=dict)
 
     @property
     def name(self) -> str:
@@ -246,6 +251,30 @@ class ProxyCookie:
         The cookie's name.
         """
         return self.attributes.name
+
+    def _check(self, value: str) -> FoundCookie | None:
+        """
+        What a cookie value says, whatever the time: its payload and backend
+        if the value is ours and names a backend of the pool, else C{None}.
+        """
+        checked = self._checked
+        if value in checked:
+            return checked[value]
+        signed = self.signer.verify(value)
+        payload = None if signed is None else SessionPayload.unpack(signed)
+        found = None
+        if payload is not None:
+            backend = self.tokens.backend(payload.backend)
+            if backend is not None:
+                assert signed is not None
+                current = self.signer.sign(signed) == value and (
+                    payload.backend == self.tokens.token(backend)
+                )
+                found = FoundCookie(payload, backend, current)
+        if len(checked) >= CHECKED_VALUES:
+            checked.clear()  # cheaper than LRU bookkeeping on every hit
+        checked[value] = found
+        return found
 
     def read(
         self, context: IHTTPRoutingContext, now: float, report: bool = False
@@ -261,40 +290,39 @@ class ProxyCookie:
         value = context.cookie(self.name)
         if value is None:
             return None
-        signed = self.signer.verify(value)
-        payload = None if signed is None else SessionPayload.unpack(signed)
-        if payload is None:
+        found = self._check(value)
+        if found is None:
             if report:
-                log.debug(
-                    "{strategy} cookie {name} from {client} is not ours: ignored",
-                    strategy=self.strategy,
-                    name=self.name,
-                    client=context.client_host,
-                )
+                self._report(context, value)
             return None
+        payload = found.payload
         if (
             (payload.expires is not None and now >= payload.expires)
             or (self.max_life is not None and now - payload.issued >= self.max_life)
             or (self.max_idle is not None and now - payload.last_seen >= self.max_idle)
         ):
             return None
-        backend = self.tokens.backend(payload.backend)
-        if backend is None:
-            if report:
-                log.warn(
-                    "{strategy} cookie {name} from {client} names a backend pool "
-                    "{pool} does not have: the client is balanced afresh",
-                    strategy=self.strategy,
-                    name=self.name,
-                    client=context.client_host,
-                    pool=self.pool.name,
-                )
-            return None
-        assert signed is not None
-        current = self.signer.sign(
-            signed
-        ) == value and payload.backend == self.tokens.token(backend)
-        return FoundCookie(payload, backend, current)
+        return found
+
+    def _report(self, context: IHTTPRoutingContext, value: str) -> None:
+        signed = self.signer.verify(value)
+        payload = None if signed is None else SessionPayload.unpack(signed)
+        if payload is None:
+            log.debug(
+                "{strategy} cookie {name} from {client} is not ours: ignored",
+                strategy=self.strategy,
+                name=self.name,
+                client=context.client_host,
+            )
+        else:
+            log.warn(
+                "{strategy} cookie {name} from {client} names a backend pool "
+                "{pool} does not have: the client is balanced afresh",
+                strategy=self.strategy,
+                name=self.name,
+                client=context.client_host,
+                pool=self.pool.name,
+            )
 
     def lookup(self, context: IHTTPRoutingContext) -> FoundCookie | None:
         """

@@ -19,6 +19,21 @@ from twisted.python.failure import Failure
 
 from ._backends import Backend, connect_quietly
 
+# RFC 9110 7.6.1 and RFC 2616 13.5.1: meaningful for one connection only.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+
 
 class ResponseReceiver(TypingProtocol):
     """
@@ -29,7 +44,8 @@ class ResponseReceiver(TypingProtocol):
         self, status: int, headers: list[tuple[bytes, bytes]], body: str
     ) -> None:
         """
-        The head of a response (C{status} may be 1xx: an interim one).
+        The head of a response (C{status} may be 1xx: an interim one), its
+        hop-by-hop headers (and those named in C{Connection}) removed.
 
         :param body: how the body is framed: C{"none"}, C{"length"},
             C{"chunked"} or C{"close"} (read until the connection closes).
@@ -75,8 +91,10 @@ class BackendHTTP(Protocol):
         self._no_body = False
         self._parser = HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
+        self._framing: set[bytes] = set()  # transfer-encoding, content-length
+        self._named: list[bytes] = []  # header names listed in Connection
         self._body = "none"
-        self._idle: IDelayedCall | None = None
+        self.idle_since = 0.0
         self.tunnel: Any = None  # the client protocol, once upgraded
 
     def connectionMade(self) -> None:
@@ -95,23 +113,34 @@ class BackendHTTP(Protocol):
         self.receiver = receiver
         self.responded = False
         self._no_body = no_body
-        self._headers = []
 
     # llhttp callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        # Hop-by-hop headers are dropped here, on the way in; the framing
+        # ones are remembered, for the body.
+        name = name.lower()
+        if name not in HOP_BY_HOP:
+            if name == b"content-length":
+                self._framing.add(name)
+            self._headers.append((name, value))
+        elif name == b"transfer-encoding":
+            self._framing.add(name)
+        elif name == b"connection":
+            self._named += [t.strip().lower() for t in value.split(b",")]
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
-        headers = self._headers
-        self._headers = []
+        headers, framing, named = self._headers, self._framing, self._named
+        self._headers, self._framing, self._named = [], set(), []
+        if named:
+            headers = [(n, v) for n, v in headers if n not in named]
         if status < 200 or status in (204, 304) or self._no_body:
             body = "none"
-        elif any(name == b"transfer-encoding" for name, _ in headers):
+        elif b"transfer-encoding" in framing:
             body = "chunked"
-        elif any(name == b"content-length" for name, _ in headers):
+        elif framing:
             body = "length"
         else:
             body = "close"
@@ -190,7 +219,8 @@ class BackendConnections:
     """
     Connections to one backend: new ones on demand, and up to C{max_idle}
     idle keep-alive ones, each closed after C{idle_timeout} unused (newest
-    reused first, so surplus ones age out).
+    reused first, so surplus ones age out).  One timer sweeps them, rather
+    than one per connection, which would cost a timer per request.
     """
 
     def __init__(
@@ -205,7 +235,8 @@ class BackendConnections:
         self.clock = clock
         self.max_idle = 0 if send_proxy else max_idle  # PROXY headers are per client
         self.idle_timeout = idle_timeout
-        self._idle: deque[BackendHTTP] = deque()
+        self._idle: deque[BackendHTTP] = deque()  # oldest first
+        self._sweep: IDelayedCall | None = None
 
     def acquire(self) -> Deferred[Any]:
         """
@@ -213,11 +244,9 @@ class BackendConnections:
 
         :returns: a Deferred firing with a connected L{BackendHTTP}.
         """
-        while self._idle:
-            connection = self._idle.pop()
-            if connection._idle is not None and connection._idle.active():
-                connection._idle.cancel()
-            connection._idle = None
+        idle = self._idle
+        while idle:
+            connection = idle.pop()
             if connection.connected_:
                 connection.reused = True
                 return succeed(connection)
@@ -235,27 +264,29 @@ class BackendConnections:
             if connection.transport is not None:
                 connection.transport.loseConnection()
             return
-        connection._idle = self.clock.callLater(
-            self.idle_timeout, self._expire, connection
-        )
+        connection.idle_since = self.clock.seconds()
         self._idle.append(connection)
+        if self._sweep is None:
+            self._sweep = self.clock.callLater(self.idle_timeout, self._expire)
 
-    def _expire(self, connection: BackendHTTP) -> None:
-        connection._idle = None
-        self._discard(connection)
-        if connection.transport is not None:
-            connection.transport.loseConnection()
+    def _expire(self) -> None:
+        self._sweep = None
+        idle = self._idle
+        cutoff = self.clock.seconds() - self.idle_timeout
+        while idle and idle[0].idle_since <= cutoff:
+            connection = idle.popleft()
+            if connection.transport is not None:
+                connection.transport.loseConnection()
+        if idle:
+            self._sweep = self.clock.callLater(
+                idle[0].idle_since + self.idle_timeout - self.clock.seconds(),
+                self._expire,
+            )
 
     def lost(self, connection: BackendHTTP) -> None:
         """
         A connection closed (idle or not).
         """
-        self._discard(connection)
-        if connection._idle is not None and connection._idle.active():
-            connection._idle.cancel()
-        connection._idle = None
-
-    def _discard(self, connection: BackendHTTP) -> None:
         try:
             self._idle.remove(connection)
         except ValueError:
@@ -263,11 +294,14 @@ class BackendConnections:
 
     def close_idle(self) -> None:
         """
-        Close every idle connection (when the frontend stops).
+        Close every idle connection (when the frontend stops, or the backend
+        goes down).
         """
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
         while self._idle:
             connection = self._idle.pop()
-            self.lost(connection)
             if connection.transport is not None:
                 connection.transport.loseConnection()
 

@@ -105,7 +105,8 @@ class Router:
         previous: Backend | None = None
         decided_by: str | None = None
         hit: Decision | None = None
-        context.tried = list(tried)
+        if tried or context.tried:
+            context.tried = list(tried)
         for strategy in self.strategies:
             # Every strategy of a chain looks, even after one knew the
             # client: looking is also where a strategy takes its own data

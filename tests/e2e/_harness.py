@@ -855,7 +855,13 @@ class E2ETestCase(SynchronousTestCase):
         proxy = self.start_process("proxy", self.twistd(*args), pythonpath)
 
         def ended() -> bool:
-            if port is not None and accepts(port):
+            # Its own log line, not just a listener: another process may
+            # have taken a port that free_port() found free.
+            if (
+                port is not None
+                and f"starting on {port}" in proxy.output()
+                and accepts(port)
+            ):
                 self.fail_with_output(f"the proxy started and serves on port {port}")
             return proxy.exited()
 

@@ -28,6 +28,7 @@ from stickyproxy.interfaces import IPersistenceStrategy, IPersistenceStrategyFac
 from stickyproxy.testing import make_pool, routing_context
 
 from tests._base import TestCase
+from tests._plugins import ALWAYS_FIRST, RAISES_ON_IMPORT
 
 PATH = "frontend[0].persistence"
 
@@ -350,40 +351,9 @@ class RegistryTests(TestCase):
         plugins = os.path.join(root, "twisted", "plugins")
         os.makedirs(plugins)
         with open(os.path.join(plugins, "throwaway_stickyproxy.py"), "w") as f:
-            f.write(
-                textwrap.dedent(
-                    """
-                    from zope.interface import implementer
-                    from twisted.plugin import IPlugin
-                    from stickyproxy.interfaces import (
-                        IPersistenceStrategy, IPersistenceStrategyFactory)
-
-                    @implementer(IPersistenceStrategy)
-                    class First:
-                        name = "always-first"
-                        def __init__(self, pool):
-                            self.pool = pool
-                        def lookup(self, context):
-                            return self.pool.backends[0]
-                        def persist(self, context, backend):
-                            pass
-                        def release(self, context, backend):
-                            pass
-
-                    @implementer(IPlugin, IPersistenceStrategyFactory)
-                    class FirstFactory:
-                        name = "always-first"
-                        modes = frozenset({"tcp"})
-                        description = "every client to the first backend"
-                        def build(self, options, pool, reactor, path):
-                            return First(pool)
-
-                    always_first = FirstFactory()
-                    """
-                )
-            )
+            f.write(ALWAYS_FIRST)
         with open(os.path.join(plugins, "broken_stickyproxy.py"), "w") as f:
-            f.write("raise RuntimeError('this plugin is broken')\n")
+            f.write(RAISES_ON_IMPORT)
         sys.path.insert(0, root)
         twisted.plugins.__path__.append(plugins)
         self.addCleanup(sys.path.remove, root)

@@ -29,7 +29,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._backends import Backend, StateChange
+from ._backends import Backend, StateChange, no_delay
 from ._httpbackend import HOP_BY_HOP, BackendConnections, BackendHTTP
 from ._httpcontext import HTTPRoutingContext, in_networks, real_client
 from ._options import IPNetwork
@@ -323,9 +323,8 @@ class _Exchange:
         extra: list[bytes] = (),  # type: ignore[assignment]
     ) -> bytes:
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
-        for name, value in headers:
-            if name not in HOP_BY_HOP:
-                lines += [name, b": ", value, b"\r\n"]
+        for name, value in headers:  # hop-by-hop ones are gone already
+            lines += [name, b": ", value, b"\r\n"]
         lines += extra
         lines.append(b"\r\n")
         return b"".join(lines)
@@ -383,9 +382,7 @@ class _Exchange:
         decision = self.decision
         assert decision is not None
         self.ctx.status = 101
-        self.ctx.response_headers = [
-            h for h in self.upgrade_headers if h[0] not in HOP_BY_HOP
-        ]
+        self.ctx.response_headers = self.upgrade_headers
         self.client.factory.router.bind(self.ctx, decision)
         self.bound = True
         extra = self._debug(decision)
@@ -480,19 +477,6 @@ class _Exchange:
         self._release(False)
 
 
-def _no_delay(transport: Any) -> None:
-    """
-    Send small writes at once (no Nagle): a proxy's head-then-body writes
-    would otherwise wait for the peer's delayed ACK, about 40 ms each.
-    """
-    set_no_delay = getattr(transport, "setTcpNoDelay", None)
-    if set_no_delay is not None:
-        try:
-            set_no_delay(True)
-        except OSError:
-            pass  # not a TCP socket after all
-
-
 class HTTPProxyProtocol(Protocol):
     """
     One client connection.
@@ -519,7 +503,7 @@ class HTTPProxyProtocol(Protocol):
         self.timer: IdleTimer
 
     def connectionMade(self) -> None:
-        _no_delay(self.transport)
+        no_delay(self.transport)
         self.peer_host, self.peer_port = client_host(self.transport.getPeer())
         self.secure = ISSLTransport.providedBy(self.transport)
         self.timer = IdleTimer(

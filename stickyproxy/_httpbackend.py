@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from ._backends import Backend, connect_quietly
+from ._backends import Backend, connect_quietly, no_delay
 
 # RFC 9110 7.6.1 and RFC 2616 13.5.1: meaningful for one connection only.
 HOP_BY_HOP = frozenset(
@@ -99,9 +99,7 @@ class BackendHTTP(Protocol):
 
     def connectionMade(self) -> None:
         self.connected_ = True
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
+        no_delay(self.transport)
 
     def start(self, receiver: ResponseReceiver, no_body: bool) -> None:
         """

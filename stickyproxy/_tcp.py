@@ -23,7 +23,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._backends import Backend, StateChange, connect_quietly
+from ._backends import Backend, StateChange, connect_quietly, no_delay
 from ._proxyprotocol import HEADERS
 from ._router import Decision, Router, RoutingContext
 from ._timers import IdleTimer
@@ -88,6 +88,7 @@ class TCPProxyProtocol(Protocol):
         self._idle: IdleTimer | None = None
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self.transport.pauseProducing()
         host, port = client_host(self.transport.getPeer())
         self.context = RoutingContext("tcp", self.factory.name, host, port)
@@ -102,6 +103,7 @@ class TCPProxyProtocol(Protocol):
         self._decision, side = result
         self.factory.router.bind(self.context, self._decision)
         backend: Any = side.transport
+        no_delay(backend)
         self._backend = backend
         send_proxy = self.factory.router.pool.send_proxy
         if send_proxy is not None:

@@ -11,25 +11,19 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Generic, TypeVar
 
 import attrs
 from zope.interface import implementer
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from ._backends import Backend, Pool
 from .interfaces import IPersistenceStrategy, IRoutingContext
 
 _T = TypeVar("_T")
-
-
-def _give_up(attempt: Deferred[Any], timed_out: list[bool]) -> None:
-    timed_out.append(True)
-    attempt.cancel()
 
 
 @implementer(IRoutingContext)
@@ -149,66 +143,15 @@ class Router:
         client, L{bind} records the binding.
 
         :param connect: opens a connection to one backend.
-        :returns: the decision and what C{connect} produced; fails with
-            L{NoBackendAvailable} when every allowed attempt failed.
+        :returns: the decision and what C{connect} produced (at once, when
+            C{connect} answers at once, as a pooled connection does); fails
+            with L{NoBackendAvailable} when every allowed attempt failed.
         """
         try:
             decision = self.choose(context)
         except NoBackendAvailable:
             return fail()
-        decision.backend.active += 1
-        attempt = connect(decision.backend)
-        if attempt.called:
-            # The hot path (an idle keep-alive connection): no timer, no
-            # coroutine.
-            outcome: list[Any] = []
-            attempt.addBoth(outcome.append)
-            if not isinstance(outcome[0], Failure):
-                self.pool.report_connect_success(decision.backend)
-                return succeed((decision, outcome[0]))
-            attempt = fail(outcome[0])
-        dispatching = self._dispatch(context, connect, decision, attempt)
-        return Deferred.fromCoroutine(dispatching)
-
-    async def _dispatch(
-        self,
-        context: IRoutingContext,
-        connect: Callable[[Backend], Deferred[_T]],
-        decision: Decision,
-        attempt: Deferred[_T],
-    ) -> tuple[Decision, _T]:
-        tried: list[Backend] = []
-        while True:
-            backend = decision.backend
-            timed_out: list[bool] = []
-            timer = self.clock.callLater(
-                self.pool.connect_timeout, _give_up, attempt, timed_out
-            )
-            try:
-                result = await attempt
-            except Exception:
-                backend.active -= 1
-                if not timed_out:
-                    timer.cancel()
-                    if Failure().check(CancelledError, ConnectingCancelledError):
-                        # The client left: nothing to retry for.
-                        raise CancelledError() from None
-                reason = (
-                    "connect timed out" if timed_out else Failure().getErrorMessage()
-                )
-                self.pool.report_connect_failure(backend, reason)
-                tried.append(backend)
-                if len(tried) > self.pool.retries:
-                    raise NoBackendAvailable(
-                        f"{len(tried)} connect attempts failed in pool {self.pool.name}"
-                    ) from None
-                decision = self.choose(context, tried)
-                decision.backend.active += 1
-                attempt = connect(decision.backend)
-                continue
-            timer.cancel()
-            self.pool.report_connect_success(backend)
-            return decision, result
+        return _Dispatch(self, context, connect).start(decision)
 
     def bind(self, context: IRoutingContext, decision: Decision) -> None:
         """
@@ -231,3 +174,99 @@ class Router:
         if bound:
             for strategy in self.strategies:
                 strategy.release(context, backend)
+
+
+class _Dispatch(Generic[_T]):
+    """
+    One client's way to a connected backend: an attempt, and on failure
+    the next backend the router chooses, until one connects or the pool's
+    C{retries} are spent.  Callbacks rather than a coroutine: this runs once
+    per L4 connection and per L7 request.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        context: IRoutingContext,
+        connect: Callable[[Backend], Deferred[_T]],
+    ) -> None:
+        self.router = router
+        self.context = context
+        self.connect = connect
+        self.tried: list[Backend] = []
+        self.result: Deferred[tuple[Decision, _T]] = Deferred(self._cancel)
+        self.attempt: Deferred[_T] | None = None
+        self.timer: IDelayedCall | None = None
+        self.timed_out = False
+        self.cancelled = False
+
+    def start(self, decision: Decision) -> Deferred[tuple[Decision, _T]]:
+        self._try(decision)
+        return self.result
+
+    def _try(self, decision: Decision) -> None:
+        backend = decision.backend
+        backend.active += 1
+        attempt = self.attempt = self.connect(backend)
+        if not attempt.called:
+            self.timer = self.router.clock.callLater(
+                self.router.pool.connect_timeout, self._time_out
+            )
+        attempt.addCallbacks(
+            self._connected,
+            self._failed,
+            callbackArgs=(decision,),
+            errbackArgs=(decision,),
+        )
+
+    def _time_out(self) -> None:
+        self.timer = None
+        self.timed_out = True
+        if self.attempt is not None:
+            self.attempt.cancel()
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _connected(self, value: _T, decision: Decision) -> None:
+        self._stop_timer()
+        self.attempt = None
+        self.router.pool.report_connect_success(decision.backend)
+        self.result.callback((decision, value))
+
+    def _failed(self, failure: Failure, decision: Decision) -> None:
+        self._stop_timer()
+        self.attempt = None
+        backend = decision.backend
+        backend.active -= 1
+        if self.cancelled:
+            return  # the client left: nothing to retry for
+        pool = self.router.pool
+        if self.timed_out:
+            self.timed_out = False
+            reason = "connect timed out"
+        else:
+            reason = failure.getErrorMessage()
+        pool.report_connect_failure(backend, reason)
+        self.tried.append(backend)
+        if len(self.tried) > pool.retries:
+            self.result.errback(
+                NoBackendAvailable(
+                    f"{len(self.tried)} connect attempts failed in pool {pool.name}"
+                )
+            )
+            return
+        try:
+            decision = self.router.choose(self.context, self.tried)
+        except NoBackendAvailable:
+            self.result.errback()
+            return
+        self._try(decision)
+
+    def _cancel(self, result: Deferred[tuple[Decision, _T]]) -> None:
+        self.cancelled = True
+        self._stop_timer()
+        if self.attempt is not None:
+            self.attempt.cancel()

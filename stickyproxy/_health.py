@@ -17,7 +17,7 @@ import attrs
 from zope.interface import Interface, implementer
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IDelayedCall,
     IReactorTime,
@@ -240,7 +240,8 @@ class _Track:
 
     successes: int = 0
     failures: int = 0
-    passive_failures: int = 0
+    passive_failures: int = 0  # connect failures in a row
+    status_failures: int = 0  # passive_status answers in a row
     next_probe: IDelayedCall | None = None
     probing: Deferred[None] | None = None
     cooldown: IDelayedCall | None = None
@@ -330,11 +331,25 @@ class HealthMonitor(Service):
         track.next_probe = None
         assert self.probe is not None
         probing = maybeDeferred(self.probe.check, backend)
-        probing.addTimeout(self.settings.timeout, self.clock)
+        # Our own timer, not addTimeout: a probe cancelled half-way reports
+        # whatever its client makes of that (treq: ResponseNeverReceived).
+        timed_out: list[bool] = []
+
+        def time_out() -> None:
+            timed_out.append(True)
+            probing.cancel()
+
+        def stop_timer(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        timer = self.clock.callLater(self.settings.timeout, time_out)
         track.probing = probing
+        probing.addBoth(stop_timer)
         probing.addCallbacks(
             lambda _: self.record(backend, True, "probe passed"),
-            lambda failure: self._probe_failed(backend, failure),
+            lambda failure: self._probe_failed(backend, failure, bool(timed_out)),
         )
         probing.addErrback(
             lambda f: self.log.failure(
@@ -343,10 +358,12 @@ class HealthMonitor(Service):
         )
         probing.addBoth(lambda _: self._probe_done(backend))
 
-    def _probe_failed(self, backend: Backend, failure: Failure) -> None:
-        if failure.check(CancelledError) and not self.running:
-            return
-        if failure.check(TimeoutError):
+    def _probe_failed(
+        self, backend: Backend, failure: Failure, timed_out: bool
+    ) -> None:
+        if not self.running:
+            return  # cancelled because the monitor stopped: not the backend's fault
+        if timed_out:
             reason = f"probe timed out after {self.settings.timeout:g}s"
         else:
             reason = f"probe failed: {failure.getErrorMessage()}"
@@ -402,7 +419,8 @@ class HealthMonitor(Service):
 
     def _came_up(self, backend: Backend, reason: str) -> None:
         track = self._tracks[backend.name]
-        track.successes = track.failures = track.passive_failures = 0
+        track.successes = track.failures = 0
+        track.passive_failures = track.status_failures = 0
         if self.settings.slow_start > 0 and not track.initial:
             track.ramp_started = self.clock.seconds()
             self._ramp(backend)
@@ -439,20 +457,29 @@ class HealthMonitor(Service):
         self._tracks[backend.name].passive_failures = 0
 
     def response_status(self, backend: Backend, status: int) -> None:
+        # Counted apart from connect failures: a request that gets a 500
+        # connected fine, and must not reset the count of 500s.
+        track = self._tracks[backend.name]
         statuses = self.settings.passive_status
         if statuses is not None and status in statuses:
-            self._passive_failure(backend, f"answered HTTP {status}")
+            track.status_failures += 1
+            self._passive_failure(
+                backend, f"answered HTTP {status}", track.status_failures
+            )
         else:
-            self._tracks[backend.name].passive_failures = 0
+            track.status_failures = 0
 
-    def _passive_failure(self, backend: Backend, reason: str) -> None:
+    def _passive_failure(
+        self, backend: Backend, reason: str, count: int | None = None
+    ) -> None:
         track = self._tracks[backend.name]
-        track.passive_failures += 1
-        fall = self.settings.passive_fall
-        if track.passive_failures < fall or not backend.healthy:
+        if count is None:
+            track.passive_failures += 1
+            count = track.passive_failures
+        if count < self.settings.passive_fall or not backend.healthy:
             return
         track.failures = self.settings.fall
-        self._set(backend, Health.DOWN, f"{reason} ({track.passive_failures} in a row)")
+        self._set(backend, Health.DOWN, f"{reason} ({count} in a row)")
         if self.probe is None and self.running:
             track.cooldown = self.clock.callLater(
                 self.settings.passive_cooldown, self._cooled_down, backend

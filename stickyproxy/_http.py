@@ -495,6 +495,7 @@ class HTTPProxyProtocol(Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
+        self._in_head = False
         self._paused = False
         self._tunnel: Any = None
         self._tunnel_exchange: _Exchange | None = None
@@ -577,6 +578,7 @@ class HTTPProxyProtocol(Protocol):
         self._url = b""
         self._headers = []
         self._head_size = 1
+        self._in_head = True
         if not self._exchanges:
             self.timer.restart(self.settings.timeout_request, self._idle_timeout)
 
@@ -586,6 +588,8 @@ class HTTPProxyProtocol(Protocol):
             raise _Refuse(414, "the request target is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer field, after a chunked body: not forwarded
         self._head_size += len(name) + len(value) + 4
         if self._head_size > self.settings.max_header_size:
             raise _Refuse(431, "the request head is too large")
@@ -594,6 +598,7 @@ class HTTPProxyProtocol(Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         parser = self._parser
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):

@@ -93,6 +93,7 @@ class BackendHTTP(Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._framing: set[bytes] = set()  # transfer-encoding, content-length
         self._named: list[bytes] = []  # header names listed in Connection
+        self._in_head = False
         self._body = "none"
         self.idle_since = 0.0
         self.tunnel: Any = None  # the client protocol, once upgraded
@@ -114,7 +115,13 @@ class BackendHTTP(Protocol):
 
     # llhttp callbacks
 
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._headers, self._framing, self._named = [], set(), []
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer field, after a chunked body: not forwarded
         # Hop-by-hop headers are dropped here, on the way in; the framing
         # ones are remembered, for the body.
         name = name.lower()
@@ -128,10 +135,10 @@ class BackendHTTP(Protocol):
             self._named += [t.strip().lower() for t in value.split(b",")]
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         parser = self._parser
         status = parser.get_status_code()
         headers, framing, named = self._headers, self._framing, self._named
-        self._headers, self._framing, self._named = [], set(), []
         if named:
             headers = [(n, v) for n, v in headers if n not in named]
         if status < 200 or status in (204, 304) or self._no_body:

@@ -336,6 +336,17 @@ class PassiveTests(TestCase):
         self.pool.report_status(self.a, 500)
         self.assertEqual(self.a.health, Health.DOWN)
 
+    def test_statuses_count_across_connects(self):
+        """
+        Successful connects between failing answers (keep-alive requests)
+        do not reset the count of failing answers.
+        """
+        self.make(passive_fall=3, passive_status=StatusRanges.parse("500-599"))
+        for _ in range(3):
+            self.pool.report_connect_success(self.a)
+            self.pool.report_status(self.a, 500)
+        self.assertEqual(self.a.health, Health.DOWN)
+
     def test_statuses_off_by_default(self):
         """
         Without C{passive_status}, HTTP answers never take a backend out.
@@ -567,7 +578,27 @@ class HTTPProbeTests(TestCase):
         self.assertEqual(pool.get("web1").health, Health.UP)
         clock.advance(1.0)
         self.assertEqual(pool.get("web1").health, Health.DOWN)
-        self.assertIn("timed out", changes[-1].reason)
+        self.assertIn("probe timed out after 1s", changes[-1].reason)
+
+    def test_failures_after_stop_ignored(self):
+        """
+        Probes cancelled because the monitor stops do not count against
+        the backend.
+        """
+        clock, pool = Clock(), make_pool("web1")
+        stub = StubTreq(HealthResource(hang=True))
+        monitor = HealthMonitor(
+            pool,
+            clock,
+            HTTPProbe(client=stub),
+            HealthSettings(interval=2.0, timeout=1.0, fall=1),
+            _fixed,
+        )
+        monitor.startService()
+        clock.advance(1.0)
+        stub.flush()
+        monitor.stopService()
+        self.assertEqual(pool.get("web1").health, Health.UP)
 
 
 class StatusRangesTests(TestCase):

@@ -675,3 +675,39 @@ class ConnectionTests(HTTPTestCase):
         self.pool.set_health(self.pool.get("a"), Health.DOWN, "test")
         self.assertEqual(len(connections), 0)
         self.assertTrue(self.backends[0][2].disconnecting)
+
+
+class TrailerTests(HTTPTestCase):
+    def test_response_trailers_do_not_leak(self):
+        """
+        Trailer fields after a chunked response are not forwarded, and do
+        not turn up in the next response on the same backend connection
+        (which may be another client's).
+        """
+        _, first, _ = self.exchange(
+            b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"2\r\nhi\r\n0\r\nX-Secret: 1\r\n\r\n",
+        )
+        self.assertNotIn(b"x-secret", first.lower())
+        other = self.client(IPv4Address("TCP", "192.0.2.77", 1))
+        _, second, _ = self.exchange(
+            b"GET /2 HTTP/1.1\r\nHost: a\r\nCookie: who=a\r\n\r\n", OK, other
+        )
+        self.assertEqual(len(self.reactor.tcpClients), 1)  # the same connection
+        self.assertNotIn(b"x-secret", second.lower())
+
+    def test_request_trailers_dropped(self):
+        """
+        Trailer fields after a chunked request body do not count toward
+        the head's limits nor reach the next request.
+        """
+        forwarded, _, client = self.exchange(
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nhi\r\n0\r\nX-Trailer: 1\r\n\r\n",
+            OK,
+        )
+        second, _, _ = self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\nCookie: who=a\r\n\r\n", OK, client
+        )
+        self.assertNotIn(b"x-trailer", second.lower())

@@ -368,7 +368,9 @@ class ProxyCookie:
         token = self.tokens.token(backend)
         if payload.backend != token:
             payload = attrs.evolve(payload, backend=token)
-        max_age = None if payload.expires is None else payload.expires - int(now)
+        # The expiry was rounded up to a second: rounding down here gives the
+        # lifetime as configured, not a second more.
+        max_age = None if payload.expires is None else int(payload.expires - now)
         value = self.signer.sign(payload.pack())
         self._send(context, self.attributes.make(context, value, max_age))
         self.touch(payload.session, backend)

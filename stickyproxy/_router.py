@@ -99,8 +99,11 @@ class Router:
         previous: Backend | None = None
         decided_by: str | None = None
         hit: Decision | None = None
-        if tried or context.tried:
-            context.tried = list(tried)
+        # Strict: stateless strategies must name the client's own backend,
+        # not their next choice after it failed.
+        skipped = [] if self.strict else list(tried)
+        if skipped or context.tried:
+            context.tried = skipped
         for strategy in self.strategies:
             # Every strategy of a chain looks, even after one knew the
             # client: looking is also where a strategy takes its own data
@@ -110,11 +113,15 @@ class Router:
                 continue
             if self.pool.serves_bound(bound) and bound not in tried:
                 hit = Decision(bound, Outcome.HIT, strategy.name)
+                if tried:  # a stateless strategy's next choice after a failure
+                    hit = attrs.evolve(
+                        hit, outcome=Outcome.REDISPATCH, previous=tried[0]
+                    )
             else:
                 previous, decided_by = bound, strategy.name
+                if not self.strict:
+                    hit = self._next_choice(strategy, context, tried, bound)
         if hit is not None:
-            if tried:  # a stateless strategy's next choice after a failure
-                return attrs.evolve(hit, outcome=Outcome.REDISPATCH, previous=tried[0])
             return hit
         if previous is not None and self.strict:
             raise NoBackendAvailable(
@@ -127,6 +134,35 @@ class Router:
         if previous is not None:
             return Decision(backend, Outcome.REDISPATCH, decided_by, previous)
         return Decision(backend, Outcome.NEW)
+
+    def _next_choice(
+        self,
+        strategy: IPersistenceStrategy,
+        context: IRoutingContext,
+        tried: Sequence[Backend],
+        bound: Backend,
+    ) -> Decision | None:
+        """
+        Where C{strategy} sends the client when its backend cannot: asked
+        again without it, a stateless strategy (a hash) names where it will
+        send the client from now on, so the client moves once, not twice.
+        A strategy that remembers (a cookie, a table) names the same backend
+        again, and the balancer decides.
+        """
+        excluded = [*tried, bound]
+        accepting = self.pool.accepting_new()
+        choice = None
+        for _ in self.pool.backends:
+            context.tried = excluded
+            candidate = strategy.lookup(context)
+            if candidate is None or candidate in excluded:
+                break
+            if candidate in accepting:
+                choice = Decision(candidate, Outcome.REDISPATCH, strategy.name, bound)
+                break
+            excluded.append(candidate)
+        context.tried = list(tried)
+        return choice
 
     def dispatch(
         self,

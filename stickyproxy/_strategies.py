@@ -8,7 +8,7 @@ L{twisted.plugin.getPlugins}, from C{twisted/plugins/stickyproxy_strategies.py}.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from types import ModuleType
 
@@ -81,11 +81,11 @@ AffinityKey = Callable[[IRoutingContext], "bytes | None"]
 class HashAffinity:
     """
     Stateless affinity: a key taken from the client (its masked address, a
-    header) is hashed (rendezvous) over the backends that serve bound
-    clients, so every proxy with the same backends agrees, and a backend
-    that leaves moves only its clients.  Backends that already failed this
-    client are skipped, so a retry goes where the hash settles once they
-    are marked down.
+    header) is hashed (rendezvous) over the pool's backends, so every proxy
+    with the same backends agrees, and a backend that leaves moves only its
+    clients.  It names the key's backend whatever its state (the router
+    decides whether it may serve); backends in C{context.tried} are
+    skipped, which gives the next choice in the key's order.
 
     :ivar key: the key of a context, or C{None} when it has none (the
         client is then not bound).
@@ -99,7 +99,7 @@ class HashAffinity:
         key = self.key(context)
         if key is None:
             return None
-        candidates = self.pool.serving_bound()
+        candidates: Sequence[Backend] = self.pool.backends
         tried = context.tried
         if tried:
             candidates = [b for b in candidates if b not in tried]

@@ -88,6 +88,24 @@ class ChooseTests(TestCase):
         self.pool.set_admin_state("c", AdminState.MAINT)
         self.assertRaises(NoBackendAvailable, self.router.choose, self.ctx)
 
+    def test_strict_with_a_hash(self):
+        """
+        C{strict} holds for stateless strategies too: a client whose hashed
+        backend is down is refused, and so is one whose hashed backend
+        failed to connect; without C{strict} both move to the hash's next
+        choice.
+        """
+        strategy = source_ip.build({}, self.pool, self.clock, "p")
+        router = Router(self.pool, [strategy], self.clock, strict=True)
+        own = strategy.lookup(self.ctx)
+        self.assertRaises(NoBackendAvailable, router.choose, self.ctx, [own])
+        self.pool.set_health(own, Health.DOWN, "test")
+        self.assertRaises(NoBackendAvailable, router.choose, self.ctx)
+        router.strict = False
+        moved = router.choose(self.ctx)
+        self.assertEqual((moved.outcome, moved.previous), (Outcome.REDISPATCH, own))
+        self.assertIsNot(moved.backend, own)
+
     def test_nothing_usable(self):
         """
         With every backend in maintenance, there is no backend.

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.plugin import IPlugin
 
-from stickyproxy import AdminState, ConfigError
+from stickyproxy import AdminState, ConfigError, Router
 from stickyproxy._strategies import (
     HashAffinity,
     StrategyRegistry,
@@ -148,11 +148,11 @@ class SourceIPHashTests(TestCase):
         bound elsewhere; everyone else keeps their backend.
         """
         pool = make_pool("a", "b", "c")
-        strategy = _build(pool)
+        router = Router(pool, [_build(pool)], Clock())
         contexts = [routing_context(f"10.9.{i // 256}.{i % 256}") for i in range(300)]
-        before = [strategy.lookup(c).name for c in contexts]
+        before = [router.choose(c).backend.name for c in contexts]
         pool.set_admin_state(gone, AdminState.MAINT)
-        after = [strategy.lookup(c).name for c in contexts]
+        after = [router.choose(c).backend.name for c in contexts]
         for old, new in zip(before, after, strict=True):
             if old != gone:
                 self.assertEqual(old, new)

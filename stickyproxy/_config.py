@@ -174,8 +174,12 @@ def _pool(name: str, reader: OptionReader) -> PoolConfig:
         seen.add(backend.name)
     balance = reader.string("balance", "roundrobin", choices=list(BALANCERS))
     factor = reader.optional_number("balance_factor")
-    if factor is not None and (balance != "hash" or factor <= 1.0):
-        raise reader.fail("balance_factor", 'a number above 1.0, with balance = "hash"')
+    if factor is not None and balance != "hash":
+        raise ConfigError(
+            reader.key("balance_factor"), 'expected only with balance = "hash"'
+        )
+    if factor is not None and factor <= 1.0:
+        raise reader.fail("balance_factor", "a number above 1.0 (e.g. 1.25)")
     pool = PoolConfig(
         name=name,
         backends=backends,
@@ -264,6 +268,15 @@ def _health(reader: OptionReader) -> HealthConfig:
             "expected 'up' without a probe: with no type, nothing would ever "
             "bring the backends up",
         )
+    reader.elsewhere('expected only with type = "tcp"', "send", "expect")
+    reader.elsewhere(
+        'expected only with type = "http"',
+        "method",
+        "path",
+        "host",
+        "expect_status",
+        "expect_body",
+    )
     reader.finish()
     return health
 
@@ -286,6 +299,23 @@ def _header_name(reader: OptionReader, name: str) -> bytes | None:
     if not reader.has(name):
         return None
     return reader.token(name).lower().encode("ascii")
+
+
+HTTP_KEYS = (
+    "trusted_proxies",
+    "forwarded",
+    "redispatch_header",
+    "debug_header",
+    "access_log",
+    "timeout_request",
+    "timeout_keepalive",
+    "timeout_response",
+    "timeout_tunnel",
+    "max_header_size",
+    "max_headers",
+    "max_body_size",
+    "retry_after",
+)
 
 
 def _http_settings(reader: OptionReader) -> HTTPSettings:
@@ -327,6 +357,10 @@ def _frontend(
         persistence = tuple(
             _persistence(r, mode, registry) for r in reader.tables("persistence")
         )
+    if mode == "http":
+        reader.elsewhere('expected only on mode = "tcp" frontends', "idle_timeout")
+    else:
+        reader.elsewhere('expected only on mode = "http" frontends', *HTTP_KEYS)
     frontend = FrontendConfig(
         name=reader.string("name", f"frontend{index}"),
         mode=mode,

@@ -8,6 +8,7 @@ C{frontend[0].persistence.mask: expected an integer from 0 to 32, got 33}.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import re
@@ -91,6 +92,8 @@ class OptionReader:
     _table: Mapping[str, object]
     path: str
     _seen: set[str] = attrs.field(factory=set)
+    _known: set[str] = attrs.field(factory=set)
+    _hints: dict[str, str] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self._table, Mapping):
@@ -108,15 +111,38 @@ class OptionReader:
         """
         :returns: whether the table sets C{name}.
         """
+        self._known.add(name)
         return name in self._table
+
+    def elsewhere(self, hint: str, *names: str) -> None:
+        """
+        Say why keys that are valid in other tables of this kind (another
+        mode, another probe type) are refused here, if they are given.
+        """
+        for name in names:
+            self._hints[name] = hint
 
     def _get(self, name: str, default: object) -> object:
         self._seen.add(name)
         if name in self._table:
             return self._table[name]
         if default is _MISSING:
+            # A required key is more likely misspelt than forgotten.
+            typo = self._closest(name, self._unread())
+            if typo is not None:
+                raise ConfigError(
+                    self.key(typo), f"unknown key (did you mean {name!r}?)"
+                )
             raise ConfigError(self.key(name), "is required")
         return default
+
+    def _unread(self) -> list[str]:
+        return [k for k in self._table if k not in self._seen]
+
+    @staticmethod
+    def _closest(name: str, candidates: Collection[str]) -> str | None:
+        matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.75)
+        return matches[0] if matches else None
 
     def fail(self, name: str, expected: str) -> ConfigError:
         """
@@ -282,12 +308,18 @@ class OptionReader:
 
         :raises ConfigError: naming the unknown key and the known ones.
         """
-        unknown = [k for k in self._table if k not in self._seen]
-        if unknown:
-            known = ", ".join(sorted(self._seen)) or "none"
-            raise ConfigError(
-                self.key(unknown[0]), f"unknown key (expected one of: {known})"
-            )
+        unknown = self._unread()
+        if not unknown:
+            return
+        name = unknown[0]
+        if name in self._hints:
+            raise ConfigError(self.key(name), self._hints[name])
+        known = self._seen | self._known
+        typo = self._closest(name, known)
+        if typo is not None:
+            raise ConfigError(self.key(name), f"unknown key (did you mean {typo!r}?)")
+        listed = ", ".join(sorted(known)) or "none"
+        raise ConfigError(self.key(name), f"unknown key (expected one of: {listed})")
 
 
 def _bounds(minimum: float | None, maximum: float | None) -> str:

@@ -158,7 +158,30 @@ class ErrorTests(TestCase):
             "weight",
         )
         self.assertConfigError(
-            lambda d: d.update(frontends=[]), "frontends", "unknown key"
+            lambda d: d.update(frontends=[]), "frontends", "did you mean 'frontend'?"
+        )
+
+    def test_known_keys_listed(self):
+        """
+        The list of keys an unknown key is compared with includes the
+        optional ones that were not given.
+        """
+        self.assertConfigError(
+            lambda d: d["frontend"][0].update(colour="red"),
+            "frontend[0].colour",
+            "persistence",
+        )
+
+    def test_misspelt_required_key(self):
+        """
+        A misspelt required key is named as the typo, not as missing.
+        """
+        self.assertConfigError(
+            lambda d: d["pool"]["pg"]["backend"][0].update(
+                adress=d["pool"]["pg"]["backend"][0].pop("address")
+            ),
+            "pool.pg.backend[0].adress",
+            "did you mean 'address'?",
         )
 
     def test_wrong_type(self):
@@ -219,12 +242,12 @@ class ErrorTests(TestCase):
         self.assertConfigError(
             lambda d: d["frontend"][0].update(debug_header="X-Debug"),
             "frontend[0].debug_header",
-            "unknown key",
+            'expected only on mode = "http" frontends',
         )
         self.assertConfigError(
             lambda d: d["frontend"][0].update(mode="http", idle_timeout=5),
             "frontend[0].idle_timeout",
-            "unknown key",
+            'expected only on mode = "tcp" frontends',
         )
 
     def test_http_settings(self):
@@ -534,8 +557,11 @@ class HealthConfigTests(TestCase):
         probe type, bad statuses, out-of-range thresholds.
         """
         self.assertHealthError({"type": "icmp"}, "type", "'tcp' or 'http'")
-        self.assertHealthError({"type": "tcp", "path": "/"}, "path", "unknown key")
-        self.assertHealthError({"type": "http", "send": "x"}, "send", "unknown key")
+        self.assertHealthError(
+            {"type": "tcp", "path": "/"}, "path", 'only with type = "http"'
+        )
+        self.assertHealthError({"type": "http", "send": "x"}, "send", 'type = "tcp"')
+        self.assertHealthError({"expect_status": "200"}, "expect_status", "http")
         self.assertHealthError(
             {"type": "http", "expect_status": "2xx"}, "expect_status", '"200-399"'
         )

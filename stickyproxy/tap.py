@@ -19,13 +19,15 @@ from .service import ProxyService
 
 def _mode(value: str) -> str:
     if value not in MODES:
-        raise ValueError(f"expected one of {', '.join(MODES)}")
+        raise ValueError(f"--mode: expected one of {', '.join(MODES)}, got {value!r}")
     return value
 
 
 def _balance(value: str) -> str:
     if value not in BALANCERS:
-        raise ValueError(f"expected one of {', '.join(BALANCERS)}")
+        raise ValueError(
+            f"--balance: expected one of {', '.join(BALANCERS)}, got {value!r}"
+        )
     return value
 
 
@@ -59,7 +61,7 @@ class Options(usage.Options):
             "cookie-name",
             None,
             None,
-            "The name of the cookie the cookie (or app-cookie) strategy sets.",
+            "With --persistence cookie: the name of the proxy's cookie.",
         ],
         [
             "balance",
@@ -119,9 +121,10 @@ class Options(usage.Options):
             )
         if self["backends"] and not self["listen"]:
             raise usage.UsageError("--listen ENDPOINT is required with --backend")
-        if self["cookie-name"] and self["persistence"] not in ("cookie", "app-cookie"):
+        if self["cookie-name"] and self["persistence"] != "cookie":
             raise usage.UsageError(
-                "--cookie-name goes with --persistence cookie (or app-cookie)"
+                "--cookie-name names the cookie of --persistence cookie; for "
+                "other strategies' cookies, use --config"
             )
 
     def config_data(self) -> dict[str, object]:

@@ -564,7 +564,10 @@ class HTTPProxyProtocol(Protocol):
                 return
             raise
         except HttpParserError as error:
-            self.refuse(_Refuse(400, f"malformed request: {error}"))
+            if data.startswith(b"PRI * HTTP/2"):
+                self.refuse(_Refuse(505, "HTTP/2 is not supported here"))
+            else:
+                self.refuse(_Refuse(400, f"malformed request: {error}"))
             return
         # Started only now, so that what llhttp finds wrong after the head
         # (a bad Transfer-Encoding) is refused before any backend is asked.
@@ -604,12 +607,25 @@ class HTTPProxyProtocol(Protocol):
         if version not in ("1.1", "1.0"):
             raise _Refuse(505, f"HTTP/{version} is not supported here")
         headers = self._headers
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise _Refuse(501, "CONNECT is not proxied: this is a reverse proxy")
         hosts = [value for name, value in headers if name == b"host"]
         if len(hosts) > 1 or (version == "1.1" and not hosts):
             raise _Refuse(400, "an HTTP/1.1 request needs exactly one Host header")
+        target = self._url
+        if target[:1] != b"/" and b"://" in target[:8]:
+            # Absolute form (RFC 9112 3.2.2): its authority replaces Host,
+            # and the backend gets the origin form.
+            authority, _, path = target.split(b"://", 1)[1].partition(b"/")
+            target = b"/" + path
+            headers = [(n, v) for n, v in headers if n != b"host"]
+            headers.append((b"host", authority))
         body = "none"
         for name, value in headers:
             if name == b"transfer-encoding":
+                if version == "1.0":
+                    raise _Refuse(400, "Transfer-Encoding in an HTTP/1.0 request")
                 body = "chunked"
                 break
             if name == b"content-length":
@@ -639,8 +655,8 @@ class HTTPProxyProtocol(Protocol):
             client_port=self.peer_port,
             peer_host=peer_host,
             secure=bool(secure),
-            method=parser.get_method(),
-            target=self._url,
+            method=method,
+            target=target,
             request_headers=headers,
         )
         self._head_size = 0
@@ -831,6 +847,7 @@ class HTTPProxyFactory(Factory):
                 pool.keepalive,
                 pool.keepalive_timeout,
                 send_proxy=pool.send_proxy is not None,
+                max_head=settings.max_header_size * 2,
             )
             for backend in pool.backends
         }

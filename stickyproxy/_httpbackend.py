@@ -94,6 +94,7 @@ class BackendHTTP(Protocol):
         self._framing: set[bytes] = set()  # transfer-encoding, content-length
         self._named: list[bytes] = []  # header names listed in Connection
         self._in_head = False
+        self._head_size = 0
         self._body = "none"
         self.idle_since = 0.0
         self.tunnel: Any = None  # the client protocol, once upgraded
@@ -117,11 +118,15 @@ class BackendHTTP(Protocol):
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._head_size = 0
         self._headers, self._framing, self._named = [], set(), []
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
             return  # a trailer field, after a chunked body: not forwarded
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.connections.max_head:
+            raise ValueError(f"its head is over {self.connections.max_head} bytes")
         # Hop-by-hop headers are dropped here, on the way in; the framing
         # ones are remembered, for the body.
         name = name.lower()
@@ -235,8 +240,10 @@ class BackendConnections:
         max_idle: int,
         idle_timeout: float,
         send_proxy: bool = False,
+        max_head: int = 65536,
     ) -> None:
         self.backend = backend
+        self.max_head = max_head
         self.clock = clock
         self.max_idle = 0 if send_proxy else max_idle  # PROXY headers are per client
         self.idle_timeout = idle_timeout

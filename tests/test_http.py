@@ -711,3 +711,61 @@ class TrailerTests(HTTPTestCase):
             b"GET / HTTP/1.1\r\nHost: a\r\nCookie: who=a\r\n\r\n", OK, client
         )
         self.assertNotIn(b"x-trailer", second.lower())
+
+
+class RequestFormTests(HTTPTestCase):
+    def test_absolute_form(self):
+        """
+        An absolute-form target reaches the backend in origin form, with
+        the target's authority as Host in place of the one sent (RFC 9112
+        3.2.2).
+        """
+        forwarded, _, _ = self.exchange(
+            b"GET http://shop.example:8080/cart?x=1 HTTP/1.1\r\nHost: other\r\n\r\n",
+            OK,
+        )
+        self.assertTrue(forwarded.startswith(b"GET /cart?x=1 HTTP/1.1\r\n"))
+        self.assertIn(b"host: shop.example:8080\r\n", forwarded)
+        self.assertNotIn(b"host: other", forwarded)
+
+    def test_connect_refused(self):
+        """
+        CONNECT is not proxied: 501.
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(
+            b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n"
+        )
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 501 "))
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_chunked_http10_refused(self):
+        """
+        Transfer-Encoding in an HTTP/1.0 request is faulty framing: 400.
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        )
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "))
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_http2_preface(self):
+        """
+        An HTTP/2 connection preface gets 505, not a parser's message.
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 505 "))
+
+    def test_response_head_limit(self):
+        """
+        A backend response whose head is too large gets the client a 502.
+        """
+        big = b"x-big: " + b"v" * 70000 + b"\r\n"
+        _, answer, _ = self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n" + big + b"content-length: 0\r\n\r\n",
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 502 "))
+        self.assertIn(b"head is over", answer)

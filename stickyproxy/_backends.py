@@ -426,7 +426,9 @@ class Pool:
     ) -> None:
         self._serving = self._accepting = None
         change = StateChange(self.name, backend, kind, old, new, reason)
-        self.log.info(
+        # Losing a backend is worth a warning; everything else is news.
+        emit = self.log.warn if new == Health.DOWN.value else self.log.info
+        emit(
             "backend {pool}/{backend} {kind} state: {old} -> {new} ({reason})",
             pool=self.name,
             backend=backend.name,

@@ -187,6 +187,7 @@ class _Exchange:
         lines = [ctx.method, b" ", ctx.target, b" HTTP/1.1\r\n"]
         trusted = in_networks(ctx.peer_host, settings.trusted_proxies)
         forwarded_for: list[bytes] = []
+        forwarded: list[bytes] = []  # RFC 7239 elements from trusted proxies
         host = b""
         for name, value in ctx.forwarded_headers():
             if (
@@ -198,6 +199,9 @@ class _Exchange:
             if name in _ADDED_BY_US:
                 if name == b"x-forwarded-for":
                     forwarded_for.append(value)
+                elif name == b"forwarded":
+                    if trusted:
+                        forwarded.append(value)
                 elif trusted:
                     lines += [name, b": ", value, b"\r\n"]
                 continue
@@ -212,10 +216,14 @@ class _Exchange:
             lines += [b"x-forwarded-proto: ", proto, b"\r\n"]
         if not (trusted and ctx.header(b"x-forwarded-host")) and host:
             lines += [b"x-forwarded-host: ", host, b"\r\n"]
-        if settings.forwarded and not (trusted and ctx.header(b"forwarded")):
+        if settings.forwarded:
             node = b'"[%s]"' % peer if b":" in peer else peer
-            lines += [b"forwarded: for=", node, b";proto=", proto]
-            lines += [b';host="', host, b'"\r\n'] if host else [b"\r\n"]
+            element = b"for=" + node + b";proto=" + proto
+            if host:
+                element += b';host="' + host + b'"'
+            forwarded.append(element)
+        if forwarded:
+            lines += [b"forwarded: ", b", ".join(forwarded), b"\r\n"]
         decision = self.decision
         if (
             settings.redispatch_header is not None
@@ -801,8 +809,16 @@ class HTTPProxyProtocol(Protocol):
             backend_transport.unregisterProducer()
         self.transport.registerProducer(backend_transport, True)
         backend_transport.registerProducer(self.transport, True)
-        self.timer.restart(self.settings.timeout_tunnel, self.abort)
+        self.timer.restart(self.settings.timeout_tunnel, self._close_tunnel)
         self.resume_reading()
+
+    def _close_tunnel(self) -> None:
+        """
+        An idle tunnel is closed on both sides, cleanly.
+        """
+        self.transport.loseConnection()
+        if self._tunnel is not None:
+            self._tunnel.loseConnection()
 
     def tunnel_data(self, data: bytes) -> None:
         """
@@ -831,6 +847,9 @@ class HTTPProxyFactory(Factory):
 
     protocol = HTTPProxyProtocol  # type: ignore[assignment]
     noisy = False
+
+    def logPrefix(self) -> str:
+        return f"stickyproxy HTTP frontend {self.name!r}"
 
     def __init__(
         self, name: str, router: Router, clock: IReactorTime, settings: HTTPSettings

@@ -309,14 +309,14 @@ class ProxyCookie:
         payload = None if signed is None else SessionPayload.unpack(signed)
         if payload is None:
             log.debug(
-                "{strategy} cookie {name} from {client} is not ours: ignored",
+                "{strategy}: cookie {name} from {client} is not ours: ignored",
                 strategy=self.strategy,
                 name=self.name,
                 client=context.client_host,
             )
         else:
             log.warn(
-                "{strategy} cookie {name} from {client} names a backend pool "
+                "{strategy}: cookie {name} from {client} names a backend pool "
                 "{pool} does not have: the client is balanced afresh",
                 strategy=self.strategy,
                 name=self.name,

@@ -232,6 +232,10 @@ class TCPProxyFactory(Factory):
 
     protocol = TCPProxyProtocol  # type: ignore[assignment]
     log = Logger()
+    noisy = False
+
+    def logPrefix(self) -> str:
+        return f"stickyproxy TCP frontend {self.name!r}"
 
     def __init__(
         self,

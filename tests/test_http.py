@@ -183,6 +183,32 @@ class ForwardingTests(HTTPTestCase):
             b'forwarded: for=192.0.2.10;proto=http;host="a.example"', forwarded
         )
 
+    def test_forwarded_appended_from_trusted(self):
+        """
+        A Forwarded header from a trusted proxy is kept and our element is
+        appended; one from anyone else is dropped.
+        """
+        self.factory.settings = attrs.evolve(
+            self.settings,
+            forwarded=True,
+            trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),),
+        )
+        proxy = IPv4Address("TCP", "10.1.1.1", 4000)
+        forwarded, _, _ = self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\nForwarded: for=203.0.113.9\r\n\r\n",
+            OK,
+            self.client(proxy),
+        )
+        self.assertIn(
+            b'forwarded: for=203.0.113.9, for=10.1.1.1;proto=http;host="a"\r\n',
+            forwarded,
+        )
+        forwarded, _, _ = self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\nForwarded: for=203.0.113.9\r\n\r\n",
+            OK,
+        )
+        self.assertNotIn(b"203.0.113.9", forwarded)
+
     def test_keep_alive_reuses_backend_connection(self):
         """
         Keep-alive both ways: a second request on the client connection is

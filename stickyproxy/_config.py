@@ -196,6 +196,12 @@ def _pool(name: str, reader: OptionReader) -> PoolConfig:
     )
     if pool.send_proxy not in (None, "v1", "v2"):
         raise reader.fail("send_proxy", "'v1' or 'v2'")
+    if pool.send_proxy is not None and pool.health.type == "http":
+        raise ConfigError(
+            join_path(reader.key("health"), "type"),
+            'expected "tcp" on a pool with send_proxy: HTTP probes cannot send '
+            "the PROXY header its backends expect (TCP probes do)",
+        )
     reader.finish()
     return pool
 

@@ -785,7 +785,7 @@ def read_cookie_attributes(reader: OptionReader, name: str) -> CookieAttributes:
     path = _attribute(reader, "path", "/")
     if path is not None and not path.startswith("/"):
         raise reader.fail("path", "a path starting with '/'")
-    return CookieAttributes(
+    attributes = CookieAttributes(
         name=reader.token("name", name),
         path=path,
         domain=_attribute(reader, "domain", None),
@@ -793,6 +793,13 @@ def read_cookie_attributes(reader: OptionReader, name: str) -> CookieAttributes:
         httponly=reader.boolean("httponly", True),
         samesite=reader.string("samesite", "Lax", choices=("Lax", "Strict", "None")),
     )
+    if attributes.samesite == "None" and attributes.secure is False:
+        raise reader.fail(
+            "secure",
+            'true or "auto" with samesite = "None" (browsers refuse '
+            "SameSite=None cookies without Secure)",
+        )
+    return attributes
 
 
 def read_keys(reader: OptionReader, strategy: str) -> tuple[bytes, ...]:

@@ -221,6 +221,13 @@ class ProxyService(MultiService):
         self.pools: Mapping[str, Pool] = {
             name: build_pool(pool, reactor) for name, pool in config.pools.items()
         }
+        for pool in self.pools.values():
+            if not pool.accepting_new():
+                self.log.warn(
+                    "pool {pool}: no backend takes new clients (all in drain or "
+                    "maint, or of weight 0); new clients will be refused",
+                    pool=pool.name,
+                )
         self.monitors: dict[str, HealthMonitor] = {}
         for name, pool_config in config.pools.items():
             monitor = build_monitor(pool_config.health, self.pools[name], reactor)

@@ -577,6 +577,35 @@ class HealthConfigTests(TestCase):
         self.assertHealthError({"init_state": "down"}, "init_state", "without a probe")
 
 
+class ContradictionTests(TestCase):
+    def test_http_probe_with_send_proxy(self):
+        """
+        A pool that sends the PROXY protocol cannot be probed over HTTP
+        (the probe could not send the header its backends expect).
+        """
+        data = _with(
+            lambda d: d["pool"]["pg"].update(send_proxy="v1", health={"type": "http"})
+        )
+        error = self.assertRaises(ConfigError, load_config, data, REGISTRY)
+        self.assertEqual(error.path, "pool.pg.health.type")
+
+    def test_no_backend_for_new_clients_warned(self):
+        """
+        A pool where no backend takes new clients starts, with a warning.
+        """
+        from twisted.logger import LogLevel, capturedLogs
+
+        data = _with(
+            lambda d: [
+                b.update(admin_state="drain") for b in d["pool"]["pg"]["backend"]
+            ]
+        )
+        with capturedLogs() as events:
+            ProxyService(load_config(data, REGISTRY), MemoryReactorClock(), REGISTRY)
+        warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertTrue(any(e.get("pool") == "pg" for e in warnings))
+
+
 class HealthBuildTests(TestCase):
     def test_monitor_per_pool(self):
         """

@@ -689,6 +689,11 @@ class CookieOptionTests(TestCase):
             ("secure", {"secure": 1}, "'auto', true or false"),
             ("httponly", {"httponly": "yes"}, "true or false"),
             ("samesite", {"samesite": "lax"}, "one of 'Lax', 'Strict', 'None'"),
+            (
+                "secure",
+                {"samesite": "None", "secure": False},
+                "SameSite=None cookies without Secure",
+            ),
             ("keys", {"keys": []}, "non-empty array"),
             ("keys", {"keys": [""]}, "non-empty array"),
             ("keys", {"keys": "secret"}, "an array of strings"),

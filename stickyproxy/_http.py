@@ -131,6 +131,7 @@ class _Exchange:
         self.pulls_request = False  # backend transport <- client transport
         self.pulls_response = False  # client transport <- backend transport
         self.bound = False  # the router's bind ran: strategies hold a binding
+        self.ended = "ok"  # how it ended, for the access log
         self.started = client.factory.clock.seconds()
 
     # routing and connecting
@@ -150,9 +151,11 @@ class _Exchange:
         if failure.check(CancelledError):
             return
         if failure.check(NoBackendAvailable):
+            self.ended = "no-backend"
             extra = b"retry-after: %d\r\n" % self.client.settings.retry_after
             self._fail(503, failure.getErrorMessage(), extra)
         else:
+            self.ended = "backend-error"
             self.client.log.failure("routing failed", failure)
             self._fail(502, "the backend could not be reached")
 
@@ -377,9 +380,19 @@ class _Exchange:
             return
         pool.report_connect_failure(self.decision.backend, reason)
         if self.response_started:
+            self.ended = "backend-broke-off"
+            self.client.log.warn(
+                "{frontend}: backend {backend} broke off its response to "
+                "{client}: {reason}",
+                frontend=self.client.factory.name,
+                backend=self.decision.backend.name,
+                client=self.ctx.client_host,
+                reason=reason,
+            )
             self._finish(False)
             self.client.abort()
         else:
+            self.ended = "backend-error"
             self._fail(502, reason)
 
     def response_upgraded(self, rest: bytes) -> None:
@@ -411,12 +424,15 @@ class _Exchange:
 
     def _timed_out(self) -> None:
         if not self.request_done and self.backend is not None:
+            self.ended = "client-timeout"
             self._fail(408, "the request body stopped arriving")
         elif not self.response_started:
+            self.ended = "backend-timeout"
             if self.dispatching is not None:
                 self.dispatching.cancel()
             self._fail(504, "the backend did not answer in time")
         else:
+            self.ended = "backend-stalled"
             self._finish(False)
             self.client.abort()
 
@@ -736,6 +752,7 @@ class HTTPProxyProtocol(Protocol):
             # The request being refused (a body too large) is already under
             # way: its own exchange answers.
             self._incoming = None
+            incoming.ended = "refused"
             incoming._fail(refusal.status, refusal.reason)
             return
         if incoming is not None and incoming in self._exchanges:
@@ -772,7 +789,7 @@ class HTTPProxyProtocol(Protocol):
         ctx, decision = exchange.ctx, exchange.decision
         self.log.info(
             '{frontend} {client} "{method} {target}" {status} {backend} '
-            "{strategy} {outcome} {duration_ms}ms",
+            "{strategy} {outcome} {duration_ms}ms {ended}",
             frontend=self.factory.name,
             client=ctx.client_host,
             method=ctx.method.decode("latin-1"),
@@ -782,6 +799,7 @@ class HTTPProxyProtocol(Protocol):
             strategy=(decision.strategy or "balancer") if decision else "-",
             outcome=decision.outcome.value if decision else "-",
             duration_ms=round((self.factory.clock.seconds() - exchange.started) * 1000),
+            ended=exchange.ended,
         )
 
     # WebSocket and other upgrades

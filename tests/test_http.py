@@ -795,3 +795,56 @@ class RequestFormTests(HTTPTestCase):
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 502 "))
         self.assertIn(b"head is over", answer)
+
+
+class AccessLogTests(HTTPTestCase):
+    def setUp(self):
+        super().setUp()
+        self.factory.settings = attrs.evolve(self.settings, access_log=True)
+
+    def logged(self, request, *responses):
+        """
+        Send a request, let the backend answer (C{None}: close), and return
+        every event logged meanwhile.
+        """
+        from twisted.logger import capturedLogs
+
+        protocol, transport = self.client()
+        with capturedLogs() as events:
+            protocol.dataReceived(request)
+            backend, _ = self.accept()
+            for response in responses:
+                if response is None:
+                    backend.connectionLost(Failure(ConnectionDone()))
+                else:
+                    backend.dataReceived(response)
+        return events
+
+    def test_ok(self):
+        """
+        Each request is logged once, with the strategy's decision and how it
+        ended.
+        """
+        events = self.logged(b"GET /x HTTP/1.1\r\nHost: a\r\nCookie: who=b\r\n\r\n", OK)
+        (event,) = [e for e in events if "ended" in e]
+        self.assertEqual(
+            (event["status"], event["backend"], event["strategy"], event["outcome"]),
+            (200, "b", "recording", "hit"),
+        )
+        self.assertEqual(event["ended"], "ok")
+
+    def test_backend_broke_off(self):
+        """
+        A response the backend broke off is logged as such, with a warning.
+        """
+        from twisted.logger import LogLevel
+
+        events = self.logged(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
+            None,
+        )
+        (access,) = [e for e in events if "ended" in e]
+        self.assertEqual(access["ended"], "backend-broke-off")
+        warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertTrue(any("broke off" in e["log_format"] for e in warnings))

@@ -430,6 +430,10 @@ class _Exchange:
             self.ended = "backend-timeout"
             if self.dispatching is not None:
                 self.dispatching.cancel()
+            if self.decision is not None:
+                self.client.factory.router.pool.report_connect_failure(
+                    self.decision.backend, "no response in time"
+                )
             self._fail(504, "the backend did not answer in time")
         else:
             self.ended = "backend-stalled"

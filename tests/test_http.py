@@ -468,8 +468,16 @@ class StatusTests(HTTPTestCase):
         self.accept()
         self.reactor.advance(29)
         self.assertEqual(transport.value(), b"")
+        reported = []
+
+        class Passive:
+            def connect_failed(self, backend, reason):
+                reported.append((backend.name, reason))
+
+        self.pool.passive = Passive()
         self.reactor.advance(1)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 504 "))
+        self.assertEqual(reported, [("a", "no response in time")])
 
     def test_slow_request_head(self):
         """

@@ -30,7 +30,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 
-from ._backends import AdminState, Backend, Health, Pool
+from ._backends import AdminState, Backend, Health, Pool, connect_endpoint
 from ._balancers import RoundRobin
 from ._httpcontext import HTTPRoutingContext, SetCookie
 from ._router import RoutingContext
@@ -67,6 +67,15 @@ def make_backend(
         admin_state=admin_state,
         health=health,
     )
+
+
+def tcp_backend(reactor: Any, name: str, port: int) -> Backend:
+    """
+    A backend at 127.0.0.1:C{port}, connected to through C{reactor} (a
+    L{twisted.internet.testing.MemoryReactor} records the connects).
+    """
+    address = f"127.0.0.1:{port}"
+    return Backend(name, address, connect_endpoint(reactor, address, 3.0), route=name)
 
 
 def make_pool(

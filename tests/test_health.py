@@ -555,10 +555,10 @@ class HTTPProbeTests(TestCase):
             ProbeFailed,
         )
 
-    def test_timeout_covers_body(self):
+    def hanging_probe(self):
         """
-        A backend that sends its headers and then stalls fails by the
-        monitor's timeout, which covers the whole body.
+        A started monitor of one backend whose health page sends its headers
+        and stalls, with the probe in flight.
         """
         clock, pool = Clock(), make_pool("web1")
         stub = StubTreq(HealthResource(hang=True))
@@ -572,9 +572,17 @@ class HTTPProbeTests(TestCase):
         changes = []
         pool.observe(changes.append)
         monitor.startService()
-        self.addCleanup(monitor.stopService)
         clock.advance(1.0)
         stub.flush()
+        return clock, pool, monitor, changes
+
+    def test_timeout_covers_body(self):
+        """
+        A backend that sends its headers and then stalls fails by the
+        monitor's timeout, which covers the whole body.
+        """
+        clock, pool, monitor, changes = self.hanging_probe()
+        self.addCleanup(monitor.stopService)
         self.assertEqual(pool.get("web1").health, Health.UP)
         clock.advance(1.0)
         self.assertEqual(pool.get("web1").health, Health.DOWN)
@@ -585,20 +593,9 @@ class HTTPProbeTests(TestCase):
         Probes cancelled because the monitor stops do not count against
         the backend.
         """
-        clock, pool = Clock(), make_pool("web1")
-        stub = StubTreq(HealthResource(hang=True))
-        monitor = HealthMonitor(
-            pool,
-            clock,
-            HTTPProbe(client=stub),
-            HealthSettings(interval=2.0, timeout=1.0, fall=1),
-            _fixed,
-        )
-        monitor.startService()
-        clock.advance(1.0)
-        stub.flush()
+        clock, pool, monitor, changes = self.hanging_probe()
         monitor.stopService()
-        self.assertEqual(pool.get("web1").health, Health.UP)
+        self.assertEqual((pool.get("web1").health, changes), (Health.UP, []))
 
 
 class StatusRangesTests(TestCase):

@@ -13,12 +13,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from stickyproxy import AdminState
-from stickyproxy._backends import Backend, Pool, connect_endpoint
+from stickyproxy._backends import Pool
 from stickyproxy._balancers import RoundRobin
 from stickyproxy._http import HTTPProxyFactory, HTTPSettings
 from stickyproxy._httpcontext import make_set_cookie
 from stickyproxy._router import Router
 from stickyproxy.interfaces import IPersistenceStrategy
+from stickyproxy.testing import tcp_backend
 
 from tests._base import TestCase
 
@@ -70,11 +71,7 @@ class HTTPTestCase(TestCase):
     def setUp(self):
         self.reactor = MemoryReactorClock()
         backends = tuple(
-            Backend(
-                name,
-                f"127.0.0.1:{port}",
-                connect_endpoint(self.reactor, f"127.0.0.1:{port}", 3),
-            )
+            tcp_backend(self.reactor, name, port)
             for name, port in (("a", 9001), ("b", 9002))
         )
         self.pool = Pool("p", backends, RoundRobin(), retries=1)

@@ -11,14 +11,14 @@ from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.python.failure import Failure
 
-from stickyproxy._backends import Backend, Health, Pool, connect_endpoint
+from stickyproxy._backends import Health, Pool
 from stickyproxy._balancers import RoundRobin
 from stickyproxy._proxyprotocol import v1_header, v2_header
 from stickyproxy._router import Router
 from stickyproxy._strategies import source_ip
 from stickyproxy._tcp import TCPProxyFactory
 from stickyproxy.service import ListenerService
-from stickyproxy.testing import routing_context
+from stickyproxy.testing import routing_context, tcp_backend
 
 from tests._base import TestCase
 
@@ -41,11 +41,7 @@ class TCPProxyTests(TestCase):
     def setUp(self):
         self.reactor = MemoryReactorClock()
         backends = tuple(
-            Backend(
-                name,
-                f"127.0.0.1:{port}",
-                connect_endpoint(self.reactor, f"127.0.0.1:{port}", 3),
-            )
+            tcp_backend(self.reactor, name, port)
             for name, port in (("a", 9001), ("b", 9002), ("c", 9003))
         )
         self.pool = Pool("p", backends, RoundRobin(), connect_timeout=3.0, retries=2)
@@ -337,9 +333,7 @@ class ProxyHeaderReceiverTests(TestCase):
 
     def setUp(self):
         self.reactor = MemoryReactorClock()
-        backend = Backend(
-            "a", "127.0.0.1:9001", connect_endpoint(self.reactor, "127.0.0.1:9001", 3)
-        )
+        backend = tcp_backend(self.reactor, "a", 9001)
         pool = Pool("p", (backend,), RoundRobin())
         self.strategy = source_ip.build({"mode": "table"}, pool, self.reactor, "p")
         router = Router(pool, [self.strategy], self.reactor)
@@ -414,9 +408,7 @@ class ProxyHeaderReceiverTests(TestCase):
 class OnDownTests(TestCase):
     def setUp(self):
         self.reactor = MemoryReactorClock()
-        backend = Backend(
-            "a", "127.0.0.1:9001", connect_endpoint(self.reactor, "127.0.0.1:9001", 3)
-        )
+        backend = tcp_backend(self.reactor, "a", 9001)
         self.pool = Pool("p", (backend,), RoundRobin())
         self.factory = TCPProxyFactory(
             "front", Router(self.pool, [], self.reactor), self.reactor

@@ -24,13 +24,18 @@ chmod -R u+w "$scratch"
 "$scratch/.venv/bin/pip" install -q "$repo"
 
 only='haproxy-*,nginx-*,twisted-revproxy,twisted-portforward,stickyproxy-*'
+# Relative paths only, so that the results (which record the command line)
+# name nothing of this machine.
+cp "$here"/stickyproxy-l4.toml "$here"/stickyproxy-l7.toml "$scratch"/
+out="results/results-$(date +%Y-%m-%d_%H%M%S).json"
 cd "$scratch"
-exec "$scratch/.venv/bin/python" bench.py --only "$only" \
+"$scratch/.venv/bin/python" bench.py --only "$only" \
   --target 'stickyproxy-l7={venv}/bin/twistd -n --pidfile= stickyproxy --config {config}' \
-  --config-template "stickyproxy-l7=$here/stickyproxy-l7.toml" \
+  --config-template "stickyproxy-l7=stickyproxy-l7.toml" \
   --sticky 'stickyproxy-l7=cookie-insert:SPSESSION' --layer stickyproxy-l7=L7 \
   --target 'stickyproxy-l4={venv}/bin/twistd -n --pidfile= stickyproxy --config {config}' \
-  --config-template "stickyproxy-l4=$here/stickyproxy-l4.toml" \
+  --config-template "stickyproxy-l4=stickyproxy-l4.toml" \
   --sticky 'stickyproxy-l4=source-ip' --layer stickyproxy-l4=L4 \
-  --out "$here/results/results-$(date +%Y-%m-%d_%H%M%S).json" \
+  --out "$out" \
   "$@"
+cp "$out" "${out%.json}.md" "$here/results/"

@@ -188,7 +188,7 @@ class _Exchange:
         ctx, settings = self.ctx, self.client.settings
         named = {t.lower() for t in ctx.header_values(b"connection")}
         lines = [ctx.method, b" ", ctx.target, b" HTTP/1.1\r\n"]
-        trusted = in_networks(ctx.peer_host, settings.trusted_proxies)
+        trusted = self.client.peer_trusted
         forwarded_for: list[bytes] = []
         forwarded: list[bytes] = []  # RFC 7239 elements from trusted proxies
         host = b""
@@ -534,6 +534,8 @@ class HTTPProxyProtocol(Protocol):
     def connectionMade(self) -> None:
         no_delay(self.transport)
         self.peer_host, self.peer_port = client_host(self.transport.getPeer())
+        # A property of the connection, not of each request on it.
+        self.peer_trusted = in_networks(self.peer_host, self.settings.trusted_proxies)
         self.secure = ISSLTransport.providedBy(self.transport)
         self.timer = IdleTimer(
             self.factory.clock, self.settings.timeout_request, self._idle_timeout
@@ -665,9 +667,7 @@ class HTTPProxyProtocol(Protocol):
         peer_host = self.peer_host
         client = peer_host
         secure = self.secure
-        if settings.trusted_proxies and in_networks(
-            peer_host, settings.trusted_proxies
-        ):
+        if self.peer_trusted:
             forwarded_for = [
                 hop.strip()
                 for name, value in headers

@@ -5,11 +5,12 @@ Run it with C{twistd -n stickyproxy --config proxy.toml}, or embed
 L{stickyproxy.service.ProxyService} in any Twisted application.
 """
 
-from ._backends import AdminState, Backend, Pool
-from ._config import ProxyConfig, load_config, read_config_file
-from ._options import ConfigError, OptionReader
-from ._router import Decision, NoBackendAvailable, Outcome, Router, RoutingContext
-from ._strategies import StrategyRegistry
+from stickyproxy.config._load import ProxyConfig, load_config, read_config_file
+from stickyproxy.config._options import ConfigError, OptionReader
+from stickyproxy.core._pool import Pool
+from stickyproxy.core._router import NoBackendAvailable, Router, RoutingContext
+from stickyproxy.model import AdminState, Backend, Decision, Outcome
+from stickyproxy.persistence._registry import StrategyRegistry
 
 __version__ = "0.1.0"
 

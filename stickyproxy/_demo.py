@@ -19,7 +19,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from .service import ListenerService
+from stickyproxy.service import ListenerService
 
 DEMO_BACKENDS = ("demo1", "demo2", "demo3")
 DEMO_LISTEN = {

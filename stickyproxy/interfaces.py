@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IReactorTime
 
-    from ._backends import Backend, StateChange
+    from stickyproxy.core._cookies import SetCookie
+    from stickyproxy.model import Backend, StateChange
 
 
 class IRoutingContext(Interface):
@@ -44,6 +46,85 @@ class IRoutingContext(Interface):
         "so a retry goes where the hash will send the client once they are "
         "marked down, and the client moves only once"
     )
+
+
+class IHTTPRoutingContext(IRoutingContext):
+    """
+    An L{IRoutingContext} for one HTTP request (and, in C{persist}, its
+    response).
+    """
+
+    secure = Attribute(
+        "bool: the client reached us over TLS (or a trusted proxy in front "
+        "says it did, with X-Forwarded-Proto: https)"
+    )
+    peer_host = Attribute(
+        "str: the address of the TCP peer (a proxy in front, if any), where "
+        "client_host is the client behind it"
+    )
+    method = Attribute("bytes: the request method")
+    target = Attribute("bytes: the request-target as received (path and query)")
+    status = Attribute("int | None: the response status, once the response head is in")
+
+    def header(name: bytes) -> bytes | None:
+        """
+        :param name: a lowercase header name.
+        :returns: the request header's first value, or C{None}.
+        """
+
+    def header_values(name: bytes) -> list[bytes]:
+        """
+        :returns: every value of a request header, comma-separated lists
+            split, in order.
+        """
+
+    def cookie(name: str) -> str | None:
+        """
+        :returns: the value of the request cookie C{name} (the first one)
+            as the client sent it, whatever strategies changed for the
+            forwarded request; or C{None}.
+        """
+
+    def remove_cookie(name: str) -> None:
+        """
+        Take cookie C{name} off the request before it is forwarded.
+        """
+
+    def replace_cookie(name: str, value: str) -> None:
+        """
+        Forward the request with every cookie C{name} set to C{value}
+        instead.
+        """
+
+    def response_cookies(name: str) -> list[SetCookie]:
+        """
+        :returns: the response's C{Set-Cookie} headers for cookie C{name}.
+        """
+
+    def replace_response_cookie(old: SetCookie, new: SetCookie) -> None:
+        """
+        Send C{new} in place of the response cookie C{old}.
+        """
+
+    def add_response_header(name: bytes, value: bytes) -> None:
+        """
+        Add a header to the response (e.g. C{Set-Cookie}).
+        """
+
+    def response_header(name: bytes) -> bytes | None:
+        """
+        :returns: the response header's first value, or C{None}.
+        """
+
+    def response_header_values(name: bytes) -> list[bytes]:
+        """
+        :returns: every value of a response header, in order.
+        """
+
+    def set_response_header(name: bytes, value: bytes) -> None:
+        """
+        Replace every value of a response header with C{value}.
+        """
 
 
 class IBackendPool(Interface):
@@ -229,4 +310,78 @@ class IPersistenceStrategyFactory(Interface):
         :raises stickyproxy.ConfigError: an option is unknown or invalid
             (L{stickyproxy.OptionReader} produces these).
         :returns: a new strategy.
+        """
+
+
+class IPassiveHealth(Interface):
+    """
+    What a pool tells health tracking about live traffic.
+    """
+
+    def connect_failed(backend: Backend, reason: str) -> None:
+        """
+        A connection to C{backend} could not be made (refused, timed out).
+        """
+
+    def connect_succeeded(backend: Backend) -> None:
+        """
+        A connection to C{backend} was made.
+        """
+
+    def response_status(backend: Backend, status: int) -> None:
+        """
+        C{backend} answered an HTTP request with C{status}.
+        """
+
+
+class IHealthProbe(Interface):
+    """
+    Checks whether one backend is alive right now.
+    """
+
+    def check(backend: Backend) -> Deferred[None]:
+        """
+        Probe C{backend} once.
+
+        :returns: a Deferred that fires with C{None} when the backend
+            passes, or fails (with L{ProbeFailed} or a connection error)
+            when it does not.  Cancelling it abandons the probe.
+        """
+
+
+class IResponseReceiver(Interface):
+    """
+    What a backend connection reports to the exchange it is serving.
+    """
+
+    def response_head(
+        status: int, headers: list[tuple[bytes, bytes]], body: str
+    ) -> None:
+        """
+        The head of a response (C{status} may be 1xx: an interim one), its
+        hop-by-hop headers (and those named in C{Connection}) removed.
+
+        :param body: how the body is framed: C{"none"}, C{"length"},
+            C{"chunked"} or C{"close"} (read until the connection closes).
+        """
+
+    def response_body(data: bytes) -> None:
+        """
+        Some of the response body, unframed.
+        """
+
+    def response_complete() -> None:
+        """
+        The response is over.
+        """
+
+    def response_failed(reason: str) -> None:
+        """
+        The backend broke off or sent something that is not HTTP, before
+        the response was complete.
+        """
+
+    def response_upgraded(rest: bytes) -> None:
+        """
+        The backend switched protocols (101); C{rest} is what followed.
         """

@@ -22,17 +22,25 @@ from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFacto
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._backends import Backend, Pool, connect_endpoint
-from ._balancers import make_balancer
-from ._config import FrontendConfig, HealthConfig, PoolConfig, ProxyConfig
-from ._health import HealthMonitor, HTTPProbe, IHealthProbe, TCPProbe, treq_client
-from ._http import HTTPProxyFactory
-from ._options import ConfigError, describe_error, join_path
-from ._proxyprotocol import ProxyHeaderWrappingFactory
-from ._router import Router
-from ._strategies import StrategyRegistry
-from ._tcp import TCPProxyFactory
-from .interfaces import IPersistenceStrategy
+from stickyproxy.config._load import (
+    FrontendConfig,
+    HealthConfig,
+    PoolConfig,
+    ProxyConfig,
+)
+from stickyproxy.config._options import ConfigError, describe_error, join_path
+from stickyproxy.core._balancers import make_balancer
+from stickyproxy.core._endpoints import connect_endpoint
+from stickyproxy.core._pool import Pool
+from stickyproxy.core._proxyheader import ProxyHeaderWrappingFactory
+from stickyproxy.core._router import Router
+from stickyproxy.health._monitor import HealthMonitor
+from stickyproxy.health._probes import HTTPProbe, TCPProbe, treq_client
+from stickyproxy.http._frontend import HTTPProxyFactory
+from stickyproxy.interfaces import IHealthProbe, IPersistenceStrategy
+from stickyproxy.model import Backend
+from stickyproxy.persistence._registry import StrategyRegistry
+from stickyproxy.tcp._splice import TCPProxyFactory
 
 
 class ListenerService(Service):

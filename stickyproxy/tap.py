@@ -9,12 +9,12 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from ._balancers import BALANCERS
-from ._config import MODES, ProxyConfig, load_config, read_config_file
-from ._demo import DemoService, demo_config_data, listen_demo_backends
-from ._options import ConfigError
-from ._strategies import StrategyRegistry
-from .service import ProxyService
+from stickyproxy._demo import DemoService, demo_config_data, listen_demo_backends
+from stickyproxy.config._load import MODES, ProxyConfig, load_config, read_config_file
+from stickyproxy.config._options import ConfigError
+from stickyproxy.core._balancers import BALANCERS
+from stickyproxy.persistence._registry import StrategyRegistry
+from stickyproxy.service import ProxyService
 
 
 def _mode(value: str) -> str:

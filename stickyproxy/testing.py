@@ -30,11 +30,14 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 
-from ._backends import AdminState, Backend, Health, Pool, connect_endpoint
-from ._balancers import RoundRobin
-from ._httpcontext import HTTPRoutingContext, SetCookie
-from ._router import RoutingContext
-from .interfaces import IBalancer
+from stickyproxy.core._balancers import RoundRobin
+from stickyproxy.core._cookies import SetCookie
+from stickyproxy.core._endpoints import connect_endpoint
+from stickyproxy.core._pool import Pool
+from stickyproxy.core._router import RoutingContext
+from stickyproxy.http._context import HTTPRoutingContext
+from stickyproxy.interfaces import IBalancer
+from stickyproxy.model import AdminState, Backend, Health
 
 
 @implementer(IStreamClientEndpoint)

@@ -1,11 +1,11 @@
 """
-Tests for L{stickyproxy._affinity.StickTable}.
+Tests for the in-memory L{stickyproxy.interfaces.IStickTable}.
 """
 
 from twisted.internet.task import Clock
 
-from stickyproxy._affinity import StickTable
 from stickyproxy.interfaces import IStickTable
+from stickyproxy.persistence.tables._memory import StickTable
 
 from tests._base import TestCase
 

@@ -8,7 +8,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stickyproxy._balancers import (
+from stickyproxy.core._balancers import (
     BALANCERS,
     ConsistentHash,
     LeastConnections,

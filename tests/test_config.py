@@ -12,10 +12,12 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import IPlugin
 
 from stickyproxy import AdminState, ConfigError, load_config, read_config_file
-from stickyproxy._backends import Health
-from stickyproxy._options import OptionReader
-from stickyproxy._strategies import HashAffinity, StrategyRegistry, source_ip
+from stickyproxy.config._options import OptionReader
 from stickyproxy.interfaces import IPersistenceStrategyFactory
+from stickyproxy.model import Health
+from stickyproxy.persistence._affinity import HashAffinity
+from stickyproxy.persistence._registry import StrategyRegistry
+from stickyproxy.persistence._sourceip import source_ip
 from stickyproxy.service import ProxyService
 
 from tests._base import TestCase
@@ -611,7 +613,7 @@ class HealthBuildTests(TestCase):
         """
         The proxy runs one health monitor per pool, with the configured probe.
         """
-        from stickyproxy._health import HTTPProbe
+        from stickyproxy.health._probes import HTTPProbe
 
         data = _with(
             lambda d: d["pool"]["pg"].update(health={"type": "http", "path": "/hz"})
@@ -638,7 +640,7 @@ class AddressTests(TestCase):
             UNIXClientEndpoint,
         )
 
-        from stickyproxy._backends import connect_endpoint
+        from stickyproxy.core._endpoints import connect_endpoint
 
         reactor = MemoryReactorClock()
         for address, kind in [

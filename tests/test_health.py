@@ -1,6 +1,6 @@
 """
-Tests for health tracking, L{stickyproxy._health}, and the backend states
-it drives in L{stickyproxy._backends.Pool}.
+Tests for health tracking, L{stickyproxy.health}, and the backend states
+it drives in L{stickyproxy.Pool}.
 """
 
 import random
@@ -16,18 +16,15 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from stickyproxy import AdminState, NoBackendAvailable, Router
-from stickyproxy._backends import Health, Pool, connect_endpoint
-from stickyproxy._balancers import RoundRobin
-from stickyproxy._health import (
-    HealthMonitor,
-    HealthSettings,
-    HTTPProbe,
-    IHealthProbe,
-    ProbeFailed,
-    StatusRanges,
-    TCPProbe,
-)
-from stickyproxy._strategies import source_ip
+from stickyproxy.config._settings import HealthSettings, StatusRanges
+from stickyproxy.core._balancers import RoundRobin
+from stickyproxy.core._endpoints import connect_endpoint
+from stickyproxy.core._pool import Pool
+from stickyproxy.health._monitor import HealthMonitor
+from stickyproxy.health._probes import HTTPProbe, ProbeFailed, TCPProbe
+from stickyproxy.interfaces import IHealthProbe
+from stickyproxy.model import Health
+from stickyproxy.persistence._sourceip import source_ip
 from stickyproxy.testing import make_backend, make_pool, routing_context
 
 from tests._base import TestCase

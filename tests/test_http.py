@@ -1,5 +1,5 @@
 """
-Tests for the L7 proxy, L{stickyproxy._http}, over Twisted's fakes.
+Tests for the L7 proxy, L{stickyproxy.http}, over Twisted's fakes.
 """
 
 import ipaddress
@@ -13,11 +13,12 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from stickyproxy import AdminState
-from stickyproxy._backends import Pool
-from stickyproxy._balancers import RoundRobin
-from stickyproxy._http import HTTPProxyFactory, HTTPSettings
-from stickyproxy._httpcontext import make_set_cookie
-from stickyproxy._router import Router
+from stickyproxy.config._settings import HTTPSettings
+from stickyproxy.core._balancers import RoundRobin
+from stickyproxy.core._cookies import make_set_cookie
+from stickyproxy.core._pool import Pool
+from stickyproxy.core._router import Router
+from stickyproxy.http._frontend import HTTPProxyFactory
 from stickyproxy.interfaces import IPersistenceStrategy
 from stickyproxy.testing import tcp_backend
 
@@ -698,7 +699,7 @@ class ConnectionTests(HTTPTestCase):
         """
         When a backend goes down, its idle keep-alive connections are closed.
         """
-        from stickyproxy._backends import Health
+        from stickyproxy.model import Health
 
         _, _, _ = self.exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", OK)
         connections = self.factory.connections[self.pool.get("a")]

@@ -15,33 +15,28 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.plugin import IPlugin
 
 from stickyproxy import AdminState, ConfigError, NoBackendAvailable, Outcome, Router
-from stickyproxy._backends import Health
-from stickyproxy._http_strategies import (
+from stickyproxy.interfaces import IPersistenceStrategy, IPersistenceStrategyFactory
+from stickyproxy.model import Health
+from stickyproxy.persistence._affinity import HashAffinity, TableAffinity
+from stickyproxy.persistence._appcookie import (
     AppCookieFollow,
     AppCookieLearn,
     AppCookiePrefix,
-    CookieInsert,
-    RouteStrategy,
     app_cookie,
-    cookie,
-    header,
-    mark_private,
-    route,
 )
-from stickyproxy._signing import (
+from stickyproxy.persistence._cookie import CookieInsert, cookie
+from stickyproxy.persistence._header import header
+from stickyproxy.persistence._proxycookie import mark_private
+from stickyproxy.persistence._registry import StrategyRegistry
+from stickyproxy.persistence._route import RouteStrategy, route
+from stickyproxy.persistence._signing import (
     CookieSigner,
     SessionPayload,
     b64decode,
     b64encode,
     backend_token,
 )
-from stickyproxy._strategies import (
-    HashAffinity,
-    StrategyRegistry,
-    TableAffinity,
-    source_ip,
-)
-from stickyproxy.interfaces import IPersistenceStrategy, IPersistenceStrategyFactory
+from stickyproxy.persistence._sourceip import source_ip
 from stickyproxy.testing import (
     http_context,
     make_pool,

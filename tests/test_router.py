@@ -1,5 +1,5 @@
 """
-Tests for L{stickyproxy._router.Router}: who wins, and retries.
+Tests for L{stickyproxy.Router}: who wins, and retries.
 """
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -7,8 +7,8 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 
 from stickyproxy import AdminState, NoBackendAvailable, Outcome, Router
-from stickyproxy._backends import Health
-from stickyproxy._strategies import source_ip
+from stickyproxy.model import Health
+from stickyproxy.persistence._sourceip import source_ip
 from stickyproxy.testing import make_pool, routing_context
 
 from tests._base import TestCase

@@ -11,7 +11,8 @@ from twisted.logger import capturedLogs
 from twisted.python.usage import UsageError
 
 from stickyproxy import ConfigError, load_config
-from stickyproxy._strategies import StrategyRegistry, source_ip
+from stickyproxy.persistence._registry import StrategyRegistry
+from stickyproxy.persistence._sourceip import source_ip
 from stickyproxy.service import ProxyService
 from stickyproxy.tap import Options, _makeService, makeService
 

@@ -1,11 +1,11 @@
 """
-Tests for L{stickyproxy._signing}: signed opaque values and their payload.
+Tests for L{stickyproxy.persistence._signing}: signed opaque values and their payload.
 """
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stickyproxy._signing import (
+from stickyproxy.persistence._signing import (
     MAX_TOKEN_LENGTH,
     TOKEN_SIZE,
     CookieSigner,

@@ -17,14 +17,10 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.plugin import IPlugin
 
 from stickyproxy import AdminState, ConfigError, Router
-from stickyproxy._strategies import (
-    HashAffinity,
-    StrategyRegistry,
-    TableAffinity,
-    masked_address,
-    source_ip,
-)
 from stickyproxy.interfaces import IPersistenceStrategy, IPersistenceStrategyFactory
+from stickyproxy.persistence._affinity import HashAffinity, TableAffinity
+from stickyproxy.persistence._registry import StrategyRegistry
+from stickyproxy.persistence._sourceip import masked_address, source_ip
 from stickyproxy.testing import make_pool, routing_context
 
 from tests._base import TestCase

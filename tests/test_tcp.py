@@ -1,5 +1,5 @@
 """
-Tests for the L4 proxy, L{stickyproxy._tcp}, over Twisted's fakes.
+Tests for the L4 proxy, L{stickyproxy.tcp}, over Twisted's fakes.
 """
 
 import ipaddress
@@ -11,13 +11,14 @@ from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.python.failure import Failure
 
-from stickyproxy._backends import Health, Pool
-from stickyproxy._balancers import RoundRobin
-from stickyproxy._proxyprotocol import v1_header, v2_header
-from stickyproxy._router import Router
-from stickyproxy._strategies import source_ip
-from stickyproxy._tcp import TCPProxyFactory
+from stickyproxy.core._balancers import RoundRobin
+from stickyproxy.core._pool import Pool
+from stickyproxy.core._proxyheader import v1_header, v2_header
+from stickyproxy.core._router import Router
+from stickyproxy.model import Health
+from stickyproxy.persistence._sourceip import source_ip
 from stickyproxy.service import ListenerService
+from stickyproxy.tcp._splice import TCPProxyFactory
 from stickyproxy.testing import routing_context, tcp_backend
 
 from tests._base import TestCase

@@ -17,9 +17,10 @@ from typing import TypeVar
 
 import attrs
 
+from stickyproxy.core._addresses import IPNetwork
+
 _T = TypeVar("_T")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _MISSING: object = object()
 
 

@@ -16,8 +16,8 @@ from hashlib import blake2b
 import attrs
 from zope.interface import implementer
 
-from ._backends import Backend
-from .interfaces import IBalancer
+from stickyproxy.interfaces import IBalancer
+from stickyproxy.model import Backend
 
 
 def _unit_hash(key: bytes, name: str) -> float:

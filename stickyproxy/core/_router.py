@@ -9,7 +9,6 @@ the failover policy lives.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -20,8 +19,9 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from ._backends import Backend, Pool
-from .interfaces import IPersistenceStrategy, IRoutingContext
+from stickyproxy.core._pool import Pool
+from stickyproxy.interfaces import IPersistenceStrategy, IRoutingContext
+from stickyproxy.model import Backend, Decision, Outcome
 
 _T = TypeVar("_T")
 
@@ -38,32 +38,6 @@ class RoutingContext:
     client_host: str
     client_port: int = 0
     tried: list[Backend] = attrs.field(factory=list)
-
-
-class Outcome(enum.Enum):
-    """
-    How a backend was decided, for logs and debug headers.
-    """
-
-    HIT = "hit"  # the client's binding was honoured
-    NEW = "new"  # no binding: the balancer picked, a new binding follows
-    REDISPATCH = "redispatch"  # the bound backend could not serve: moved
-
-
-@attrs.frozen
-class Decision:
-    """
-    Where one client goes and why.
-
-    :ivar strategy: the strategy whose binding decided (or was broken), or
-        C{None} when no strategy knew the client.
-    :ivar previous: on a redispatch, the backend the client was bound to.
-    """
-
-    backend: Backend
-    outcome: Outcome
-    strategy: str | None = None
-    previous: Backend | None = None
 
 
 class NoBackendAvailable(Exception):

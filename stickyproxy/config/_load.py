@@ -12,16 +12,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
-from ._backends import AdminState, Health
-from ._balancers import BALANCERS
-from ._health import HealthSettings, StatusRanges
-from ._http import HTTPSettings
-from ._options import ConfigError, OptionReader, join_path
-from ._strategies import StrategyRegistry
+from stickyproxy.config._options import ConfigError, OptionReader, join_path
+from stickyproxy.config._settings import HealthSettings, HTTPSettings, StatusRanges
+from stickyproxy.core._balancers import BALANCERS
+from stickyproxy.interfaces import IPersistenceStrategyFactory
+from stickyproxy.model import AdminState, Health
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,6 +28,19 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 MODES = ("tcp", "http")
+
+
+class StrategyRegistry(Protocol):
+    """
+    Where strategy names are looked up (a
+    L{stickyproxy.StrategyRegistry}): config checks names against it
+    without importing the persistence package.
+    """
+
+    def get(self, name: str, path: str) -> IPersistenceStrategyFactory:
+        """
+        :raises ConfigError: no usable strategy has that name.
+        """
 
 
 def _frozen_mapping(mapping: Mapping[str, Any]) -> Mapping[str, Any]:

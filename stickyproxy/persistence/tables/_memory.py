@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from twisted.internet.interfaces import IReactorTime
 
-from .interfaces import IStickTable
+from stickyproxy.interfaces import IStickTable
 
 
 @attrs.define

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import deque
 from typing import Any
-from typing import Protocol as TypingProtocol
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
@@ -17,7 +16,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from ._backends import Backend, connect_quietly, no_delay
+from stickyproxy.core._endpoints import connect_quietly, no_delay
+from stickyproxy.interfaces import IResponseReceiver
+from stickyproxy.model import Backend
 
 # RFC 9110 7.6.1 and RFC 2616 13.5.1: meaningful for one connection only.
 HOP_BY_HOP = frozenset(
@@ -35,44 +36,6 @@ HOP_BY_HOP = frozenset(
 )
 
 
-class ResponseReceiver(TypingProtocol):
-    """
-    What a backend connection reports to the exchange it is serving.
-    """
-
-    def response_head(
-        self, status: int, headers: list[tuple[bytes, bytes]], body: str
-    ) -> None:
-        """
-        The head of a response (C{status} may be 1xx: an interim one), its
-        hop-by-hop headers (and those named in C{Connection}) removed.
-
-        :param body: how the body is framed: C{"none"}, C{"length"},
-            C{"chunked"} or C{"close"} (read until the connection closes).
-        """
-
-    def response_body(self, data: bytes) -> None:
-        """
-        Some of the response body, unframed.
-        """
-
-    def response_complete(self) -> None:
-        """
-        The response is over.
-        """
-
-    def response_failed(self, reason: str) -> None:
-        """
-        The backend broke off or sent something that is not HTTP, before
-        the response was complete.
-        """
-
-    def response_upgraded(self, rest: bytes) -> None:
-        """
-        The backend switched protocols (101); C{rest} is what followed.
-        """
-
-
 class BackendHTTP(Protocol):
     """
     One connection to a backend.
@@ -83,7 +46,7 @@ class BackendHTTP(Protocol):
 
     def __init__(self, connections: BackendConnections) -> None:
         self.connections = connections
-        self.receiver: ResponseReceiver | None = None
+        self.receiver: IResponseReceiver | None = None
         self.reused = False
         self.reusable = False
         self.responded = False  # any response byte seen for this request
@@ -103,7 +66,7 @@ class BackendHTTP(Protocol):
         self.connected_ = True
         no_delay(self.transport)
 
-    def start(self, receiver: ResponseReceiver, no_body: bool) -> None:
+    def start(self, receiver: IResponseReceiver, no_body: bool) -> None:
         """
         Serve one request: its response goes to C{receiver}.
 
@@ -177,7 +140,7 @@ class BackendHTTP(Protocol):
             return  # an interim (1xx) response: the real one follows
         self._finish(receiver)
 
-    def _finish(self, receiver: ResponseReceiver) -> None:
+    def _finish(self, receiver: IResponseReceiver) -> None:
         self.receiver = None
         receiver.response_complete()
 

@@ -23,24 +23,12 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._backends import Backend, StateChange, connect_quietly, no_delay
-from ._proxyprotocol import HEADERS
-from ._router import Decision, Router, RoutingContext
-from ._timers import IdleTimer
-
-
-def client_host(address: IAddress) -> tuple[str, int]:
-    """
-    The host and port routing uses for a peer address (a UNIX socket peer
-    has no port, and its path, possibly empty, stands for the host).
-    """
-    host = getattr(address, "host", None)
-    if isinstance(host, str):
-        return host, int(getattr(address, "port", 0) or 0)
-    name = getattr(address, "name", None)
-    return (
-        name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name or "")
-    ), 0
+from stickyproxy.core._addresses import client_host
+from stickyproxy.core._endpoints import connect_quietly, no_delay
+from stickyproxy.core._proxyheader import HEADERS
+from stickyproxy.core._router import Router, RoutingContext
+from stickyproxy.core._timers import IdleTimer
+from stickyproxy.model import Backend, Decision, StateChange
 
 
 @implementer(IHalfCloseableProtocol)

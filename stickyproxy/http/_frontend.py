@@ -15,13 +15,13 @@ from collections import deque
 from http import HTTPStatus
 from typing import Any
 
-import attrs
 from httptools import (
     HttpParserCallbackError,
     HttpParserError,
     HttpParserUpgrade,
     HttpRequestParser,
 )
+from zope.interface import implementer
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IAddress, IReactorTime, ISSLTransport
@@ -29,40 +29,21 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._backends import Backend, StateChange, no_delay
-from ._httpbackend import HOP_BY_HOP, BackendConnections, BackendHTTP
-from ._httpcontext import HTTPRoutingContext, in_networks, real_client
-from ._options import IPNetwork
-from ._proxyprotocol import HEADERS
-from ._router import Decision, NoBackendAvailable, Outcome, Router
-from ._tcp import client_host
-from ._timers import IdleTimer
+from stickyproxy.config._settings import HTTPSettings
+from stickyproxy.core._addresses import client_host, in_networks, real_client
+from stickyproxy.core._endpoints import no_delay
+from stickyproxy.core._proxyheader import HEADERS
+from stickyproxy.core._router import NoBackendAvailable, Router
+from stickyproxy.core._timers import IdleTimer
+from stickyproxy.http._backend import HOP_BY_HOP, BackendConnections, BackendHTTP
+from stickyproxy.http._context import HTTPRoutingContext
+from stickyproxy.interfaces import IResponseReceiver
+from stickyproxy.model import Backend, Decision, Outcome, StateChange
 
 _REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 _ADDED_BY_US = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
 )
-
-
-@attrs.frozen
-class HTTPSettings:
-    """
-    The options of one HTTP frontend (see the configuration reference).
-    """
-
-    trusted_proxies: tuple[IPNetwork, ...] = ()
-    forwarded: bool = False
-    redispatch_header: bytes | None = None
-    debug_header: bytes | None = None
-    access_log: bool = False
-    timeout_request: float = 10.0
-    timeout_keepalive: float = 60.0
-    timeout_response: float = 60.0
-    timeout_tunnel: float = 3600.0
-    max_header_size: int = 32768
-    max_headers: int = 100
-    max_body_size: int | None = None
-    retry_after: int = 5
 
 
 class _Refuse(Exception):
@@ -95,6 +76,7 @@ def error_response(status: int, reason: str, extra: bytes = b"") -> bytes:
     )
 
 
+@implementer(IResponseReceiver)
 class _Exchange:
     """
     One request and its response.
@@ -285,7 +267,7 @@ class _Exchange:
             transport.unregisterProducer()
             self.client.undo_flow_control()
 
-    # the response (ResponseReceiver)
+    # the response (IResponseReceiver)
 
     def response_head(
         self, status: int, headers: list[tuple[bytes, bytes]], body: str

@@ -1,0 +1,3 @@
+"""
+The core: the router, pools, balancers, and how backends are reached.
+"""

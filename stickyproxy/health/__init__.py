@@ -1,0 +1,4 @@
+"""
+Health: probes, the rise/fall tracking of their results, and the monitor
+service that runs them.
+"""

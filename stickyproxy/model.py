@@ -1,0 +1,134 @@
+"""
+The values everything else shares: a backend and its states, a change of
+state, and a routing decision.
+
+A leaf: it imports nothing else from the package, so any layer may use it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from twisted.internet.interfaces import (
+    IStreamClientEndpoint,
+)
+
+
+class Health(enum.Enum):
+    """
+    The operational state from health tracking.  A backend that is going
+    down still serves (its failures have not reached C{fall} yet); one
+    going up does not (its successes have not reached C{rise}).
+    """
+
+    UP = "up"
+    GOING_DOWN = "going down"
+    DOWN = "down"
+    GOING_UP = "going up"
+
+    @property
+    def serving(self) -> bool:
+        """
+        :returns: whether a backend in this state may serve clients.
+        """
+        return self is Health.UP or self is Health.GOING_DOWN
+
+
+class AdminState(enum.Enum):
+    """
+    What the operator wants of a backend (as HAProxy's C{ready}, C{drain},
+    C{maint}).
+    """
+
+    READY = "ready"
+    DRAIN = "drain"
+    MAINT = "maint"
+
+
+@attrs.define(eq=False)
+class Backend:
+    """
+    One server behind the proxy, with its live state.
+
+    :ivar name: unique within its pool.
+    :ivar address: the configured address, as written.
+    :ivar endpoint: how to connect to it.
+    :ivar weight: its share of new clients relative to the others (0 takes
+        none).
+    :ivar route: the token route-based persistence matches.
+    :ivar admin_state: the operator's wish.
+    :ivar health: the operational state from health tracking.
+    :ivar active: connections (or requests) open or being opened to it.
+    :ivar ramp: the fraction of its weight it gets during a slow start.
+    """
+
+    name: str
+    address: str
+    endpoint: IStreamClientEndpoint
+    weight: int = 1
+    route: str = ""
+    admin_state: AdminState = AdminState.READY
+    health: Health = Health.UP
+    active: int = 0
+    ramp: float = 1.0
+
+    @property
+    def healthy(self) -> bool:
+        """
+        :returns: whether health tracking lets it serve.
+        """
+        return self.health.serving
+
+    @property
+    def effective_weight(self) -> float:
+        """
+        :returns: its weight for new clients, reduced during a slow start.
+        """
+        return self.weight * self.ramp
+
+
+@attrs.frozen
+class StateChange:
+    """
+    One change of a backend's state, as observers receive it.
+
+    :ivar kind: C{"health"} or C{"admin"}.
+    :ivar old: the state's value before, e.g. C{"up"} or C{"ready"}.
+    :ivar new: its value after.
+    :ivar reason: why, in words (a probe's result, "operator", ...).
+    """
+
+    pool: str
+    backend: Backend
+    kind: str
+    old: str
+    new: str
+    reason: str
+
+
+class Outcome(enum.Enum):
+    """
+    How a backend was decided, for logs and debug headers.
+    """
+
+    HIT = "hit"  # the client's binding was honoured
+    NEW = "new"  # no binding: the balancer picked, a new binding follows
+    REDISPATCH = "redispatch"  # the bound backend could not serve: moved
+
+
+@attrs.frozen
+class Decision:
+    """
+    Where one client goes and why.
+
+    :ivar strategy: the strategy whose binding decided (or was broken), or
+        C{None} when no strategy knew the client.
+    :ivar previous: on a redispatch, the backend the client was bound to.
+    """
+
+    backend: Backend
+    outcome: Outcome
+    strategy: str | None = None
+    previous: Backend | None = None

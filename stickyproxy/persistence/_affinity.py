@@ -1,0 +1,122 @@
+"""
+Affinity on a key taken from the client (its address, a header): hashed
+over the backends (stateless) or learned in a stick table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import attrs
+from zope.interface import implementer
+
+from twisted.internet.interfaces import IReactorTime
+
+from stickyproxy.config._options import OptionReader
+from stickyproxy.core._balancers import rendezvous_order
+from stickyproxy.interfaces import (
+    IBackendPool,
+    IPersistenceStrategy,
+    IRoutingContext,
+    IStickTable,
+)
+from stickyproxy.model import Backend
+from stickyproxy.persistence.tables._memory import StickTable
+
+AffinityKey = Callable[[IRoutingContext], "bytes | None"]
+
+
+@implementer(IPersistenceStrategy)
+@attrs.define(eq=False)
+class HashAffinity:
+    """
+    Stateless affinity: a key taken from the client (its masked address, a
+    header) is hashed (rendezvous) over the pool's backends, so every proxy
+    with the same backends agrees, and a backend that leaves moves only its
+    clients.  It names the key's backend whatever its state (the router
+    decides whether it may serve); backends in C{context.tried} are
+    skipped, which gives the next choice in the key's order.
+
+    :ivar key: the key of a context, or C{None} when it has none (the
+        client is then not bound).
+    """
+
+    name: str
+    pool: IBackendPool
+    key: AffinityKey
+
+    def lookup(self, context: IRoutingContext) -> Backend | None:
+        key = self.key(context)
+        if key is None:
+            return None
+        candidates: Sequence[Backend] = self.pool.backends
+        tried = context.tried
+        if tried:
+            candidates = [b for b in candidates if b not in tried]
+        order = rendezvous_order(key, candidates)
+        return order[0] if order else None
+
+    def persist(self, context: IRoutingContext, backend: Backend) -> None:
+        pass
+
+    def release(self, context: IRoutingContext, backend: Backend) -> None:
+        pass
+
+
+@implementer(IPersistenceStrategy)
+@attrs.define(eq=False)
+class TableAffinity:
+    """
+    Learned affinity: the backend that first served a key (a masked
+    address, a header value) is remembered in a stick table while the key
+    has connections or requests open, and for the table's C{timeout} after
+    the last one ends.
+    """
+
+    name: str
+    pool: IBackendPool
+    table: IStickTable
+    key: AffinityKey
+
+    def lookup(self, context: IRoutingContext) -> Backend | None:
+        key = self.key(context)
+        name = None if key is None else self.table.get(key)
+        return None if name is None else self.pool.get(name)
+
+    def persist(self, context: IRoutingContext, backend: Backend) -> None:
+        key = self.key(context)
+        if key is not None:
+            self.table.bind(key, backend.name)
+
+    def release(self, context: IRoutingContext, backend: Backend) -> None:
+        key = self.key(context)
+        if key is not None:
+            self.table.release(key)
+
+
+def read_affinity(
+    name: str,
+    reader: OptionReader,
+    pool: IBackendPool,
+    clock: IReactorTime,
+    key: AffinityKey,
+) -> IPersistenceStrategy:
+    """
+    Read C{mode} (C{"hash"}, the default, or C{"table"} with the table
+    options) and make the affinity strategy on C{key} it names.
+    """
+    if reader.string("mode", "hash", choices=("hash", "table")) == "hash":
+        return HashAffinity(name, pool, key)
+    table = read_table_options(reader, clock)
+    pool.add_session_source(table.count)
+    return TableAffinity(name, pool, table, key)
+
+
+def read_table_options(reader: OptionReader, clock: IReactorTime) -> StickTable:
+    """
+    Read the stick-table options every table-backed strategy shares:
+    C{timeout} (idle seconds, default 1800) and C{size} (default 100000).
+    """
+    timeout = reader.number("timeout", 1800.0, positive=True)
+    size = reader.integer("size", 100_000, minimum=1)
+    return StickTable(clock=clock, timeout=timeout, size=size)

@@ -1,0 +1,254 @@
+"""
+C{strategy = "app-cookie"}: persistence that follows the application's
+session cookie (follow, learn or prefix).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+from zope.interface import implementer
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.plugin import IPlugin
+
+from stickyproxy.config._options import OptionReader
+from stickyproxy.interfaces import (
+    IBackendPool,
+    IPersistenceStrategy,
+    IPersistenceStrategyFactory,
+    IRoutingContext,
+    IStickTable,
+)
+from stickyproxy.model import Backend
+from stickyproxy.persistence._affinity import read_table_options
+from stickyproxy.persistence._proxycookie import (
+    BackendTokens,
+    ProxyCookie,
+    _http,
+    read_keys,
+    read_proxy_cookie,
+)
+from stickyproxy.persistence._signing import (
+    TOKEN_SIZE,
+    b64decode,
+    b64encode,
+)
+
+#: The separator between a backend token and the application's value.
+PREFIX_SEPARATOR = "~"
+_PREFIX_LENGTH = len(b64encode(bytes(TOKEN_SIZE)))
+
+
+@implementer(IPersistenceStrategy)
+@attrs.define(eq=False)
+class AppCookieFollow:
+    """
+    C{app-cookie}, C{mode = "follow"}: the proxy issues its own signed
+    cookie only when the application sets its session cookie, with the
+    same lifetime (which the proxy enforces itself, since the expiry is in
+    the signed value), and deletes it when the application deletes or
+    expires its cookie.  A request without the application's cookie is
+    not bound: its session is gone.  A client moved to another backend
+    gets its cookie rewritten, with the lifetime it had.
+    """
+
+    cookie: ProxyCookie
+    app_cookie: str
+    name = "app-cookie"
+
+    def lookup(self, context: IRoutingContext) -> Backend | None:
+        http = _http(context)
+        found = self.cookie.lookup(http)
+        if found is None or http.cookie(self.app_cookie) is None:
+            return None
+        return found.backend
+
+    def persist(self, context: IRoutingContext, backend: Backend) -> None:
+        http = _http(context)
+        now = self.cookie.clock.seconds()
+        found = self.cookie.read(http, now)
+        session = None if found is None else found.payload.session
+        set_cookies = http.response_cookies(self.app_cookie)
+        if set_cookies:
+            app = set_cookies[-1]
+            if app.deletes(now):
+                self.cookie.delete(http)
+                if session is not None:
+                    self.cookie.forget(session)
+                return
+            payload = self.cookie.new_payload(
+                backend, now, app.expires_at(now), session
+            )
+            self.cookie.issue(http, payload, backend, now)
+            return
+        if found is None or http.cookie(self.app_cookie) is None:
+            return
+        if found.backend.name != backend.name:
+            payload = self.cookie.new_payload(
+                backend, now, found.payload.expires, session
+            )
+            self.cookie.issue(http, payload, backend, now)
+        elif not found.current:
+            self.cookie.issue(http, found.payload, backend, now)
+        else:
+            self.cookie.touch(found.payload.session, backend)
+
+    def release(self, context: IRoutingContext, backend: Backend) -> None:
+        pass
+
+
+def _table_key(value: str) -> bytes:
+    """
+    :returns: the stick-table key of a cookie value (decoded as latin-1).
+    """
+    return value.encode("latin-1", "replace")
+
+
+@implementer(IPersistenceStrategy)
+@attrs.define(eq=False)
+class AppCookieLearn:
+    """
+    C{app-cookie}, C{mode = "learn"}: a stick table maps the application
+    cookie's value to the backend that set it (learned from the response's
+    C{Set-Cookie}), and requests carrying that value go there.
+
+    Each response refreshes the binding of the session it served, so the
+    idle C{timeout} counts from the last response; a known session served
+    elsewhere (a redispatch) is bound to where it went.  A session the
+    application replaces or deletes is unbound at once (L{IStickTable} has
+    no removal, so it is bound to a name no backend has, and expires as
+    usual).  Values the application never set are not learned.
+    """
+
+    pool: IBackendPool
+    table: IStickTable
+    app_cookie: str
+    clock: IReactorTime
+    name = "app-cookie"
+
+    def lookup(self, context: IRoutingContext) -> Backend | None:
+        value = _http(context).cookie(self.app_cookie)
+        if not value:
+            return None
+        name = self.table.get(_table_key(value))
+        return None if not name else self.pool.get(name)
+
+    def _touch(self, key: bytes, backend: str) -> None:
+        self.table.bind(key, backend)
+        self.table.release(key)
+
+    def persist(self, context: IRoutingContext, backend: Backend) -> None:
+        http = _http(context)
+        value = http.cookie(self.app_cookie)
+        old = _table_key(value) if value else None
+        set_cookies = http.response_cookies(self.app_cookie)
+        if set_cookies:
+            app = set_cookies[-1]
+            new = None
+            if app.value and not app.deletes(self.clock.seconds()):
+                new = _table_key(app.value)
+                self._touch(new, backend.name)
+            if old is not None and old != new:
+                self.table.forget(old)
+        elif old is not None and self.table.get(old):
+            self._touch(old, backend.name)
+
+    def release(self, context: IRoutingContext, backend: Backend) -> None:
+        pass
+
+
+@implementer(IPersistenceStrategy)
+@attrs.define(eq=False)
+class AppCookiePrefix:
+    """
+    C{app-cookie}, C{mode = "prefix"}: the application cookie's value is
+    prefixed with the backend's opaque token and C{~} in responses (its
+    attributes untouched), and the prefix is taken off again in requests.
+
+    A value that has the prefix's shape (8 base64url characters, then
+    C{~}) loses it on the way in even when the token is unknown (forged,
+    from a removed backend, or made with a key no longer configured): the
+    application only ever set the bare value, so that is what it must get
+    back.  Such a client is balanced afresh.  A value without the shape
+    (set before the proxy was there, or by script) is forwarded unchanged,
+    and the client is balanced afresh too.
+    """
+
+    pool: IBackendPool
+    tokens: BackendTokens
+    app_cookie: str
+    clock: IReactorTime
+    name = "app-cookie"
+
+    def lookup(self, context: IRoutingContext) -> Backend | None:
+        http = _http(context)
+        value = http.cookie(self.app_cookie)
+        if value is None or not value.startswith(PREFIX_SEPARATOR, _PREFIX_LENGTH):
+            return None
+        token = b64decode(value[:_PREFIX_LENGTH])
+        if token is None:
+            return None
+        http.replace_cookie(self.app_cookie, value[_PREFIX_LENGTH + 1 :])
+        return self.tokens.backend(token)
+
+    def persist(self, context: IRoutingContext, backend: Backend) -> None:
+        http = _http(context)
+        now = self.clock.seconds()
+        prefix = b64encode(self.tokens.token(backend)) + PREFIX_SEPARATOR
+        for cookie in http.response_cookies(self.app_cookie):
+            if cookie.value and not cookie.deletes(now):
+                prefixed = cookie.with_value(prefix + cookie.value)
+                http.replace_response_cookie(cookie, prefixed)
+
+    def release(self, context: IRoutingContext, backend: Backend) -> None:
+        pass
+
+
+@implementer(IPlugin, IPersistenceStrategyFactory)
+@attrs.frozen
+class AppCookieFactory:
+    """
+    C{strategy = "app-cookie"}: persistence that follows the application's
+    session cookie.
+    """
+
+    name: str = "app-cookie"
+    modes: frozenset[str] = frozenset({"http"})
+    description: str = (
+        "the application's session cookie: followed, learned, or prefixed"
+    )
+
+    def build(
+        self,
+        options: Mapping[str, object],
+        pool: IBackendPool,
+        reactor: IReactorTime,
+        path: str,
+    ) -> IPersistenceStrategy:
+        reader = OptionReader(options, path)
+        mode = reader.string("mode", "follow", choices=("follow", "learn", "prefix"))
+        app_cookie = reader.token("cookie", "JSESSIONID")
+        strategy: IPersistenceStrategy
+        if mode == "learn":
+            table = read_table_options(reader, reactor)
+            pool.add_session_source(table.count)
+            strategy = AppCookieLearn(pool, table, app_cookie, reactor)
+        elif mode == "prefix":
+            keys = read_keys(reader, self.name)
+            strategy = AppCookiePrefix(
+                pool, BackendTokens(pool, keys), app_cookie, reactor
+            )
+        else:
+            cookie = read_proxy_cookie(reader, pool, reactor, self.name)
+            if cookie.name == app_cookie:
+                raise reader.fail(
+                    "name", f"a cookie name other than the application's ({app_cookie})"
+                )
+            strategy = AppCookieFollow(cookie, app_cookie)
+        reader.finish()
+        return strategy
+
+
+app_cookie = AppCookieFactory()

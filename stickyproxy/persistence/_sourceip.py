@@ -1,0 +1,114 @@
+"""
+C{strategy = "source-ip"}: affinity on the client's (masked) address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from functools import lru_cache
+
+import attrs
+from zope.interface import implementer
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.plugin import IPlugin
+
+from stickyproxy.config._options import OptionReader
+from stickyproxy.core._addresses import IPNetwork, real_client
+from stickyproxy.interfaces import (
+    IBackendPool,
+    IHTTPRoutingContext,
+    IPersistenceStrategy,
+    IPersistenceStrategyFactory,
+    IRoutingContext,
+)
+from stickyproxy.persistence._affinity import read_affinity
+
+
+@lru_cache(maxsize=65536)
+def masked_address(host: str, mask: int, mask6: int) -> bytes:
+    """
+    The packed network address of C{host} under a prefix length: the
+    affinity key of source-ip persistence.  IPv4-mapped IPv6 addresses count
+    as IPv4; a host that is not an IP address (a UNIX socket peer) is used
+    as it is.
+    """
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host.encode("utf-8", "replace")
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    bits = mask if ip.version == 4 else mask6
+    network = ipaddress.ip_network((ip, bits), strict=False)
+    return network.network_address.packed
+
+
+def client_address(
+    context: IRoutingContext, trusted: tuple[IPNetwork, ...] = ()
+) -> str:
+    """
+    The client address source-ip persistence keys on: the context's client,
+    or, on an HTTP context with C{trusted} proxy networks, the right-most
+    C{X-Forwarded-For} address that is not a trusted proxy (when the peer
+    itself is one; see L{real_client}).
+    """
+    if trusted and IHTTPRoutingContext.providedBy(context):
+        host: str = real_client(
+            context.peer_host, context.header_values(b"x-forwarded-for"), trusted
+        )
+        return host
+    return context.client_host  # type: ignore[no-any-return]
+
+
+@attrs.frozen
+class SourceIPKey:
+    """
+    The key of source-ip persistence: the client's masked address.
+    """
+
+    mask: int = 32
+    mask6: int = 64
+    trusted: tuple[IPNetwork, ...] = ()
+
+    def __call__(self, context: IRoutingContext) -> bytes:
+        return masked_address(
+            client_address(context, self.trusted), self.mask, self.mask6
+        )
+
+
+@implementer(IPlugin, IPersistenceStrategyFactory)
+@attrs.frozen
+class SourceIPFactory:
+    """
+    C{strategy = "source-ip"}: affinity on the client's (masked) address.
+
+    On HTTP frontends, C{trusted_proxies} (addresses or CIDR networks) makes
+    the client the right-most C{X-Forwarded-For} hop that is not one of
+    them, when the request comes from one of them.
+    """
+
+    name: str = "source-ip"
+    modes: frozenset[str] = frozenset({"tcp", "http"})
+    description: str = "the client's IP address, masked; consistent hash or table"
+
+    def build(
+        self,
+        options: Mapping[str, object],
+        pool: IBackendPool,
+        reactor: IReactorTime,
+        path: str,
+    ) -> IPersistenceStrategy:
+        reader = OptionReader(options, path)
+        key = SourceIPKey(
+            mask=reader.integer("mask", 32, minimum=0, maximum=32),
+            mask6=reader.integer("mask6", 64, minimum=0, maximum=128),
+            trusted=reader.networks("trusted_proxies"),
+        )
+        strategy = read_affinity(self.name, reader, pool, reactor, key)
+        reader.finish()
+        return strategy
+
+
+source_ip = SourceIPFactory()

@@ -1,0 +1,3 @@
+"""
+Stick tables: learned key -> backend bindings (L{IStickTable}).
+"""

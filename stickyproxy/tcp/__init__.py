@@ -1,0 +1,3 @@
+"""
+L4: TCP connections spliced to the backend the router picks.
+"""

@@ -7,6 +7,7 @@ L{stickyproxy.service.ProxyService} in any Twisted application.
 
 from stickyproxy.config._load import ProxyConfig, load_config, read_config_file
 from stickyproxy.config._options import ConfigError, OptionReader
+from stickyproxy.core._events import EventStream, IgnoreEvents
 from stickyproxy.core._pool import Pool
 from stickyproxy.core._router import NoBackendAvailable, Router, RoutingContext
 from stickyproxy.model import AdminState, Backend, Decision, Outcome
@@ -19,6 +20,8 @@ __all__ = [
     "Backend",
     "ConfigError",
     "Decision",
+    "EventStream",
+    "IgnoreEvents",
     "NoBackendAvailable",
     "OptionReader",
     "Outcome",

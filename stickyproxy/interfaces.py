@@ -22,7 +22,14 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from stickyproxy.core._cookies import SetCookie
-    from stickyproxy.model import Backend, StateChange
+    from stickyproxy.model import (
+        Backend,
+        ConnectionClosed,
+        ConnectionOpened,
+        ProbeRan,
+        RequestFinished,
+        StateChange,
+    )
 
 
 class IRoutingContext(Interface):
@@ -384,4 +391,40 @@ class IResponseReceiver(Interface):
     def response_upgraded(rest: bytes) -> None:
         """
         The backend switched protocols (101); C{rest} is what followed.
+        """
+
+
+class IProxyEvents(Interface):
+    """
+    Everything that happens in the proxy, published once: the access log,
+    metrics and dashboards subscribe to it; no protocol knows them.
+
+    Subscribers are called synchronously, on the reactor thread, and must
+    not block.  One that raises is logged and does not stop the others.
+    """
+
+    def request_finished(event: RequestFinished) -> None:
+        """
+        An HTTP request is over (served, refused or abandoned).
+        """
+
+    def connection_opened(event: ConnectionOpened) -> None:
+        """
+        An L4 client connection was spliced to its backend.
+        """
+
+    def connection_closed(event: ConnectionClosed) -> None:
+        """
+        An L4 connection opened before is over.
+        """
+
+    def backend_changed(change: StateChange) -> None:
+        """
+        A backend's state changed (health, admin state, and runtime
+        changes to its pool).
+        """
+
+    def probe_ran(event: ProbeRan) -> None:
+        """
+        An active health probe finished.
         """

@@ -94,7 +94,8 @@ class StateChange:
     """
     One change of a backend's state, as observers receive it.
 
-    :ivar kind: C{"health"} or C{"admin"}.
+    :ivar kind: C{"health"} or C{"admin"} (more kinds come with runtime
+        changes to a pool: a backend added, removed, or re-weighted).
     :ivar old: the state's value before, e.g. C{"up"} or C{"ready"}.
     :ivar new: its value after.
     :ivar reason: why, in words (a probe's result, "operator", ...).
@@ -132,3 +133,93 @@ class Decision:
     outcome: Outcome
     strategy: str | None = None
     previous: Backend | None = None
+
+
+@attrs.frozen
+class RequestFinished:
+    """
+    One HTTP request is over, however it ended: what an access log, a
+    metric or a dashboard needs of it.
+
+    :ivar backend: the backend that served it, or C{None} when none did
+        (refused by the proxy, no backend available).
+    :ivar status: the status the client got, or C{None} when it got none
+        (it left, or the response broke off before its head).
+    :ivar persistence: the persistence outcome: C{"hit"}, C{"new"},
+        C{"redispatch"}, C{"invalid"} (the client's binding was not valid:
+        forged, expired, for an unknown backend) or C{"none"} (never
+        routed, or no strategy applies).
+    :ivar strategy: the strategy whose binding decided, or C{None}.
+    :ivar bytes_in: request body bytes read from the client.
+    :ivar bytes_out: response body bytes written to the client.
+    :ivar head_time: seconds from the request head to the response head,
+        or C{None} when no response head came.
+    :ivar total_time: seconds from the request head to the end.
+    :ivar ended: how it ended, in one word (C{"ok"}, C{"no-backend"},
+        C{"client-timeout"}, C{"backend-error"}, ...).
+    """
+
+    frontend: str
+    pool: str
+    backend: str | None
+    client: str
+    method: str
+    target: str
+    status: int | None
+    persistence: str
+    strategy: str | None
+    bytes_in: int
+    bytes_out: int
+    head_time: float | None
+    total_time: float
+    ended: str
+
+
+@attrs.frozen
+class ConnectionOpened:
+    """
+    An L4 client connection was spliced to its backend.
+    """
+
+    frontend: str
+    pool: str
+    backend: str
+    client: str
+    persistence: str
+    strategy: str | None
+
+
+@attrs.frozen
+class ConnectionClosed:
+    """
+    An L4 connection opened with L{ConnectionOpened} is over.
+
+    :ivar bytes_in: bytes from the client to the backend.
+    :ivar bytes_out: bytes from the backend to the client.
+    :ivar duration: seconds it was open.
+    """
+
+    frontend: str
+    pool: str
+    backend: str
+    client: str
+    bytes_in: int
+    bytes_out: int
+    duration: float
+
+
+@attrs.frozen
+class ProbeRan:
+    """
+    An active health probe finished.
+
+    :ivar ok: whether the backend passed.
+    :ivar reason: the probe's result in words.
+    :ivar latency: seconds the probe took.
+    """
+
+    pool: str
+    backend: str
+    ok: bool
+    reason: str
+    latency: float

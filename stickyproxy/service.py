@@ -31,6 +31,7 @@ from stickyproxy.config._load import (
 from stickyproxy.config._options import ConfigError, describe_error, join_path
 from stickyproxy.core._balancers import make_balancer
 from stickyproxy.core._endpoints import connect_endpoint
+from stickyproxy.core._events import EventStream
 from stickyproxy.core._pool import Pool
 from stickyproxy.core._proxyheader import ProxyHeaderWrappingFactory
 from stickyproxy.core._router import Router
@@ -205,6 +206,7 @@ class ProxyService(MultiService):
     :ivar monitors: each pool's health monitor, by pool name.
     :ivar routers: each frontend's router, by frontend name.
     :ivar listeners: each frontend's listener, by frontend name.
+    :ivar events: everything that happens, for subscribers (L{IProxyEvents}).
     """
 
     log = Logger()
@@ -226,9 +228,12 @@ class ProxyService(MultiService):
         self.config = config
         self.reactor = reactor
         registry = registry if registry is not None else StrategyRegistry.from_plugins()
+        self.events = EventStream()
         self.pools: Mapping[str, Pool] = {
             name: build_pool(pool, reactor) for name, pool in config.pools.items()
         }
+        for pool in self.pools.values():
+            pool.observe(self.events.backend_changed)
         for pool in self.pools.values():
             if not pool.accepting_new():
                 self.log.warn(

@@ -6,6 +6,9 @@
 #   bash benchmarks/run.sh                        # L4 + L7 targets and peers, 1 round
 #   bash benchmarks/run.sh --repeat 3             # medians of 3 interleaved rounds
 #   bash benchmarks/run.sh --duration 3 --only 'haproxy-*,stickyproxy-*'
+#   bash benchmarks/run.sh --baseline main~5 --repeat 3
+#       # also measures the commit main~5 (targets stickyproxy-l7-base and
+#       # stickyproxy-l4-base), in the same run: a before/after comparison
 #
 # Needs root for apt (haproxy, nginx, wrk, pen) on first use.  The harness
 # lives in ../shared/bench (read-only), so it is copied to a scratch folder.
@@ -15,6 +18,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 harness=${STICKYPROXY_BENCH_HARNESS:-$repo/../shared/bench}
 scratch=${STICKYPROXY_BENCH_SCRATCH:-${TMPDIR:-/tmp}/stickyproxy-bench}
+
+baseline=""
+if [ "${1:-}" = "--baseline" ]; then
+    baseline=${2:?--baseline needs a git revision}
+    shift 2
+fi
 
 mkdir -p "$scratch" "$here/results"
 cp -r "$harness"/. "$scratch"/
@@ -27,15 +36,34 @@ only='haproxy-*,nginx-*,twisted-revproxy,twisted-portforward,stickyproxy-*'
 # Relative paths only, so that the results (which record the command line)
 # name nothing of this machine.
 cp "$here"/stickyproxy-l4.toml "$here"/stickyproxy-l7.toml "$scratch"/
+targets=(
+  --target 'stickyproxy-l7={venv}/bin/twistd -n --pidfile= stickyproxy --config {config}'
+  --config-template "stickyproxy-l7=stickyproxy-l7.toml"
+  --sticky 'stickyproxy-l7=cookie-insert:SPSESSION' --layer stickyproxy-l7=L7
+  --target 'stickyproxy-l4={venv}/bin/twistd -n --pidfile= stickyproxy --config {config}'
+  --config-template "stickyproxy-l4=stickyproxy-l4.toml"
+  --sticky 'stickyproxy-l4=source-ip' --layer stickyproxy-l4=L4
+)
+if [ -n "$baseline" ]; then
+    # The baseline commit, installed into a venv of its own beside the
+    # harness's one (same Python, same Twisted), from a clean export.
+    rm -rf "$scratch/baseline-src"
+    mkdir -p "$scratch/baseline-src"
+    git -C "$repo" archive "$baseline" | tar -x -C "$scratch/baseline-src"
+    [ -x "$scratch/.venv-base/bin/python" ] || "$scratch/.venv/bin/python" -m venv "$scratch/.venv-base"
+    "$scratch/.venv-base/bin/pip" install -q -r "$scratch/requirements.txt"
+    "$scratch/.venv-base/bin/pip" install -q --force-reinstall --no-deps "$scratch/baseline-src"
+    echo "baseline: $(git -C "$repo" rev-parse --short "$baseline") ($baseline)"
+    targets+=(
+      --target 'stickyproxy-l7-base={venv}-base/bin/twistd -n --pidfile= stickyproxy --config {config}'
+      --config-template "stickyproxy-l7-base=stickyproxy-l7.toml"
+      --sticky 'stickyproxy-l7-base=cookie-insert:SPSESSION' --layer stickyproxy-l7-base=L7
+      --target 'stickyproxy-l4-base={venv}-base/bin/twistd -n --pidfile= stickyproxy --config {config}'
+      --config-template "stickyproxy-l4-base=stickyproxy-l4.toml"
+      --sticky 'stickyproxy-l4-base=source-ip' --layer stickyproxy-l4-base=L4
+    )
+fi
 out="results/results-$(date +%Y-%m-%d_%H%M%S).json"
 cd "$scratch"
-"$scratch/.venv/bin/python" bench.py --only "$only" \
-  --target 'stickyproxy-l7={venv}/bin/twistd -n --pidfile= stickyproxy --config {config}' \
-  --config-template "stickyproxy-l7=stickyproxy-l7.toml" \
-  --sticky 'stickyproxy-l7=cookie-insert:SPSESSION' --layer stickyproxy-l7=L7 \
-  --target 'stickyproxy-l4={venv}/bin/twistd -n --pidfile= stickyproxy --config {config}' \
-  --config-template "stickyproxy-l4=stickyproxy-l4.toml" \
-  --sticky 'stickyproxy-l4=source-ip' --layer stickyproxy-l4=L4 \
-  --out "$out" \
-  "$@"
+"$scratch/.venv/bin/python" bench.py --only "$only" "${targets[@]}" --out "$out" "$@"
 cp "$out" "${out%.json}.md" "$here/results/"

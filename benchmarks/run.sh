@@ -51,7 +51,9 @@ if [ -n "$baseline" ]; then
     mkdir -p "$scratch/baseline-src"
     git -C "$repo" archive "$baseline" | tar -x -C "$scratch/baseline-src"
     [ -x "$scratch/.venv-base/bin/python" ] || "$scratch/.venv/bin/python" -m venv "$scratch/.venv-base"
-    "$scratch/.venv-base/bin/pip" install -q -r "$scratch/requirements.txt"
+    # Its dependencies with the harness's pins, then the commit itself (again
+    # each run: every commit has the same version number).
+    "$scratch/.venv-base/bin/pip" install -q -r "$scratch/requirements.txt" "$scratch/baseline-src"
     "$scratch/.venv-base/bin/pip" install -q --force-reinstall --no-deps "$scratch/baseline-src"
     echo "baseline: $(git -C "$repo" rev-parse --short "$baseline") ($baseline)"
     targets+=(

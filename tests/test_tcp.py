@@ -7,13 +7,12 @@ import ipaddress
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.protocols.haproxy._v1parser import V1Parser
-from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.python.failure import Failure
 
 from stickyproxy.core._balancers import RoundRobin
 from stickyproxy.core._pool import Pool
 from stickyproxy.core._proxyheader import v1_header, v2_header
+from stickyproxy.core._proxyparser import ProxyHeaderParser
 from stickyproxy.core._router import Router
 from stickyproxy.model import Health
 from stickyproxy.persistence._sourceip import source_ip
@@ -267,13 +266,13 @@ class TCPProxyTests(TestCase):
     def test_send_proxy_v2(self):
         """
         With C{send_proxy = "v2"}, the backend first gets a binary header
-        that Twisted's own parser reads back as the client's address.
+        that the parser reads back as the client's address.
         """
         self.pool.send_proxy = "v2"
         client, _ = self.connect_client()
         client.dataReceived(b"payload")
         _, _, backend_transport = self.accept_backend()
-        info, rest = V2Parser().feed(backend_transport.value())
+        info, rest = ProxyHeaderParser().feed(backend_transport.value())
         self.assertEqual((info.source.host, info.source.port), ("10.0.0.1", 5555))
         self.assertEqual(
             (info.destination.host, info.destination.port), ("192.0.2.9", 7000)
@@ -288,7 +287,7 @@ class ProxyHeaderTests(TestCase):
         """
         src = IPv6Address("TCP", "2001:db8::1", 40000)
         dst = IPv6Address("TCP", "2001:db8::2", 443)
-        info = V1Parser.parse(v1_header(src, dst)[:-2])
+        info, _ = ProxyHeaderParser().feed(v1_header(src, dst))
         self.assertEqual((info.source.host, info.source.port), ("2001:db8::1", 40000))
 
     def test_v2_round_trip_ipv6(self):
@@ -297,7 +296,7 @@ class ProxyHeaderTests(TestCase):
         """
         src = IPv6Address("TCP", "2001:db8::1", 40000)
         dst = IPv6Address("TCP", "2001:db8::2", 443)
-        info = V2Parser.parse(v2_header(src, dst))
+        info, _ = ProxyHeaderParser().feed(v2_header(src, dst))
         self.assertEqual(
             (ipaddress.ip_address(info.destination.host), info.destination.port),
             (ipaddress.ip_address("2001:db8::2"), 443),
@@ -309,7 +308,7 @@ class ProxyHeaderTests(TestCase):
         """
         src = IPv4Address("TCP", "10.0.0.1", 1)
         dst = IPv6Address("TCP", "::1", 2)
-        info = V1Parser.parse(v1_header(src, dst)[:-2])
+        info, _ = ProxyHeaderParser().feed(v1_header(src, dst))
         self.assertEqual(
             ipaddress.ip_address(info.source.host),
             ipaddress.ip_address("::ffff:10.0.0.1"),

@@ -1,8 +1,8 @@
 """
 The PROXY protocol: headers (v1 text, v2 binary) sent to backends so that
 they see the real client address, and the receiving side for listeners
-behind another load balancer (C{haproxy:} listen strings).  Header parsing
-is Twisted's own (L{twisted.protocols.haproxy}).
+behind another load balancer (C{haproxy:} listen strings), which reads
+them with L{ProxyHeaderParser}.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from zope.interface import directlyProvides, implementer, providedBy
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
-from twisted.protocols.haproxy._info import ProxyInfo
-from twisted.protocols.haproxy._v1parser import V1Parser
-from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
-V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+from stickyproxy.core._proxyparser import (
+    V2_SIGNATURE,
+    InvalidProxyHeader,
+    ProxyHeaderParser,
+    ProxyInfo,
+)
 
 
 def _ip(address: IAddress) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -100,11 +101,11 @@ class ProxyHeaderReceiver(ProtocolWrapper):
     """
 
     _info: ProxyInfo | None = None
-    _parser: V1Parser | V2Parser | None = None
-    _buffer = b""
+    _parser: ProxyHeaderParser
 
     def makeConnection(self, transport: ITransport) -> None:
         directlyProvides(self, IHalfCloseableProtocol, providedBy(transport))
+        self._parser = ProxyHeaderParser()
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
 
@@ -113,33 +114,16 @@ class ProxyHeaderReceiver(ProtocolWrapper):
             self.wrappedProtocol.dataReceived(data)
             return
         try:
-            info, rest = self._parse(data)
+            parsed = self._parser.feed(data)
         except InvalidProxyHeader:
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
-        if info is None:
+        if parsed is None:
             return
-        self._info = info
+        self._info, rest = parsed
         self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
         if rest:
             self.wrappedProtocol.dataReceived(rest)
-
-    def _parse(self, data: bytes) -> tuple[ProxyInfo | None, bytes | None]:
-        if self._parser is None:
-            self._buffer += data
-            data, head = self._buffer, self._buffer[:16]
-            if V2_SIGNATURE.startswith(head[:12]) and len(head) < 16:
-                return None, None  # may be a v2 header: wait for its fixed part
-            if head.startswith(V2_SIGNATURE):
-                self._parser = V2Parser()
-            elif b"PROXY".startswith(head[:5]) and len(head) < 5:
-                return None, None
-            elif head.startswith(b"PROXY"):
-                self._parser = V1Parser()
-            else:
-                raise InvalidProxyHeader()
-            self._buffer = b""
-        return self._parser.feed(data)
 
     def getPeer(self) -> IAddress:
         if self._info is not None and self._info.source is not None:

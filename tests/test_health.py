@@ -9,9 +9,12 @@ from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
+from twisted.web.client import URI
+from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -21,7 +24,13 @@ from stickyproxy.core._balancers import RoundRobin
 from stickyproxy.core._endpoints import connect_endpoint
 from stickyproxy.core._pool import Pool
 from stickyproxy.health._monitor import HealthMonitor
-from stickyproxy.health._probes import HTTPProbe, ProbeFailed, TCPProbe
+from stickyproxy.health._probes import (
+    HTTPProbe,
+    PoolEndpoints,
+    ProbeFailed,
+    TCPProbe,
+    treq_client,
+)
 from stickyproxy.interfaces import IHealthProbe
 from stickyproxy.model import Health
 from stickyproxy.persistence._sourceip import source_ip
@@ -593,6 +602,49 @@ class HTTPProbeTests(TestCase):
         clock, pool, monitor, changes = self.hanging_probe()
         monitor.stopService()
         self.assertEqual((pool.get("web1").health, changes), (Health.UP, []))
+
+
+class ProbeClientTests(TestCase):
+    def test_quiet_and_working(self):
+        """
+        The HTTP probes' own client reaches the backend through its
+        endpoint and passes on its answer, without a "Starting factory" or
+        "Stopping factory" line per probe.
+        """
+        reactor = MemoryReactorClock()
+        backend = make_backend(
+            "web1", endpoint=connect_endpoint(reactor, "127.0.0.1:9", 1)
+        )
+        pool = Pool("pool", (backend,), RoundRobin())
+        probe = HTTPProbe(client=treq_client(reactor, pool), path="/healthz")
+        with capturedLogs() as events:
+            result = probe.check(backend)
+            host, port, factory, _, _ = reactor.tcpClients[0]
+            factory.doStart()  # as a real connector does
+            protocol = factory.buildProtocol(None)
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            self.assertTrue(transport.value().startswith(b"GET /healthz HTTP/1.1"))
+            protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            self.successResultOf(result)
+            factory.doStop()
+        self.assertEqual((host, port), ("127.0.0.1", 9))
+        self.assertEqual(
+            [e["log_format"] for e in events if "factory" in e["log_format"]], []
+        )
+
+    def test_endpoints_provide(self):
+        """
+        The endpoint the probes' client connects through is an endpoint.
+        """
+        reactor = MemoryReactorClock()
+        backend = make_backend(
+            "web1", endpoint=connect_endpoint(reactor, "127.0.0.1:9", 1)
+        )
+        endpoints = PoolEndpoints(Pool("pool", (backend,), RoundRobin()))
+        self.assertProvides(IAgentEndpointFactory, endpoints)
+        uri = URI.fromBytes(b"http://web1.invalid:1/")
+        self.assertProvides(IStreamClientEndpoint, endpoints.endpointForURI(uri))
 
 
 class StatusRangesTests(TestCase):

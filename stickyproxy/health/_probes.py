@@ -12,9 +12,11 @@ from zope.interface import implementer
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.iweb import IAgentEndpointFactory
 
@@ -107,12 +109,29 @@ def probe_netloc(backend: Backend) -> str:
     return backend.name
 
 
+@implementer(IStreamClientEndpoint)
+@attrs.frozen
+class _QuietEndpoint:
+    """
+    Connects through another endpoint, silencing the factory it is given:
+    the connection pool's factory would log a "Starting factory" and a
+    "Stopping factory" line per probe, which is noise.
+    """
+
+    endpoint: IStreamClientEndpoint
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        if isinstance(protocolFactory, Factory):
+            protocolFactory.noisy = False
+        return self.endpoint.connect(protocolFactory)
+
+
 @implementer(IAgentEndpointFactory)
 @attrs.frozen
 class PoolEndpoints:
     """
     Sends each probe request to its backend's own endpoint, whatever kind
-    it is (TCP, UNIX socket, TLS), by the URL's host.
+    it is (TCP, UNIX socket, TLS), by the URL's host, quietly.
     """
 
     pool: Pool
@@ -121,7 +140,7 @@ class PoolEndpoints:
         netloc = uri.netloc.decode("ascii")
         for backend in self.pool.backends:
             if probe_netloc(backend) == netloc:
-                return backend.endpoint
+                return _QuietEndpoint(backend.endpoint)
         raise ValueError(f"no backend at {netloc}")
 
 
@@ -168,12 +187,8 @@ def treq_client(reactor: Any, pool: Pool) -> Any:
     backend through its own endpoint.
     """
     from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
-
-    class QuietFactory(_HTTP11ClientFactory):
-        noisy = False  # a "Starting factory" line per probe is noise
+    from twisted.web.client import Agent, HTTPConnectionPool
 
     connections = HTTPConnectionPool(reactor, persistent=False)
-    connections._factory = QuietFactory
     agent = Agent.usingEndpointFactory(reactor, PoolEndpoints(pool), pool=connections)
     return HTTPClient(agent)

@@ -213,20 +213,39 @@ class IStickTable(Interface):
     Learned bindings from a key to a backend name, with idle expiry and a
     size bound.  A binding that is I{held} (it has open connections) does
     not expire; its idle time starts when the last hold is released.
+
+    A table may keep its bindings in another process (a shared store, for
+    several proxies).  It must never block the reactor: writes return at
+    once and reach the store in the background (kept locally, and written
+    back later, while the store is away), and L{get} answers from what the
+    table knows locally whenever it can, returning a L{Deferred} only when
+    it must ask the store.
     """
 
-    def get(key: bytes) -> str | None:
+    def get(key: bytes) -> str | None | Deferred[str | None]:
         """
         Look a key up, refreshing its idle time.
 
         :returns: the backend name bound to C{key}, or C{None} when unknown
-            or expired.
+            or expired: at once when the table knows (an in-memory table
+            always does), else a L{Deferred} that fires with it when the
+            store answers.  The caller may cancel that L{Deferred} (it
+            stopped waiting, or the client left); it may fail (the store
+            was lost meanwhile), which the caller takes as "unknown".
         """
 
     def bind(key: bytes, backend: str) -> None:
         """
         Bind C{key} to C{backend} (replacing any earlier binding) and hold it
         once.  May evict the least recently used binding to stay in bounds.
+        """
+
+    def refresh(key: bytes, backend: str) -> None:
+        """
+        If C{key} is bound, bind it to C{backend} (it may have moved) and
+        restart its idle time, without taking a hold.  An unknown key stays
+        unknown: a shared table decides this in the store, not on what it
+        happens to know locally.
         """
 
     def release(key: bytes) -> None:
@@ -241,10 +260,18 @@ class IStickTable(Interface):
         Forgetting an unknown key does nothing.
         """
 
+    def count(backend: str) -> int:
+        """
+        :returns: how many live bindings name C{backend} (its sticky
+            sessions, as far as this table knows: a shared table may answer
+            with the count it last read from its store).
+        """
+
     def __len__() -> int:
         """
         :returns: how many bindings are stored (expired ones may linger
-            until the next sweep).
+            until the next sweep; for a shared table, those it holds
+            locally).
         """
 
 
@@ -256,7 +283,9 @@ class IPersistenceStrategy(Interface):
 
     name = Attribute("str: the registry name of the strategy that made this")
 
-    def lookup(context: IRoutingContext) -> Backend | None:
+    def lookup(
+        context: IRoutingContext,
+    ) -> Backend | None | Deferred[Backend | None]:
         """
         Find the backend the client is bound to.
 
@@ -264,9 +293,16 @@ class IPersistenceStrategy(Interface):
         not the strategy, decides whether the binding is honoured.  Every
         strategy of a chain is asked, even after an earlier one knew the
         client, because an HTTP strategy also takes its own data off the
-        request here (its cookie, a route prefix) before it is forwarded.
+        request here (its cookie, a route prefix) before it is forwarded:
+        whatever it changes on the context, it changes before returning.
 
-        :returns: the bound backend, or C{None} when the client is not bound.
+        :returns: the bound backend, or C{None} when the client is not
+            bound; or, only when the answer is in a store that must be
+            asked (an L{IStickTable} that returned a L{Deferred}), a
+            L{Deferred} firing with one of those.  The router waits for it
+            a bounded time (the frontend's C{persistence_timeout}), then
+            cancels it and routes as if it had answered C{None}; a failure
+            counts as C{None} too.
         """
 
     def persist(context: IRoutingContext, backend: Backend) -> None:

@@ -289,6 +289,7 @@ class ProxyService(MultiService):
             strategies=tuple(strategies),
             clock=self.reactor,
             strict=frontend.strict,
+            persistence_timeout=frontend.persistence_timeout,
         )
 
     def bind(self) -> None:

@@ -16,19 +16,30 @@ it the response head that C{persist} sees:
     respond(ctx, 200, [(b"set-cookie", b"JSESSIONID=def; Path=/")])
     strategy.persist(ctx, backend)
     set_cookies(ctx)  # what the client is sent
+
+L{SlowStickTable} is a stick table in a pretend store that answers late,
+fails, or never answers, to show that a strategy (and the router) keeps
+routing while the store is slow or down.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import attrs
 from zope.interface import Interface, implementer
 from zope.interface.verify import verifyObject
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 
 from stickyproxy.core._balancers import RoundRobin
 from stickyproxy.core._cookies import SetCookie
@@ -36,7 +47,7 @@ from stickyproxy.core._endpoints import connect_endpoint
 from stickyproxy.core._pool import Pool
 from stickyproxy.core._router import RoutingContext
 from stickyproxy.http._context import HTTPRoutingContext
-from stickyproxy.interfaces import IBalancer
+from stickyproxy.interfaces import IBalancer, IStickTable
 from stickyproxy.model import AdminState, Backend, Health
 
 
@@ -186,3 +197,83 @@ def set_cookies(context: HTTPRoutingContext) -> list[SetCookie]:
             if cookie is not None:
                 cookies.append(cookie)
     return cookies
+
+
+@implementer(IStickTable)
+@attrs.define(eq=False)
+class SlowStickTable:
+    """
+    A stick table kept in a pretend store that every L{get} must ask: it
+    answers with a L{Deferred}, C{latency} seconds later on C{clock} (with
+    what the store held when asked).  Writes reach the store at once.
+    Bindings never expire.
+
+    :ivar latency: seconds before the store answers; C{None}: it never does.
+    :ivar error: when set, the store fails every lookup with it (after
+        C{latency}).
+    :ivar bindings: what the store holds, key -> backend name.
+    :ivar asked: how many lookups were made.
+    """
+
+    clock: IReactorTime
+    latency: float | None = 0.1
+    error: Exception | None = None
+    bindings: dict[bytes, str] = attrs.field(factory=dict)
+    asked: int = 0
+    _holds: Counter[bytes] = attrs.field(factory=Counter)
+    _waiting: dict[Deferred[str | None], IDelayedCall | None] = attrs.field(
+        factory=dict
+    )
+
+    @property
+    def pending(self) -> int:
+        """
+        How many lookups are still unanswered (neither answered nor
+        cancelled).
+        """
+        return len(self._waiting)
+
+    def get(self, key: bytes) -> Deferred[str | None]:
+        self.asked += 1
+        answer: Deferred[str | None] = Deferred(self._cancel)
+        call = None
+        if self.latency is not None:
+            call = self.clock.callLater(
+                self.latency, self._answer, answer, self.bindings.get(key)
+            )
+        self._waiting[answer] = call
+        return answer
+
+    def _answer(self, answer: Deferred[str | None], name: str | None) -> None:
+        del self._waiting[answer]
+        if self.error is not None:
+            answer.errback(self.error)
+        else:
+            answer.callback(name)
+
+    def _cancel(self, answer: Deferred[str | None]) -> None:
+        call = self._waiting.pop(answer)
+        if call is not None:
+            call.cancel()
+
+    def bind(self, key: bytes, backend: str) -> None:
+        self.bindings[key] = backend
+        self._holds[key] += 1
+
+    def refresh(self, key: bytes, backend: str) -> None:
+        if key in self.bindings:
+            self.bindings[key] = backend
+
+    def release(self, key: bytes) -> None:
+        if self._holds[key] > 0:
+            self._holds[key] -= 1
+
+    def forget(self, key: bytes) -> None:
+        self.bindings.pop(key, None)
+        self._holds.pop(key, None)
+
+    def count(self, backend: str) -> int:
+        return sum(1 for name in self.bindings.values() if name == backend)
+
+    def __len__(self) -> int:
+        return len(self.bindings)

@@ -19,6 +19,7 @@ import attrs
 from stickyproxy.config._options import ConfigError, OptionReader, join_path
 from stickyproxy.config._settings import HealthSettings, HTTPSettings, StatusRanges
 from stickyproxy.core._balancers import BALANCERS
+from stickyproxy.core._router import PERSISTENCE_TIMEOUT
 from stickyproxy.interfaces import IPersistenceStrategyFactory
 from stickyproxy.model import AdminState, Health
 
@@ -125,6 +126,7 @@ class FrontendConfig:
     persistence: tuple[PersistenceConfig, ...] = ()
     idle_timeout: float | None = None
     strict: bool = False
+    persistence_timeout: float = PERSISTENCE_TIMEOUT
     http: HTTPSettings | None = None
     path: str = ""
 
@@ -387,6 +389,9 @@ def _frontend(
         persistence=persistence,
         idle_timeout=reader.optional_number("idle_timeout") if mode == "tcp" else None,
         strict=reader.boolean("strict", False),
+        persistence_timeout=reader.number(
+            "persistence_timeout", PERSISTENCE_TIMEOUT, positive=True
+        ),
         http=_http_settings(reader) if mode == "http" else None,
         path=reader.path,
     )

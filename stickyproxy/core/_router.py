@@ -15,8 +15,9 @@ from typing import Generic, TypeVar
 import attrs
 from zope.interface import implementer
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from stickyproxy.core._pool import Pool
@@ -24,6 +25,8 @@ from stickyproxy.interfaces import IPersistenceStrategy, IRoutingContext
 from stickyproxy.model import Backend, Decision, Outcome
 
 _T = TypeVar("_T")
+
+log = Logger()
 
 
 @implementer(IRoutingContext)
@@ -46,6 +49,11 @@ class NoBackendAvailable(Exception):
     """
 
 
+#: How long a client waits, by default, for a strategy whose answer is in a
+#: store (seconds): past it, the client is routed with what is known locally.
+PERSISTENCE_TIMEOUT = 0.05
+
+
 @attrs.define(eq=False)
 class Router:
     """
@@ -54,59 +62,92 @@ class Router:
     :ivar strategies: tried in order; the first that knows the client wins.
     :ivar strict: when the bound backend cannot serve, refuse the client
         instead of moving it.
+    :ivar persistence_timeout: the longest a client waits for strategies
+        whose lookup returned a L{Deferred} (their table asks a store).
     """
 
     pool: Pool
     strategies: Sequence[IPersistenceStrategy]
     clock: IReactorTime
     strict: bool = False
+    persistence_timeout: float = PERSISTENCE_TIMEOUT
 
     def choose(
         self, context: IRoutingContext, tried: Sequence[Backend] = ()
-    ) -> Decision:
+    ) -> Decision | Deferred[Decision]:
         """
         Decide the backend for one client.
 
+        Every strategy is asked in order, and the first that names a
+        backend decides.  When each answers at once (memory tables,
+        cookies, hashes), so does this, with no L{Deferred}.  A strategy
+        that answers with a L{Deferred} before any other knew the client
+        is waited for, up to C{persistence_timeout}.
+
         :param tried: backends that already failed this client.
+        :returns: the decision, or a L{Deferred} firing with it (and
+            failing as this raises).
         :raises NoBackendAvailable: nobody may take it.
         """
-        previous: Backend | None = None
-        decided_by: str | None = None
-        hit: Decision | None = None
         # Strict: stateless strategies must name the client's own backend,
         # not their next choice after it failed.
         skipped = [] if self.strict else list(tried)
         if skipped or context.tried:
             context.tried = skipped
-        for strategy in self.strategies:
+        found: Backend | None = None
+        finder: IPersistenceStrategy | None = None
+        for index, strategy in enumerate(self.strategies):
             # Every strategy of a chain looks, even after one knew the
             # client: looking is also where a strategy takes its own data
             # (its cookie, a route prefix) off the request.
             bound = strategy.lookup(context)
-            if bound is None or hit is not None or previous is not None:
+            if bound is None:
                 continue
+            if isinstance(bound, Deferred):
+                if finder is None:
+                    return _PendingChoice(self, context, tried).start(index, bound)
+                bound.addErrback(_ignore)
+                bound.cancel()  # an earlier strategy knew the client
+            elif finder is None:
+                found, finder = bound, strategy
+        return self._decide(context, tried, finder, found)
+
+    def _decide(
+        self,
+        context: IRoutingContext,
+        tried: Sequence[Backend],
+        strategy: IPersistenceStrategy | None,
+        bound: Backend | None,
+    ) -> Decision:
+        """
+        Decide, once C{strategy} (the first that knew the client) named
+        C{bound}, or no strategy knew it (both C{None}).
+
+        :raises NoBackendAvailable: nobody may take the client.
+        """
+        previous: Backend | None = None
+        if strategy is not None and bound is not None:
             if self.pool.serves_bound(bound) and bound not in tried:
                 hit = Decision(bound, Outcome.HIT, strategy.name)
                 if tried:  # a stateless strategy's next choice after a failure
                     hit = attrs.evolve(
                         hit, outcome=Outcome.REDISPATCH, previous=tried[0]
                     )
-            else:
-                previous, decided_by = bound, strategy.name
-                if not self.strict:
-                    hit = self._next_choice(strategy, context, tried, bound)
-        if hit is not None:
-            return hit
-        if previous is not None and self.strict:
-            raise NoBackendAvailable(
-                f"backend {previous.name} holds the session and cannot serve (strict)"
-            )
+                return hit
+            if self.strict:
+                raise NoBackendAvailable(
+                    f"backend {bound.name} holds the session and cannot serve (strict)"
+                )
+            moved = self._next_choice(strategy, context, tried, bound)
+            if moved is not None:
+                return moved
+            previous = bound
         candidates = [b for b in self.pool.accepting_new() if b not in tried]
         backend = self.pool.balancer.choose(candidates, context.client_host.encode())
         if backend is None:
             raise NoBackendAvailable(f"no usable backend in pool {self.pool.name}")
-        if previous is not None:
-            return Decision(backend, Outcome.REDISPATCH, decided_by, previous)
+        if previous is not None and strategy is not None:
+            return Decision(backend, Outcome.REDISPATCH, strategy.name, previous)
         return Decision(backend, Outcome.NEW)
 
     def _next_choice(
@@ -129,6 +170,12 @@ class Router:
         for _ in self.pool.backends:
             context.tried = excluded
             candidate = strategy.lookup(context)
+            if isinstance(candidate, Deferred):
+                # Only a table answers late, and a table remembers: it
+                # would name the same backend again.
+                candidate.addErrback(_ignore)
+                candidate.cancel()
+                break
             if candidate is None or candidate in excluded:
                 break
             if candidate in accepting:
@@ -161,7 +208,9 @@ class Router:
             decision = self.choose(context)
         except NoBackendAvailable:
             return fail()
-        return _Dispatch(self, context, connect).start(decision)
+        dispatch = _Dispatch(self, context, connect)
+        dispatch.route(decision)
+        return dispatch.result
 
     def bind(self, context: IRoutingContext, decision: Decision) -> None:
         """
@@ -205,14 +254,30 @@ class _Dispatch(Generic[_T]):
         self.connect = connect
         self.tried: list[Backend] = []
         self.result: Deferred[tuple[Decision, _T]] = Deferred(self._cancel)
+        self.choosing: Deferred[Decision] | None = None
         self.attempt: Deferred[_T] | None = None
         self.timer: IDelayedCall | None = None
         self.timed_out = False
         self.cancelled = False
 
-    def start(self, decision: Decision) -> Deferred[tuple[Decision, _T]]:
+    def route(self, decision: Decision | Deferred[Decision]) -> None:
+        """
+        Try the decided backend, once the decision is in.
+        """
+        if isinstance(decision, Deferred):
+            self.choosing = decision
+            decision.addCallbacks(self._chosen, self._not_chosen)
+        else:
+            self._try(decision)
+
+    def _chosen(self, decision: Decision) -> None:
+        self.choosing = None
         self._try(decision)
-        return self.result
+
+    def _not_chosen(self, failure: Failure) -> None:
+        self.choosing = None
+        if not self.cancelled:
+            self.result.errback(failure)
 
     def _try(self, decision: Decision) -> None:
         backend = decision.backend
@@ -269,14 +334,143 @@ class _Dispatch(Generic[_T]):
             )
             return
         try:
-            decision = self.router.choose(self.context, self.tried)
+            retry = self.router.choose(self.context, self.tried)
         except NoBackendAvailable:
             self.result.errback()
             return
-        self._try(decision)
+        self.route(retry)
 
     def _cancel(self, result: Deferred[tuple[Decision, _T]]) -> None:
         self.cancelled = True
         self._stop_timer()
+        if self.choosing is not None:
+            self.choosing.cancel()
         if self.attempt is not None:
             self.attempt.cancel()
+
+
+def _ignore(failure: Failure) -> None:
+    """
+    Swallow the failure of a lookup nobody waits for any more.
+    """
+
+
+class _PendingChoice:
+    """
+    A choice that waits for strategies whose lookup returned a L{Deferred}
+    (their table asks a store).  The first strategy, in chain order, that
+    names a backend decides, as in L{Router.choose}; a strategy still
+    unanswered when C{persistence_timeout} runs out is cancelled and counts
+    as not knowing the client, and so does one whose lookup failed.
+    """
+
+    def __init__(
+        self, router: Router, context: IRoutingContext, tried: Sequence[Backend]
+    ) -> None:
+        self.router = router
+        self.context = context
+        self.tried = tried
+        self.strategies: Sequence[IPersistenceStrategy] = ()
+        self.answers: list[Backend | None | Deferred[Backend | None]] = []
+        self.result: Deferred[Decision] = Deferred(self._cancel)
+        self.timer: IDelayedCall | None = None
+        self.waiting = False
+        self.done = False
+
+    def start(
+        self, index: int, pending: Deferred[Backend | None]
+    ) -> Deferred[Decision]:
+        """
+        Wait for C{pending}, the answer of strategy C{index}, after asking
+        the strategies that follow it (they take their data off the
+        request now, whatever the answer).
+        """
+        router = self.router
+        self.strategies = router.strategies[index:]
+        self.answers = [pending]
+        self.answers.extend(
+            strategy.lookup(self.context) for strategy in self.strategies[1:]
+        )
+        for position, answer in enumerate(self.answers):
+            if isinstance(answer, Deferred):
+                answer.addCallbacks(
+                    self._answered,
+                    self._failed,
+                    callbackArgs=(position,),
+                    errbackArgs=(position,),
+                )
+        self.waiting = True
+        self._settle()
+        if not self.done:
+            self.timer = router.clock.callLater(
+                router.persistence_timeout, self._time_out
+            )
+        return self.result
+
+    def _answered(self, backend: Backend | None, position: int) -> None:
+        if not self.done:
+            self.answers[position] = backend
+            if self.waiting:
+                self._settle()
+
+    def _failed(self, failure: Failure, position: int) -> None:
+        if self.done:
+            return
+        if not failure.check(CancelledError):
+            log.warn(
+                "{frontend}: strategy {strategy} could not look {client} up, "
+                "routing without it: {reason}",
+                frontend=self.context.frontend,
+                strategy=self.strategies[position].name,
+                client=self.context.client_host,
+                reason=failure.getErrorMessage(),
+            )
+        self._answered(None, position)
+
+    def _settle(self, late: bool = False) -> None:
+        """
+        Decide as soon as the answers so far allow it: the first backend
+        named, with nothing unanswered before it; or none at all.
+
+        :param late: the time is up: take what is unanswered as C{None}.
+        """
+        for position, answer in enumerate(self.answers):
+            if isinstance(answer, Deferred):
+                if late:
+                    continue
+                return
+            if answer is not None:
+                self._decide(self.strategies[position], answer)
+                return
+        self._decide(None, None)
+
+    def _time_out(self) -> None:
+        self.timer = None
+        # Route with what is known: the rest is cancelled once decided.
+        self._settle(late=True)
+
+    def _decide(
+        self, strategy: IPersistenceStrategy | None, bound: Backend | None
+    ) -> None:
+        self._stop()
+        try:
+            decision = self.router._decide(self.context, self.tried, strategy, bound)
+        except NoBackendAvailable:
+            self.result.errback()
+        else:
+            self.result.callback(decision)
+
+    def _stop(self) -> None:
+        """
+        Stop waiting: cancel the timer and every lookup still unanswered.
+        """
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        for answer in self.answers:
+            if isinstance(answer, Deferred):
+                answer.cancel()
+
+    def _cancel(self, result: Deferred[Decision]) -> None:
+        self._stop()

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 import attrs
 from zope.interface import implementer
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from stickyproxy.config._options import OptionReader
@@ -78,10 +79,11 @@ class TableAffinity:
     table: IStickTable
     key: AffinityKey
 
-    def lookup(self, context: IRoutingContext) -> Backend | None:
+    def lookup(
+        self, context: IRoutingContext
+    ) -> Backend | None | Deferred[Backend | None]:
         key = self.key(context)
-        name = None if key is None else self.table.get(key)
-        return None if name is None else self.pool.get(name)
+        return None if key is None else bound_backend(self.pool, self.table.get(key))
 
     def persist(self, context: IRoutingContext, backend: Backend) -> None:
         key = self.key(context)
@@ -92,6 +94,19 @@ class TableAffinity:
         key = self.key(context)
         if key is not None:
             self.table.release(key)
+
+
+def bound_backend(
+    pool: IBackendPool, name: str | None | Deferred[str | None]
+) -> Backend | None | Deferred[Backend | None]:
+    """
+    The backend of C{pool} that a stick table's answer names (at once, or
+    later when the table asks its store); C{None} for no name, or a name
+    no backend has.
+    """
+    if isinstance(name, Deferred):
+        return name.addCallback(lambda late: bound_backend(pool, late))
+    return pool.get(name) if name else None
 
 
 def read_affinity(

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import attrs
 from zope.interface import implementer
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.plugin import IPlugin
 
@@ -22,7 +23,7 @@ from stickyproxy.interfaces import (
     IStickTable,
 )
 from stickyproxy.model import Backend
-from stickyproxy.persistence._affinity import read_table_options
+from stickyproxy.persistence._affinity import bound_backend, read_table_options
 from stickyproxy.persistence._proxycookie import (
     BackendTokens,
     ProxyCookie,
@@ -117,9 +118,8 @@ class AppCookieLearn:
     Each response refreshes the binding of the session it served, so the
     idle C{timeout} counts from the last response; a known session served
     elsewhere (a redispatch) is bound to where it went.  A session the
-    application replaces or deletes is unbound at once (L{IStickTable} has
-    no removal, so it is bound to a name no backend has, and expires as
-    usual).  Values the application never set are not learned.
+    application replaces or deletes is forgotten at once.  Values the
+    application never set are not learned.
     """
 
     pool: IBackendPool
@@ -128,12 +128,13 @@ class AppCookieLearn:
     clock: IReactorTime
     name = "app-cookie"
 
-    def lookup(self, context: IRoutingContext) -> Backend | None:
+    def lookup(
+        self, context: IRoutingContext
+    ) -> Backend | None | Deferred[Backend | None]:
         value = _http(context).cookie(self.app_cookie)
         if not value:
             return None
-        name = self.table.get(_table_key(value))
-        return None if not name else self.pool.get(name)
+        return bound_backend(self.pool, self.table.get(_table_key(value)))
 
     def _touch(self, key: bytes, backend: str) -> None:
         self.table.bind(key, backend)
@@ -152,8 +153,8 @@ class AppCookieLearn:
                 self._touch(new, backend.name)
             if old is not None and old != new:
                 self.table.forget(old)
-        elif old is not None and self.table.get(old):
-            self._touch(old, backend.name)
+        elif old is not None:
+            self.table.refresh(old, backend.name)
 
     def release(self, context: IRoutingContext, backend: Backend) -> None:
         pass

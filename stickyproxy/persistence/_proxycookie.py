@@ -41,6 +41,7 @@ from stickyproxy.interfaces import (
     IBackendPool,
     IHTTPRoutingContext,
     IRoutingContext,
+    IStickTable,
 )
 from stickyproxy.model import Backend
 from stickyproxy.persistence._signing import (
@@ -217,7 +218,7 @@ class ProxyCookie:
     attributes: CookieAttributes
     signer: CookieSigner
     tokens: BackendTokens
-    sessions: StickTable
+    sessions: IStickTable
     strategy: str
     indirect: bool = True
     nocache: bool = True

@@ -26,11 +26,12 @@ class _Entry:
 @attrs.define(eq=False)
 class StickTable:
     """
-    Bindings kept in least-recently-used order, so the oldest is evicted
-    first when C{size} is reached and the expiry sweep can stop at the first
-    entry that is still fresh.  Expiry is read off the clock: a lookup never
-    returns an expired binding, and expired ones are swept out as new ones
-    come in, so the table needs no timer of its own.
+    Bindings kept in this process, so every answer is immediate, in
+    least-recently-used order, so the oldest is evicted first when C{size}
+    is reached and the expiry sweep can stop at the first entry that is
+    still fresh.  Expiry is read off the clock: a lookup never returns an
+    expired binding, and expired ones are swept out as new ones come in, so
+    the table needs no timer of its own.
 
     :ivar timeout: seconds a binding with no holds survives unused.
     :ivar size: the most bindings kept.
@@ -74,6 +75,11 @@ class StickTable:
             entry.last_used = now
             self._entries.move_to_end(key)
 
+    def refresh(self, key: bytes, backend: str) -> None:
+        if self.get(key) is not None:
+            self.bind(key, backend)
+            self.release(key)
+
     def forget(self, key: bytes) -> None:
         if key in self._entries:
             self._forget(key)
@@ -111,9 +117,5 @@ class StickTable:
         self._per_backend[entry.backend] -= 1
 
     def count(self, backend: str) -> int:
-        """
-        :returns: how many live bindings name C{backend} (its sticky
-            sessions, as far as this table knows).
-        """
         self.sweep()
         return self._per_backend[backend]

@@ -1,0 +1,433 @@
+"""
+Tests for stick tables that ask a store (L{stickyproxy.testing.SlowStickTable}
+standing in for one): the router waits for them a bounded time, then routes
+with what it knows, and never hangs.
+"""
+
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+
+from stickyproxy import AdminState, Decision, NoBackendAvailable, Outcome, Router
+from stickyproxy.interfaces import IPersistenceStrategy, IStickTable
+from stickyproxy.persistence._affinity import TableAffinity
+from stickyproxy.persistence._appcookie import AppCookieLearn
+from stickyproxy.persistence._sourceip import SourceIPKey, source_ip
+from stickyproxy.testing import (
+    SlowStickTable,
+    http_context,
+    make_pool,
+    respond,
+    routing_context,
+)
+
+from tests._base import TestCase
+
+KEY = bytes([192, 0, 2, 1])  # the source-ip key of 192.0.2.1
+
+
+class Recording:
+    """
+    A strategy that answers with what it is given and records each lookup.
+    """
+
+    name = "recording"
+
+    def __init__(self, answer=None):
+        self.answer = answer
+        self.looked = 0
+
+    def lookup(self, context):
+        self.looked += 1
+        return self.answer
+
+    def persist(self, context, backend):
+        pass
+
+    def release(self, context, backend):
+        pass
+
+
+class SlowStickTableTests(TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.table = SlowStickTable(self.clock, latency=0.1)
+
+    def test_provides(self):
+        """
+        L{SlowStickTable} provides L{IStickTable}.
+        """
+        self.assertProvides(IStickTable, self.table)
+
+    def test_answers_late(self):
+        """
+        A lookup is answered after C{latency}, with what the store held.
+        """
+        self.table.bind(b"k", "b")
+        answer = self.table.get(b"k")
+        self.assertNoResult(answer)
+        self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(answer), "b")
+        self.assertEqual(self.table.pending, 0)
+
+    def test_fails(self):
+        """
+        With C{error} set, lookups fail with it.
+        """
+        self.table.error = ConnectionRefusedError()
+        answer = self.table.get(b"k")
+        self.clock.advance(0.1)
+        self.failureResultOf(answer, ConnectionRefusedError)
+
+    def test_never_answers_until_cancelled(self):
+        """
+        With no C{latency}, a lookup waits until it is cancelled.
+        """
+        self.table.latency = None
+        answer = self.table.get(b"k")
+        self.clock.advance(3600)
+        self.assertNoResult(answer)
+        answer.cancel()
+        self.failureResultOf(answer, CancelledError)
+        self.assertEqual(self.table.pending, 0)
+
+    def test_refresh_only_known(self):
+        """
+        C{refresh} moves a known binding and leaves an unknown key unknown;
+        C{count} and C{forget} follow.
+        """
+        self.table.refresh(b"new", "a")
+        self.assertNotIn(b"new", self.table.bindings)
+        self.table.bind(b"k", "a")
+        self.table.refresh(b"k", "b")
+        self.assertEqual((self.table.count("a"), self.table.count("b")), (0, 1))
+        self.table.forget(b"k")
+        self.assertEqual(len(self.table), 0)
+
+
+class SlowChooseTests(TestCase):
+    """
+    L{Router.choose} over a table in a slow store.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.pool = make_pool("a", "b", "c")
+        self.table = SlowStickTable(self.clock, latency=0.01)
+        self.strategy = TableAffinity("source-ip", self.pool, self.table, SourceIPKey())
+        self.router = Router(self.pool, [self.strategy], self.clock)
+        self.ctx = routing_context("192.0.2.1")
+        self.table.bind(KEY, "c")
+
+    def test_provides(self):
+        """
+        A table-backed strategy over a slow table still provides
+        L{IPersistenceStrategy}.
+        """
+        self.assertProvides(IPersistenceStrategy, self.strategy)
+
+    def test_synchronous_strategies_answer_at_once(self):
+        """
+        When every strategy answers at once (a memory table), so does
+        C{choose}: a L{Decision}, no L{Deferred}, and no timer.
+        """
+        strategy = source_ip.build({"mode": "table"}, self.pool, self.clock, "p")
+        router = Router(self.pool, [strategy], self.clock)
+        self.assertIsInstance(router.choose(self.ctx), Decision)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_waits_for_the_store(self):
+        """
+        A binding the store answers within the bound is honoured.
+        """
+        decision = self.router.choose(self.ctx)
+        self.assertNoResult(decision)
+        self.clock.advance(0.01)
+        decision = self.successResultOf(decision)
+        self.assertEqual(
+            (decision.backend.name, decision.outcome, decision.strategy),
+            ("c", Outcome.HIT, "source-ip"),
+        )
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_store_too_slow(self):
+        """
+        Past C{persistence_timeout} (50 ms by default) the client is
+        balanced, and the lookup is cancelled.
+        """
+        self.table.latency = 1.0
+        decision = self.router.choose(self.ctx)
+        self.clock.advance(0.049)
+        self.assertNoResult(decision)
+        self.clock.advance(0.001)
+        decision = self.successResultOf(decision)
+        self.assertEqual((decision.backend.name, decision.outcome), ("a", Outcome.NEW))
+        self.assertEqual(self.table.pending, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_bound_configurable(self):
+        """
+        C{persistence_timeout} sets how long a client waits.
+        """
+        self.table.latency = 0.15
+        self.router.persistence_timeout = 0.2
+        decision = self.router.choose(self.ctx)
+        self.clock.advance(0.15)
+        self.assertEqual(self.successResultOf(decision).backend.name, "c")
+
+    def test_store_never_answers(self):
+        """
+        A store that never answers holds a client no longer than the bound.
+        """
+        self.table.latency = None
+        decision = self.router.choose(self.ctx)
+        self.clock.advance(0.05)
+        self.assertEqual(self.successResultOf(decision).outcome, Outcome.NEW)
+        self.assertEqual(self.table.pending, 0)
+
+    def test_store_fails(self):
+        """
+        A failed lookup counts as no binding, with a warning naming the
+        strategy and the reason.
+        """
+        self.table.error = ConnectionRefusedError("store gone")
+        with capturedLogs() as events:
+            decision = self.router.choose(self.ctx)
+            self.clock.advance(0.01)
+        self.assertEqual(self.successResultOf(decision).outcome, Outcome.NEW)
+        self.assertEqual(len(events), 1)
+        self.assertEqual(events[0]["strategy"], "source-ip")
+        self.assertIn("store gone", events[0]["reason"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancelled(self):
+        """
+        Cancelling a pending choice cancels the lookup and the timer.
+        """
+        self.table.latency = None
+        decision = self.router.choose(self.ctx)
+        decision.cancel()
+        self.failureResultOf(decision, CancelledError)
+        self.assertEqual(self.table.pending, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_bound_backend_down(self):
+        """
+        A late binding to a backend in maintenance is redispatched, as an
+        immediate one would be; with C{strict} the client is refused.
+        """
+        self.pool.set_admin_state("c", AdminState.MAINT)
+        decision = self.router.choose(self.ctx)
+        self.clock.advance(0.01)
+        decision = self.successResultOf(decision)
+        self.assertEqual(
+            (decision.outcome, decision.previous.name), (Outcome.REDISPATCH, "c")
+        )
+        self.router.strict = True
+        refused = self.router.choose(self.ctx)
+        self.clock.advance(0.01)
+        self.failureResultOf(refused, NoBackendAvailable)
+
+    def test_later_strategies_asked_at_once(self):
+        """
+        While the store is asked, the strategies after it are asked at once
+        (they take their data off the request), and one that knows the
+        client decides only if the store does not.
+        """
+        later = Recording(self.pool.get("b"))
+        router = Router(self.pool, [self.strategy, later], self.clock)
+        decision = router.choose(self.ctx)
+        self.assertEqual(later.looked, 1)
+        self.clock.advance(0.01)
+        self.assertEqual(self.successResultOf(decision).backend.name, "c")
+        self.table.forget(KEY)
+        decision = router.choose(self.ctx)
+        self.clock.advance(0.01)
+        decision = self.successResultOf(decision)
+        self.assertEqual((decision.backend.name, decision.strategy), ("b", "recording"))
+
+    def test_later_strategy_when_store_too_slow(self):
+        """
+        Past the bound, what the proxy knows locally (a later strategy)
+        routes the client.
+        """
+        self.table.latency = None
+        later = Recording(self.pool.get("b"))
+        router = Router(self.pool, [self.strategy, later], self.clock)
+        decision = router.choose(self.ctx)
+        self.clock.advance(0.05)
+        self.assertEqual(self.successResultOf(decision).strategy, "recording")
+
+    def test_earlier_knower_skips_the_store(self):
+        """
+        When an earlier strategy knows the client, a store lookup after it
+        is cancelled at once, and C{choose} answers at once.
+        """
+        self.table.latency = None
+        router = Router(
+            self.pool, [Recording(self.pool.get("a")), self.strategy], self.clock
+        )
+        decision = router.choose(self.ctx)
+        self.assertIsInstance(decision, Decision)
+        self.assertEqual(decision.backend.name, "a")
+        self.assertEqual(self.table.pending, 0)
+
+    def test_already_answered(self):
+        """
+        A strategy may return a L{Deferred} that has already fired: the
+        choice is made at once, with no timer left behind; a failed one
+        counts as no binding.
+        """
+        router = Router(self.pool, [Recording(succeed(self.pool.get("b")))], self.clock)
+        self.assertEqual(
+            self.successResultOf(router.choose(self.ctx)).backend.name, "b"
+        )
+        router = Router(self.pool, [Recording(fail(ValueError("bad")))], self.clock)
+        with capturedLogs():
+            decision = self.successResultOf(router.choose(self.ctx))
+        self.assertEqual(decision.outcome, Outcome.NEW)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_many_late(self):
+        """
+        With two late strategies, the first in chain order that names a
+        backend decides, whichever answers first.
+        """
+        first, second = Deferred(), Deferred()
+        router = Router(self.pool, [Recording(first), Recording(second)], self.clock)
+        router.strategies[1].name = "second"
+        decision = router.choose(self.ctx)
+        second.callback(self.pool.get("b"))
+        self.assertNoResult(decision)
+        first.callback(None)
+        self.assertEqual(self.successResultOf(decision).strategy, "second")
+
+
+class SlowDispatchTests(TestCase):
+    """
+    L{Router.dispatch} over a table in a slow store.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.pool = make_pool("a", "b", "c", retries=2)
+        self.table = SlowStickTable(self.clock, latency=0.01)
+        self.strategy = TableAffinity("source-ip", self.pool, self.table, SourceIPKey())
+        self.router = Router(self.pool, [self.strategy], self.clock)
+        self.ctx = routing_context("192.0.2.1")
+        self.table.bind(KEY, "c")
+        self.attempts = []
+
+    def connect(self, *failing):
+        def connect(backend):
+            self.attempts.append(backend.name)
+            if backend.name in failing:
+                return fail(ConnectionRefusedError())
+            return succeed(backend.name)
+
+        return connect
+
+    def test_connects_once_decided(self):
+        """
+        Nothing is connected to until the store answered.
+        """
+        result = self.router.dispatch(self.ctx, self.connect())
+        self.assertEqual(self.attempts, [])
+        self.clock.advance(0.01)
+        decision, connected = self.successResultOf(result)
+        self.assertEqual((decision.outcome, connected), (Outcome.HIT, "c"))
+
+    def test_client_leaves_mid_lookup(self):
+        """
+        Cancelling the dispatch while the store is asked cancels the
+        lookup, and nothing is ever connected to.
+        """
+        self.table.latency = None
+        result = self.router.dispatch(self.ctx, self.connect())
+        result.cancel()
+        self.failureResultOf(result, CancelledError)
+        self.assertEqual(self.table.pending, 0)
+        self.clock.advance(1.0)
+        self.assertEqual(self.attempts, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_retry_after_failed_connect(self):
+        """
+        A failed connect to the backend the store named is retried on
+        another, asking the store again, and each wait is bounded.
+        """
+        result = self.router.dispatch(self.ctx, self.connect("c"))
+        self.clock.advance(0.01)
+        self.assertEqual(self.attempts, ["c"])
+        self.assertNoResult(result)
+        self.clock.advance(0.01)
+        decision, connected = self.successResultOf(result)
+        self.assertEqual(self.attempts, ["c", "a"])
+        self.assertEqual(
+            (decision.outcome, decision.previous.name, connected),
+            (Outcome.REDISPATCH, "c", "a"),
+        )
+
+    def test_retry_with_store_down(self):
+        """
+        With the store never answering, each attempt waits the bound, and
+        retries still run until one connects.
+        """
+        self.table.latency = None
+        result = self.router.dispatch(self.ctx, self.connect("a"))
+        self.clock.advance(0.05)
+        self.assertEqual(self.attempts, ["a"])
+        self.clock.advance(0.05)
+        decision, connected = self.successResultOf(result)
+        self.assertEqual((self.attempts, connected), (["a", "b"], "b"))
+        self.assertEqual(self.table.pending, 0)
+
+    def test_no_backend_after_lookup(self):
+        """
+        When nothing may take the client once the store answered, the
+        dispatch fails with L{NoBackendAvailable}.
+        """
+        for name in "abc":
+            self.pool.set_admin_state(name, AdminState.MAINT)
+        result = self.router.dispatch(self.ctx, self.connect())
+        self.clock.advance(0.01)
+        self.failureResultOf(result, NoBackendAvailable)
+
+
+class AppCookieLearnStoreTests(TestCase):
+    """
+    C{app-cookie} C{learn} over a table in a slow store.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.pool = make_pool("a", "b")
+        self.table = SlowStickTable(self.clock, latency=0.01)
+        self.strategy = AppCookieLearn(self.pool, self.table, "SID", self.clock)
+
+    def test_provides(self):
+        """
+        The strategy over a slow table provides L{IPersistenceStrategy}.
+        """
+        self.assertProvides(IPersistenceStrategy, self.strategy)
+
+    def test_late_lookup(self):
+        """
+        A learned session's backend comes back from the store.
+        """
+        ctx = respond(http_context(), 200, [(b"set-cookie", b"SID=s1")])
+        self.strategy.persist(ctx, self.pool.get("b"))
+        found = self.strategy.lookup(http_context(cookies={"SID": "s1"}))
+        self.clock.advance(0.01)
+        self.assertEqual(self.successResultOf(found).name, "b")
+
+    def test_unknown_value_not_learned(self):
+        """
+        A session value the application never set is not learned when a
+        response is served for it, even though the table cannot tell at
+        once whether it knows it.
+        """
+        ctx = respond(http_context(cookies={"SID": "forged"}), 200)
+        self.strategy.persist(ctx, self.pool.get("a"))
+        self.assertEqual(self.table.bindings, {})

@@ -2,8 +2,12 @@
 The shared base TestCase.
 """
 
+from collections.abc import Callable
+
 from zope.interface import Interface
 
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from stickyproxy.testing import assert_provides
@@ -22,3 +26,46 @@ class TestCase(SynchronousTestCase):
             assert_provides(interface, obj)
         except Exception as error:
             self.fail(f"{obj!r} does not provide {interface.__name__}: {error}")
+
+
+class CreepingClock(Clock):
+    """
+    A L{Clock} on which time moves on a little at every reading, as a real
+    one does between two calls to C{seconds()}, and which refuses a negative
+    delay as the real reactor does: code that computes a delay from two
+    readings fails here, as it would, now and then, in production.
+
+    :ivar step: how far each reading moves time on.
+    """
+
+    def __init__(self, step: float = 0.001) -> None:
+        super().__init__()
+        self.step = step
+
+    def seconds(self) -> float:
+        self.rightNow += self.step
+        return self.rightNow
+
+    def advance(self, amount: float) -> None:
+        # As Clock.advance, but the scheduler's own comparisons read the
+        # time without moving it: only the code under test makes it creep.
+        self.rightNow += amount
+        self._sortCalls()
+        while self.calls and self.calls[0].getTime() <= self.rightNow:
+            call = self.calls.pop(0)
+            call.called = 1
+            call.func(*call.args, **call.kw)
+            self._sortCalls()
+
+    def run_next(self) -> None:
+        """
+        Advance to the time of the next pending call, and run it.
+        """
+        self.advance(max(0.0, self.calls[0].getTime() - self.rightNow))
+
+    def callLater(
+        self, delay: float, callable: Callable[..., object], *args: object, **kw: object
+    ) -> IDelayedCall:
+        if delay < 0:
+            raise AssertionError(f"{delay} is not greater than or equal to 0 seconds")
+        return super().callLater(delay, callable, *args, **kw)

@@ -22,6 +22,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 
+from stickyproxy.core._timers import call_at
 from stickyproxy.interfaces import IBackendPool, IBalancer, IPassiveHealth
 from stickyproxy.model import AdminState, Backend, Health, StateChange
 
@@ -179,7 +180,8 @@ class Pool:
         assert self.clock is not None
         self._drains.pop(name, None)
         sessions = self.sessions(name)
-        if sessions == 0 or self.clock.seconds() >= end:
+        now = self.clock.seconds()
+        if sessions == 0 or now >= end:
             reason = (
                 "drained: no sessions left"
                 if sessions == 0
@@ -187,8 +189,9 @@ class Pool:
             )
             self.set_admin_state(name, AdminState.MAINT, reason)
             return
-        delay = min(1.0, end - self.clock.seconds())
-        self._drains[name] = self.clock.callLater(delay, self._check_drain, name, end)
+        self._drains[name] = call_at(
+            self.clock, min(now + 1.0, end), self._check_drain, name, end
+        )
 
     def _cancel_drain(self, name: str) -> None:
         pending = self._drains.pop(name, None)

@@ -1,5 +1,12 @@
 """
-An inactivity timer cheap enough for per-chunk use.
+Timers: an inactivity timer cheap enough for per-chunk use, and the one way
+to schedule a call for a moment rather than after a delay.
+
+A scheduled call must never raise: a delay computed from two readings of
+the clock can come out negative (time moves between them), and the reactor
+refuses a negative delay with an exception that kills whatever was meant to
+reschedule itself.  Every delay is therefore computed from one reading and
+clamped at zero.
 """
 
 from __future__ import annotations
@@ -7,6 +14,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+
+def call_at(
+    clock: IReactorTime, when: float, f: Callable[..., object], *args: object
+) -> IDelayedCall:
+    """
+    Call C{f(*args)} at clock time C{when}, or at once if that has passed.
+
+    The delay comes from a single reading of the clock, clamped at zero, so
+    the reactor never sees a negative one however long the caller took.
+    """
+    return clock.callLater(max(0.0, when - clock.seconds()), f, *args)
 
 
 class IdleTimer:
@@ -53,7 +72,7 @@ class IdleTimer:
         self._call = None
 
     def _check(self) -> None:
-        idle_for = self._clock.seconds() - self._last
+        idle_for = self._clock.seconds() - self._last  # one reading: delay > 0
         if idle_for < self.timeout:
             self._call = self._clock.callLater(self.timeout - idle_for, self._check)
             return

@@ -105,7 +105,10 @@ class HealthMonitor(Service):
 
     def _schedule(self, backend: Backend, delay: float) -> None:
         track = self._tracks[backend.name]
-        track.next_probe = self.clock.callLater(delay, self._run_probe, backend)
+        # Clamped: a random source is injected, and may stray below zero.
+        track.next_probe = self.clock.callLater(
+            max(0.0, delay), self._run_probe, backend
+        )
 
     def next_delay(self, backend: Backend) -> float:
         """

@@ -17,6 +17,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from stickyproxy.core._endpoints import connect_quietly, no_delay
+from stickyproxy.core._timers import call_at
 from stickyproxy.interfaces import IResponseReceiver
 from stickyproxy.model import Backend
 
@@ -253,9 +254,8 @@ class BackendConnections:
             if connection.transport is not None:
                 connection.transport.loseConnection()
         if idle:
-            self._sweep = self.clock.callLater(
-                idle[0].idle_since + self.idle_timeout - self.clock.seconds(),
-                self._expire,
+            self._sweep = call_at(
+                self.clock, idle[0].idle_since + self.idle_timeout, self._expire
             )
 
     def lost(self, connection: BackendHTTP) -> None:

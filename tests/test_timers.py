@@ -1,0 +1,154 @@
+"""
+Tests that no scheduled call in the package computes a negative delay, on
+a L{CreepingClock} whose time moves on at every reading as a real clock's
+does (and which, like the real reactor, refuses a negative delay).
+"""
+
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import StringTransport
+
+from stickyproxy.config._settings import HealthSettings
+from stickyproxy.core._timers import IdleTimer, call_at
+from stickyproxy.health._monitor import HealthMonitor
+from stickyproxy.http._backend import BackendConnections, BackendHTTP
+from stickyproxy.model import AdminState
+from stickyproxy.testing import make_backend, make_pool
+
+from tests._base import CreepingClock, TestCase
+
+
+class CallAtTests(TestCase):
+    def test_past_moment_runs_at_once(self):
+        """
+        A moment already past schedules the call with a zero delay, not a
+        negative one the reactor would refuse.
+        """
+        clock = CreepingClock()
+        clock.advance(10)
+        calls = []
+        call_at(clock, 5.0, calls.append, "late")
+        clock.advance(0)
+        self.assertEqual(calls, ["late"])
+
+    def test_future_moment(self):
+        """
+        A future moment is kept: the call runs then, not before.
+        """
+        clock = CreepingClock(step=0.0)
+        calls = []
+        call_at(clock, 5.0, calls.append, "on time")
+        clock.advance(4.9)
+        self.assertEqual(calls, [])
+        clock.advance(0.1)
+        self.assertEqual(calls, ["on time"])
+
+
+class IdleSweepTests(TestCase):
+    """
+    The sweep of idle backend connections (issue 8, defect 9: it read the
+    clock twice, and died on the negative delay that gave).
+    """
+
+    def connection(self, connections):
+        connection = BackendHTTP(connections)
+        connection.makeConnection(StringTransport())
+        connection.reusable = True
+        return connection
+
+    def test_sweep_survives_clock_moving_between_reads(self):
+        """
+        When the clock moves on while the sweep runs, past the moment the
+        next idle connection is due, the sweep neither raises nor stops: it
+        runs again at once, and closes that connection too.
+        """
+        clock = CreepingClock(step=0.25)
+        connections = BackendConnections(make_backend("a"), clock, 4, 30.0)
+        first, second = self.connection(connections), self.connection(connections)
+        connections.release(first)
+        clock.advance(0.125)  # the second one is due just after the first
+        connections.release(second)
+        clock.run_next()
+        self.assertEqual(len(connections), 0)
+        self.assertTrue(second.transport.disconnecting)
+
+    def test_sweep_keeps_running(self):
+        """
+        Connections released at different times are each closed once idle
+        for C{idle_timeout}, by a sweep that reschedules itself.
+        """
+        clock = CreepingClock(step=0.01)
+        connections = BackendConnections(make_backend("a"), clock, 4, 30.0)
+        released = []
+        for _ in range(3):
+            connection = self.connection(connections)
+            connections.release(connection)
+            released.append(connection)
+            clock.advance(10)
+        self.assertEqual(len(connections), 2)
+        clock.advance(20.5)
+        self.assertEqual(len(connections), 0)
+        self.assertTrue(all(c.transport.disconnecting for c in released))
+
+
+class DrainDeadlineTests(TestCase):
+    def test_deadline_between_two_reads(self):
+        """
+        A drain deadline that falls between two readings of the clock in
+        one check puts the backend in maintenance instead of raising.
+        """
+        clock = CreepingClock(step=0.25)
+        pool = make_pool("a")
+        pool.clock = clock
+        pool.get("a").active = 1  # a session: the drain waits for the deadline
+        pool.drain("a", 2.125)
+        for _ in range(4):
+            if clock.calls:
+                clock.run_next()
+        self.assertIs(pool.get("a").admin_state, AdminState.MAINT)
+
+
+class IdleTimerTests(TestCase):
+    def test_rearms_on_creeping_clock(self):
+        """
+        An L{IdleTimer} touched now and then re-arms itself for the time
+        left, and fires once idle for its timeout.
+        """
+        clock = CreepingClock(step=0.01)
+        fired = []
+        timer = IdleTimer(clock, 1.0, lambda: fired.append(clock.rightNow))
+        for _ in range(3):
+            clock.advance(0.4)
+            timer.touch()
+        self.assertEqual(fired, [])
+        for _ in range(4):
+            if clock.calls:
+                clock.run_next()
+        self.assertEqual(len(fired), 1)
+
+
+class MonitorScheduleTests(TestCase):
+    def test_schedule_never_negative(self):
+        """
+        Whatever the injected random source returns, the first probe is
+        scheduled (at once, for a value below zero) rather than refused.
+        """
+        clock = CreepingClock()
+        pool = make_pool("a")
+        checked = []
+
+        class Probe:
+            def check(self, backend):
+                checked.append(backend.name)
+                return Deferred()  # never answers: one probe is enough here
+
+        monitor = HealthMonitor(
+            pool,
+            clock,
+            Probe(),
+            HealthSettings(interval=1.0),
+            random_source=lambda low, high: low - 5.0,
+        )
+        monitor.startService()
+        self.addCleanup(monitor.stopService)
+        clock.advance(0)
+        self.assertEqual(checked, ["a"])

@@ -654,3 +654,23 @@ class AddressTests(TestCase):
             self.assertIsInstance(connect_endpoint(reactor, address, 3), kind, address)
         for address in ("::1:80", "2001:db8::1:443", "127.0.0.1:0", "nonsense"):
             self.assertRaises(ValueError, connect_endpoint, reactor, address, 3)
+
+    def test_host_port(self):
+        """
+        The short form of backend addresses, C{host:port} or C{[v6]:port},
+        is told apart from endpoint strings, positional ones included.
+        """
+        from stickyproxy.core._endpoints import host_port
+
+        for address, expected in [
+            ("127.0.0.1:80", ("127.0.0.1", 80)),
+            ("[::1]:80", ("::1", 80)),
+            ("app.example:8080", ("app.example", 8080)),
+            ("tcp:10.0.0.5:80", None),
+            ("tcp:host=10.0.0.5:port=80", None),
+            ("unix:/run/app.sock", None),
+            (":80", None),
+        ]:
+            self.assertEqual(host_port(address), expected, address)
+        for address in ("::1:80", "127.0.0.1:65536"):
+            self.assertRaises(ValueError, host_port, address)

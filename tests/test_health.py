@@ -5,6 +5,8 @@ it drives in L{stickyproxy.Pool}.
 
 import random
 
+import attrs
+
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -29,6 +31,7 @@ from stickyproxy.health._probes import (
     PoolEndpoints,
     ProbeFailed,
     TCPProbe,
+    probe_netloc,
     treq_client,
 )
 from stickyproxy.interfaces import IHealthProbe
@@ -632,6 +635,21 @@ class ProbeClientTests(TestCase):
         self.assertEqual(
             [e["log_format"] for e in events if "factory" in e["log_format"]], []
         )
+
+    def test_netloc(self):
+        """
+        A backend is addressed by its C{host:port} address, or by its name
+        when its address is an endpoint string, a positional one (which is
+        no URL authority) included.
+        """
+        for address, netloc in [
+            ("10.0.0.5:80", "10.0.0.5:80"),
+            ("[::1]:80", "[::1]:80"),
+            ("tcp:host=10.0.0.5:port=80", "web1"),
+            ("tcp:10.0.0.5:80", "web1"),
+        ]:
+            backend = attrs.evolve(make_backend("web1"), address=address)
+            self.assertEqual(probe_netloc(backend), netloc, address)
 
     def test_endpoints_provide(self):
         """

@@ -7,17 +7,36 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    pass
+from twisted.internet.interfaces import IAddress
 
-
-from twisted.internet.interfaces import (
-    IAddress,
-)
-
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def ip_address(host: str) -> IPAddress | None:
+    """
+    The IP address a host string names, without an IPv6 zone (C{%eth0}).
+
+    :returns: C{None} when C{host} is not an IP address (a host name, or a
+        UNIX socket peer's path).
+    """
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def client_ip(host: str) -> IPAddress | None:
+    """
+    The IP address of a client host string, as routing compares it: like
+    L{ip_address}, with an IPv4-mapped IPv6 address (an IPv4 client of a
+    dual-stack listener, C{::ffff:10.0.0.1}) as the IPv4 address it maps.
+    """
+    ip = ip_address(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def in_networks(host: str, networks: Sequence[IPNetwork]) -> bool:
@@ -26,13 +45,8 @@ def in_networks(host: str, networks: Sequence[IPNetwork]) -> bool:
     """
     if not networks:
         return False
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in networks)
+    ip = client_ip(host)
+    return ip is not None and any(ip in network for network in networks)
 
 
 def real_client(

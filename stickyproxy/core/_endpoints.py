@@ -22,6 +22,29 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory
 
+from stickyproxy.core._addresses import ip_address
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """
+    The host and port of a backend address in the short form, C{host:port}
+    or C{[v6]:port} (the host without its brackets).
+
+    :returns: C{None} for any other form: a Twisted client endpoint string.
+    :raises ValueError: the port is out of range, or an IPv6 address has
+        no brackets.
+    """
+    host, sep, port = address.rpartition(":")
+    if not (sep and port.isdigit() and host and "=" not in address):
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        return host[1:-1], _port(port)
+    if ":" not in host:
+        return host, _port(port)
+    if _is_ipv6(host) or _is_ipv6(address):
+        raise ValueError("an IPv6 address needs brackets: [addr]:port")
+    return None  # a positional endpoint string: tcp:10.0.0.5:80
+
 
 def connect_endpoint(
     reactor: object, address: str, timeout: float
@@ -34,22 +57,16 @@ def connect_endpoint(
     :param timeout: the connect timeout in seconds.
     :raises ValueError: the address cannot be parsed.
     """
-    host, sep, port = address.rpartition(":")
-    if sep and port.isdigit() and host and "=" not in address:
-        if host.startswith("[") and host.endswith("]"):
-            return TCP6ClientEndpoint(reactor, host[1:-1], _port(port), timeout)
-        if ":" not in host:
-            try:
-                ipaddress.IPv4Address(host)
-            except ValueError:
-                return HostnameEndpoint(
-                    reactor, host.encode("ascii"), _port(port), timeout
-                )
-            return TCP4ClientEndpoint(reactor, host, _port(port), timeout)
-        if _is_ipv6(host) or _is_ipv6(address):
-            raise ValueError("an IPv6 address needs brackets: [addr]:port")
-    endpoint: IStreamClientEndpoint = clientFromString(reactor, address)
-    return endpoint
+    parts = host_port(address)
+    if parts is None:
+        endpoint: IStreamClientEndpoint = clientFromString(reactor, address)
+        return endpoint
+    host, port = parts
+    if address.startswith("["):
+        return TCP6ClientEndpoint(reactor, host, port, timeout)
+    if isinstance(ip_address(host), ipaddress.IPv4Address):
+        return TCP4ClientEndpoint(reactor, host, port, timeout)
+    return HostnameEndpoint(reactor, host.encode("ascii"), port, timeout)
 
 
 class _OneConnection(Factory):
@@ -99,8 +116,4 @@ def _port(text: str) -> int:
 
 
 def _is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
+    return isinstance(ip_address(text), ipaddress.IPv6Address)

@@ -18,6 +18,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
+from stickyproxy.core._addresses import IPAddress, ip_address
 from stickyproxy.core._proxyparser import (
     V2_SIGNATURE,
     InvalidProxyHeader,
@@ -26,35 +27,24 @@ from stickyproxy.core._proxyparser import (
 )
 
 
-def _ip(address: IAddress) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    if isinstance(address, IPv4Address | IPv6Address):
-        try:
-            return ipaddress.ip_address(address.host.split("%", 1)[0])
-        except ValueError:
-            return None
-    return None
-
-
 def _same_family(
     source: IAddress, destination: IAddress
-) -> (
-    tuple[
-        ipaddress.IPv4Address | ipaddress.IPv6Address,
-        ipaddress.IPv4Address | ipaddress.IPv6Address,
-        int,
-        int,
-    ]
-    | None
-):
-    src, dst = _ip(source), _ip(destination)
+) -> tuple[IPAddress, IPAddress, int, int] | None:
+    """
+    Both addresses in one family, with their ports; C{None} when either is
+    not on TCP/IP.
+    """
+    if not isinstance(source, IPv4Address | IPv6Address) or not isinstance(
+        destination, IPv4Address | IPv6Address
+    ):
+        return None
+    src, dst = ip_address(source.host), ip_address(destination.host)
     if src is None or dst is None:
         return None
     if src.version != dst.version:
         # e.g. an IPv4 client on a dual-stack listener: map both to IPv6
         src = src if src.version == 6 else ipaddress.IPv6Address(f"::ffff:{src}")
         dst = dst if dst.version == 6 else ipaddress.IPv6Address(f"::ffff:{dst}")
-    assert isinstance(source, IPv4Address | IPv6Address)
-    assert isinstance(destination, IPv4Address | IPv6Address)
     return src, dst, source.port, destination.port
 
 

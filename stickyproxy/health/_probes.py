@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IAgentEndpointFactory
 
 from stickyproxy.config._settings import StatusRanges
-from stickyproxy.core._endpoints import connect_quietly
+from stickyproxy.core._endpoints import connect_quietly, host_port
 from stickyproxy.core._pool import Pool
 from stickyproxy.core._proxyheader import HEADERS
 from stickyproxy.interfaces import IHealthProbe
@@ -103,10 +103,7 @@ def probe_netloc(backend: Backend) -> str:
     The host[:port] HTTP probes address a backend by: its address when it
     is C{host:port}, else its name (the endpoint factory maps either back).
     """
-    host, sep, port = backend.address.rpartition(":")
-    if sep and port.isdigit() and "=" not in backend.address:
-        return backend.address
-    return backend.name
+    return backend.name if host_port(backend.address) is None else backend.address
 
 
 @implementer(IStreamClientEndpoint)

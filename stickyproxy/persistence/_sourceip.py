@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.plugin import IPlugin
 
 from stickyproxy.config._options import OptionReader
-from stickyproxy.core._addresses import IPNetwork, real_client
+from stickyproxy.core._addresses import IPNetwork, client_ip, real_client
 from stickyproxy.interfaces import (
     IBackendPool,
     IHTTPRoutingContext,
@@ -34,12 +34,9 @@ def masked_address(host: str, mask: int, mask6: int) -> bytes:
     as IPv4; a host that is not an IP address (a UNIX socket peer) is used
     as it is.
     """
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
+    ip = client_ip(host)
+    if ip is None:
         return host.encode("utf-8", "replace")
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     bits = mask if ip.version == 4 else mask6
     network = ipaddress.ip_network((ip, bits), strict=False)
     return network.network_address.packed

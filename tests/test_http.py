@@ -18,7 +18,7 @@ from stickyproxy.core._balancers import RoundRobin
 from stickyproxy.core._cookies import make_set_cookie
 from stickyproxy.core._pool import Pool
 from stickyproxy.core._router import Router
-from stickyproxy.http._frontend import HTTPProxyFactory
+from stickyproxy.http._frontend import HTTPProxyFactory, write_body
 from stickyproxy.interfaces import IPersistenceStrategy
 from stickyproxy.testing import tcp_backend
 
@@ -743,6 +743,20 @@ class TrailerTests(HTTPTestCase):
             b"GET / HTTP/1.1\r\nHost: a\r\nCookie: who=a\r\n\r\n", OK, client
         )
         self.assertNotIn(b"x-trailer", second.lower())
+
+
+class WriteBodyTests(TestCase):
+    def test_framing(self):
+        """
+        Body bytes go out as one chunk each on a chunked body, as they are
+        otherwise; no bytes write nothing, since an empty chunk would end a
+        chunked body early.
+        """
+        for chunked, expected in [(True, b"5\r\nhello\r\n"), (False, b"hello")]:
+            transport = StringTransport()
+            write_body(transport, b"", chunked)
+            write_body(transport, b"hello", chunked)
+            self.assertEqual(transport.value(), expected)
 
 
 class RequestFormTests(HTTPTestCase):

@@ -76,6 +76,23 @@ def error_response(status: int, reason: str, extra: bytes = b"") -> bytes:
     )
 
 
+#: The end of a chunked body (with no trailer fields).
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def write_body(transport: Any, data: bytes, chunked: bool) -> None:
+    """
+    Write body bytes, as one chunk when the body is chunked.  Nothing is
+    written for no bytes: an empty chunk would end the body.
+    """
+    if not data:
+        return
+    if chunked:
+        transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+    else:
+        transport.write(data)
+
+
 @implementer(IResponseReceiver)
 class _Exchange:
     """
@@ -248,10 +265,7 @@ class _Exchange:
 
     def _send_body(self, data: bytes) -> None:
         transport: Any = self.backend.transport  # type: ignore[union-attr]
-        if self.body == "chunked":
-            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
-        else:
-            transport.write(data)
+        write_body(transport, data, self.body == "chunked")
 
     def request_complete(self) -> None:
         self.request_done = True
@@ -261,7 +275,7 @@ class _Exchange:
     def _end_body(self) -> None:
         transport: Any = self.backend.transport  # type: ignore[union-attr]
         if self.body == "chunked":
-            transport.write(b"0\r\n\r\n")
+            transport.write(LAST_CHUNK)
         if self.pulls_request:
             self.pulls_request = False
             transport.unregisterProducer()
@@ -335,15 +349,11 @@ class _Exchange:
 
     def response_body(self, data: bytes) -> None:
         self.client.timer.touch()
-        transport: Any = self.client.transport
-        if self.chunked_out:
-            transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
-        else:
-            transport.write(data)
+        write_body(self.client.transport, data, self.chunked_out)
 
     def response_complete(self) -> None:
         if self.chunked_out:
-            self.client.transport.write(b"0\r\n\r\n")
+            self.client.transport.write(LAST_CHUNK)
         self._finish(True)
 
     def response_failed(self, reason: str) -> None:

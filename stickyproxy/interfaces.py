@@ -53,6 +53,13 @@ class IRoutingContext(Interface):
         "so a retry goes where the hash will send the client once they are "
         "marked down, and the client moves only once"
     )
+    invalid = Attribute(
+        "str | None: C{None}, until a strategy's C{lookup} finds a binding on "
+        "the client that it cannot honour (a forged, garbled or expired "
+        "cookie; a cookie or route naming no backend of the pool): it then "
+        "sets its own name here, and the router reports the client, balanced "
+        "afresh, as C{invalid} rather than C{new} in events"
+    )
 
 
 class IHTTPRoutingContext(IRoutingContext):

@@ -127,12 +127,36 @@ class Decision:
     :ivar strategy: the strategy whose binding decided (or was broken), or
         C{None} when no strategy knew the client.
     :ivar previous: on a redispatch, the backend the client was bound to.
+    :ivar invalid: on a L{Outcome.NEW} decision, the strategy that found a
+        binding on the client it could not honour (see
+        L{IRoutingContext.invalid <stickyproxy.interfaces.IRoutingContext>}),
+        or C{None}.
     """
 
     backend: Backend
     outcome: Outcome
     strategy: str | None = None
     previous: Backend | None = None
+    invalid: str | None = None
+
+    @property
+    def persistence(self) -> str:
+        """
+        :returns: the persistence outcome events report: the L{outcome}'s
+            value, or C{"invalid"} when the client was balanced afresh
+            because its binding was not valid.
+        """
+        if self.invalid is not None and self.outcome is Outcome.NEW:
+            return "invalid"
+        return self.outcome.value
+
+    @property
+    def decided_by(self) -> str | None:
+        """
+        :returns: the strategy events name: the one that decided, else the
+            one whose binding was not valid.
+        """
+        return self.strategy if self.strategy is not None else self.invalid
 
 
 @attrs.frozen

@@ -37,6 +37,7 @@ from stickyproxy.core._proxyheader import ProxyHeaderWrappingFactory
 from stickyproxy.core._router import Router
 from stickyproxy.health._monitor import HealthMonitor
 from stickyproxy.health._probes import HTTPProbe, TCPProbe, treq_client
+from stickyproxy.http._accesslog import AccessLog
 from stickyproxy.http._frontend import HTTPProxyFactory
 from stickyproxy.interfaces import IHealthProbe, IPersistenceStrategy
 from stickyproxy.model import Backend
@@ -175,10 +176,17 @@ def build_pool(config: PoolConfig, reactor: Any) -> Pool:
     )
 
 
-def build_monitor(config: HealthConfig, pool: Pool, reactor: Any) -> HealthMonitor:
+def build_monitor(
+    config: HealthConfig,
+    pool: Pool,
+    reactor: Any,
+    events: EventStream | None = None,
+) -> HealthMonitor:
     """
     Make the health monitor of a pool: its probe from the config's C{type}
     (none: passive checks only).
+
+    :param events: where its probes are published.
     """
     probe: IHealthProbe | None = None
     if config.type == "tcp":
@@ -194,7 +202,7 @@ def build_monitor(config: HealthConfig, pool: Pool, reactor: Any) -> HealthMonit
             expect_status=config.expect_status,
             expect_body=config.expect_body,
         )
-    return HealthMonitor(pool, reactor, probe, config.settings)
+    return HealthMonitor(pool, reactor, probe, config.settings, events=events)
 
 
 class ProxyService(MultiService):
@@ -243,7 +251,9 @@ class ProxyService(MultiService):
                 )
         self.monitors: dict[str, HealthMonitor] = {}
         for name, pool_config in config.pools.items():
-            monitor = build_monitor(pool_config.health, self.pools[name], reactor)
+            monitor = build_monitor(
+                pool_config.health, self.pools[name], reactor, self.events
+            )
             monitor.setName(f"health:{name}")
             monitor.setServiceParent(self)
             self.monitors[name] = monitor
@@ -260,11 +270,15 @@ class ProxyService(MultiService):
             factory: IProtocolFactory
             if frontend.http is not None:
                 factory = HTTPProxyFactory(
-                    frontend.name, router, reactor, frontend.http
+                    frontend.name, router, reactor, frontend.http, self.events
                 )
             else:
                 factory = TCPProxyFactory(
-                    frontend.name, router, reactor, frontend.idle_timeout
+                    frontend.name,
+                    router,
+                    reactor,
+                    frontend.idle_timeout,
+                    self.events,
                 )
             listener = ListenerService(
                 reactor, frontend.listen, factory, join_path(frontend.path, "listen")
@@ -273,6 +287,9 @@ class ProxyService(MultiService):
             listener.setServiceParent(self)
             self.routers[frontend.name] = router
             self.listeners[frontend.name] = listener
+        logged = [f.name for f in config.frontends if f.http and f.http.access_log]
+        if logged:
+            self.events.subscribe(AccessLog(logged))
 
     def _router(self, frontend: FrontendConfig, registry: StrategyRegistry) -> Router:
         pool = self.pools[frontend.pool]

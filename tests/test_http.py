@@ -18,6 +18,7 @@ from stickyproxy.core._balancers import RoundRobin
 from stickyproxy.core._cookies import make_set_cookie
 from stickyproxy.core._pool import Pool
 from stickyproxy.core._router import Router
+from stickyproxy.http._accesslog import AccessLog
 from stickyproxy.http._frontend import HTTPProxyFactory, write_body
 from stickyproxy.interfaces import IPersistenceStrategy
 from stickyproxy.testing import tcp_backend
@@ -820,7 +821,7 @@ class RequestFormTests(HTTPTestCase):
 class AccessLogTests(HTTPTestCase):
     def setUp(self):
         super().setUp()
-        self.factory.settings = attrs.evolve(self.settings, access_log=True)
+        self.factory.events.subscribe(AccessLog([self.factory.name]))
 
     def logged(self, request, *responses):
         """

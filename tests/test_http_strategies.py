@@ -1642,3 +1642,137 @@ class RegistryTests(TestCase):
         for factory in (cookie, app_cookie, route, header):
             self.assertEqual(factory.modes, frozenset({"http"}))
         self.assertEqual(source_ip.modes, frozenset({"tcp", "http"}))
+
+
+class InvalidBindingTests(TestCase):
+    """
+    A strategy that finds a binding it cannot honour says so on the
+    context (L{IRoutingContext.invalid}), and the router's decision reports
+    the client as C{invalid}, balanced afresh.
+    """
+
+    def setUp(self):
+        self.clock = _clock()
+        self.pool = make_pool("a", "b", "c")
+        self.b = self.pool.get("b")
+
+    def invalid(self, strategy, **request):
+        """
+        :returns: what C{strategy}'s lookup left in C{invalid}, and what it
+            found.
+        """
+        ctx = http_context(**request)
+        bound = strategy.lookup(ctx)
+        return ctx.invalid, bound
+
+    def cookie_of(self, strategy, name="STICKY", **request):
+        _, ctx = _visit(strategy, self.b, **request)
+        return _sent(ctx, name).value
+
+    def test_cookie(self):
+        """
+        C{cookie}: a forged, garbled or expired cookie, or one naming a
+        backend the pool does not have, is invalid; a valid one or none
+        is not.
+        """
+        strategy = _build(cookie, self.pool, self.clock, keys=[KEY], max_age=60)
+        other_pool = make_pool("a", "b", "z")
+        foreign = _build(cookie, other_pool, self.clock, keys=[KEY], max_age=60)
+        valid = self.cookie_of(strategy)
+        _, ctx = _visit(foreign, other_pool.get("z"))
+        unknown = _sent(ctx, "STICKY").value
+        self.assertEqual(self.invalid(strategy), (None, None))
+        self.assertEqual(
+            self.invalid(strategy, cookies={"STICKY": valid}), (None, self.b)
+        )
+        for value in (valid[:-2] + "AA", "garbage", unknown):
+            self.assertEqual(
+                self.invalid(strategy, cookies={"STICKY": value}),
+                ("cookie", None),
+                value,
+            )
+        self.clock.advance(61)
+        self.assertEqual(
+            self.invalid(strategy, cookies={"STICKY": valid}), ("cookie", None)
+        )
+
+    def test_app_cookie_follow(self):
+        """
+        C{app-cookie}, C{follow}: a forged proxy cookie is invalid.
+        """
+        strategy = _build(app_cookie, self.pool, self.clock, keys=[KEY])
+        value = self.cookie_of(
+            strategy, response=[(b"set-cookie", b"JSESSIONID=s1; Max-Age=600")]
+        )
+        self.assertEqual(
+            self.invalid(strategy, cookies={"STICKY": value, "JSESSIONID": "s1"}),
+            (None, self.b),
+        )
+        self.assertEqual(
+            self.invalid(strategy, cookies={"STICKY": "forged", "JSESSIONID": "s1"}),
+            ("app-cookie", None),
+        )
+
+    def test_app_cookie_prefix(self):
+        """
+        C{app-cookie}, C{prefix}: a prefix naming no backend of the pool is
+        invalid; a value without a prefix is not.
+        """
+        strategy = _build(app_cookie, self.pool, self.clock, mode="prefix", keys=[KEY])
+        good = self.cookie_of(
+            strategy, "JSESSIONID", response=[(b"set-cookie", b"JSESSIONID=abc")]
+        )
+        self.assertEqual(
+            self.invalid(strategy, cookies={"JSESSIONID": good}), (None, self.b)
+        )
+        self.assertEqual(
+            self.invalid(strategy, cookies={"JSESSIONID": "abc"}), (None, None)
+        )
+        self.assertEqual(
+            self.invalid(strategy, cookies={"JSESSIONID": "AAAAAAAA~abc"}),
+            ("app-cookie", None),
+        )
+
+    def test_route(self):
+        """
+        C{route}: a route naming no backend is invalid; a session id
+        without a route is not.
+        """
+        strategy = _build(route, self.pool)
+        self.assertEqual(
+            self.invalid(strategy, cookies={"JSESSIONID": "x.b"}), (None, self.b)
+        )
+        self.assertEqual(
+            self.invalid(strategy, cookies={"JSESSIONID": "x"}), (None, None)
+        )
+        self.assertEqual(
+            self.invalid(strategy, cookies={"JSESSIONID": "x.z"}), ("route", None)
+        )
+
+    def test_decision(self):
+        """
+        The router's decision for a client with an invalid binding is
+        new (the debug header and redispatch logic see no change) but names
+        the strategy in C{invalid}, and its persistence outcome is
+        C{invalid}; a binding another strategy of the chain honours wins.
+        """
+        router = Router(self.pool, [_build(route, self.pool)], self.clock)
+        decision = router.choose(http_context(cookies={"JSESSIONID": "x.z"}))
+        self.assertEqual(
+            (decision.outcome, decision.strategy, decision.invalid),
+            (Outcome.NEW, None, "route"),
+        )
+        self.assertEqual(
+            (decision.persistence, decision.decided_by), ("invalid", "route")
+        )
+        fresh = router.choose(http_context())
+        self.assertEqual((fresh.persistence, fresh.decided_by), ("new", None))
+        chain = Router(
+            self.pool,
+            [_build(route, self.pool), _build(header, self.pool, header="X-Who")],
+            self.clock,
+        )
+        hit = chain.choose(
+            http_context(cookies={"JSESSIONID": "x.z"}, headers=[(b"x-who", b"k")])
+        )
+        self.assertEqual(hit.persistence, "hit")

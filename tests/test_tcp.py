@@ -37,7 +37,12 @@ class HalfCloseTransport(StringTransport):
         self.write_closed = True
 
 
-class TCPProxyTests(TestCase):
+class TCPTestCase(TestCase):
+    """
+    A TCP frontend on a pool of three backends, with source-ip persistence
+    in a table, over a L{MemoryReactorClock}.
+    """
+
     def setUp(self):
         self.reactor = MemoryReactorClock()
         backends = tuple(
@@ -70,6 +75,8 @@ class TCPProxyTests(TestCase):
         connector = self.reactor.connectors[index]
         factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
 
+
+class TCPProxyTests(TCPTestCase):
     def test_paused_until_backend_connects(self):
         """
         The client is not read from until the backend is connected; then

@@ -41,6 +41,7 @@ class RoutingContext:
     client_host: str
     client_port: int = 0
     tried: list[Backend] = attrs.field(factory=list)
+    invalid: str | None = None
 
 
 class NoBackendAvailable(Exception):
@@ -148,7 +149,7 @@ class Router:
             raise NoBackendAvailable(f"no usable backend in pool {self.pool.name}")
         if previous is not None and strategy is not None:
             return Decision(backend, Outcome.REDISPATCH, strategy.name, previous)
-        return Decision(backend, Outcome.NEW)
+        return Decision(backend, Outcome.NEW, invalid=context.invalid)
 
     def _next_choice(
         self,

@@ -25,9 +25,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from stickyproxy.config._settings import HealthSettings
+from stickyproxy.core._events import EventStream
 from stickyproxy.core._pool import Pool
 from stickyproxy.interfaces import IHealthProbe, IPassiveHealth
-from stickyproxy.model import Backend, Health
+from stickyproxy.model import Backend, Health, ProbeRan
 
 
 @attrs.define
@@ -56,6 +57,8 @@ class HealthMonitor(Service):
     and counts passive signals from live traffic.
 
     :ivar probe: the active probe, or C{None} for passive checks only.
+    :ivar events: where each probe that ran is published (nowhere by
+        default).
     """
 
     log = Logger()
@@ -67,8 +70,10 @@ class HealthMonitor(Service):
         probe: IHealthProbe | None = None,
         settings: HealthSettings | None = None,
         random_source: Callable[[float, float], float] | None = None,
+        events: EventStream | None = None,
     ) -> None:
         self.pool = pool
+        self.events = events if events is not None else EventStream()
         self.clock = clock
         self.probe = probe
         self.settings = settings if settings is not None else HealthSettings()
@@ -131,6 +136,7 @@ class HealthMonitor(Service):
         track = self._tracks[backend.name]
         track.next_probe = None
         assert self.probe is not None
+        started = self.clock.seconds()
         probing = maybeDeferred(self.probe.check, backend)
         # Our own timer, not addTimeout: a probe cancelled half-way reports
         # whatever its client makes of that (treq: ResponseNeverReceived).
@@ -149,8 +155,10 @@ class HealthMonitor(Service):
         track.probing = probing
         probing.addBoth(stop_timer)
         probing.addCallbacks(
-            lambda _: self.record(backend, True, "probe passed"),
-            lambda failure: self._probe_failed(backend, failure, bool(timed_out)),
+            lambda _: self._probed(backend, True, "probe passed", started),
+            lambda failure: self._probe_failed(
+                backend, failure, bool(timed_out), started
+            ),
         )
         probing.addErrback(
             lambda f: self.log.failure(
@@ -160,7 +168,7 @@ class HealthMonitor(Service):
         probing.addBoth(lambda _: self._probe_done(backend))
 
     def _probe_failed(
-        self, backend: Backend, failure: Failure, timed_out: bool
+        self, backend: Backend, failure: Failure, timed_out: bool, started: float
     ) -> None:
         if not self.running:
             return  # cancelled because the monitor stopped: not the backend's fault
@@ -168,7 +176,18 @@ class HealthMonitor(Service):
             reason = f"probe timed out after {self.settings.timeout:g}s"
         else:
             reason = f"probe failed: {failure.getErrorMessage()}"
-        self.record(backend, False, reason)
+        self._probed(backend, False, reason, started)
+
+    def _probed(self, backend: Backend, ok: bool, reason: str, started: float) -> None:
+        """
+        A probe that started at C{started} ran: publish it, then count it.
+        """
+        if self.events.active:
+            latency = self.clock.seconds() - started
+            self.events.probe_ran(
+                ProbeRan(self.pool.name, backend.name, ok, reason, latency)
+            )
+        self.record(backend, ok, reason)
 
     def _probe_done(self, backend: Backend) -> None:
         track = self._tracks[backend.name]

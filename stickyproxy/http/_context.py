@@ -52,6 +52,7 @@ class HTTPRoutingContext:
     response_headers: list[tuple[bytes, bytes]] | None = None
     mode: str = "http"
     tried: list[Backend] = attrs.field(factory=list)
+    invalid: str | None = None
     _sent: list[tuple[str, str]] | None = None  # the cookies as the client sent them
     _forwarded: list[tuple[str, str]] | None = None  # as changed by strategies
 

@@ -32,13 +32,20 @@ from twisted.python.failure import Failure
 from stickyproxy.config._settings import HTTPSettings
 from stickyproxy.core._addresses import client_host, in_networks, real_client
 from stickyproxy.core._endpoints import no_delay
+from stickyproxy.core._events import EventStream
 from stickyproxy.core._proxyheader import HEADERS
 from stickyproxy.core._router import NoBackendAvailable, Router
 from stickyproxy.core._timers import IdleTimer
 from stickyproxy.http._backend import HOP_BY_HOP, BackendConnections, BackendHTTP
 from stickyproxy.http._context import HTTPRoutingContext
 from stickyproxy.interfaces import IResponseReceiver
-from stickyproxy.model import Backend, Decision, Outcome, StateChange
+from stickyproxy.model import (
+    Backend,
+    Decision,
+    Outcome,
+    RequestFinished,
+    StateChange,
+)
 
 _REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 _ADDED_BY_US = frozenset(
@@ -55,6 +62,8 @@ class _Refuse(Exception):
         super().__init__(status, reason)
         self.status = status
         self.reason = reason
+        self.method = b""  # the refused request's, as far as it was read
+        self.target = b""
 
 
 def error_response(status: int, reason: str, extra: bytes = b"") -> bytes:
@@ -116,6 +125,8 @@ class _Exchange:
         self.upgrade = upgrade
         self.request_done = False
         self.body_received = 0
+        self.body_sent = 0  # response body bytes, for events
+        self.head_time: float | None = None  # only measured for events
         self.waiting_body: list[bytes] = []
         self.dispatching: Deferred[Any] | None = None
         self.decision: Decision | None = None
@@ -130,7 +141,7 @@ class _Exchange:
         self.pulls_request = False  # backend transport <- client transport
         self.pulls_response = False  # client transport <- backend transport
         self.bound = False  # the router's bind ran: strategies hold a binding
-        self.ended = "ok"  # how it ended, for the access log
+        self.ended = "ok"  # how it ended, for events
         self.started = client.factory.clock.seconds()
 
     # routing and connecting
@@ -253,11 +264,10 @@ class _Exchange:
     # the request body, as it arrives
 
     def request_body(self, data: bytes) -> None:
+        self.body_received += len(data)
         limit = self.client.settings.max_body_size
-        if limit is not None:
-            self.body_received += len(data)
-            if self.body_received > limit:
-                raise _Refuse(413, f"the request body is larger than {limit} bytes")
+        if limit is not None and self.body_received > limit:
+            raise _Refuse(413, f"the request body is larger than {limit} bytes")
         if self.backend is None:
             self.waiting_body.append(data)
         else:
@@ -319,7 +329,7 @@ class _Exchange:
             extra.append(b"connection: keep-alive\r\n")
         client_transport: Any = self.client.transport
         client_transport.write(self._response_head(status, ctx.response_headers, extra))
-        self.response_started = True
+        self._head_sent()
         client_transport.registerProducer(backend.transport, True)
         self.pulls_response = True
 
@@ -347,8 +357,15 @@ class _Exchange:
         value = f"{strategy}; {decision.outcome.value}; backend={decision.backend.name}"
         return [name, b": ", value.encode("utf-8"), b"\r\n"]
 
+    def _head_sent(self) -> None:
+        self.response_started = True
+        factory = self.client.factory
+        if factory.events.active:
+            self.head_time = factory.clock.seconds() - self.started
+
     def response_body(self, data: bytes) -> None:
         self.client.timer.touch()
+        self.body_sent += len(data)
         write_body(self.client.transport, data, self.chunked_out)
 
     def response_complete(self) -> None:
@@ -409,7 +426,8 @@ class _Exchange:
                 b"\r\n",
             ],
         )
-        self.response_started = True
+        self._head_sent()
+        self.ended = "upgraded"  # its event comes when the tunnel closes
         self.client.tunnel(self, backend, head, rest)
 
     # ending
@@ -442,7 +460,7 @@ class _Exchange:
             self.dispatching.cancel()
         self.ctx.status = status
         if not self.response_started:
-            self.response_started = True
+            self._head_sent()
             self.client.transport.write(error_response(status, reason, extra))
         self.close_after = True
         self._finish(False)
@@ -481,13 +499,16 @@ class _Exchange:
         if not self.request_done:
             self.close_after = True  # the rest of its body would be read as a request
         self._release(ok)
-        if self.client.settings.access_log:
-            self.client.log_access(self)
+        if self.client.factory.events.active:
+            self._publish()
         self.client.exchange_done(self)
 
-    def abandon(self) -> None:
+    def abandon(self, publish: bool = True) -> None:
         """
-        The client went away.
+        The connection closed before the response was complete (the client
+        left, or an earlier response ended the connection).
+
+        :param publish: send its event (not when a refusal stands for it).
         """
         if self.finished:
             return
@@ -495,6 +516,35 @@ class _Exchange:
         if self.dispatching is not None:
             self.dispatching.cancel()
         self._release(False)
+        if publish and self.client.factory.events.active:
+            if self.ended == "ok":
+                self.ended = "abandoned"
+            self._publish()
+
+    def _publish(self) -> None:
+        """
+        Tell the event stream that this request is over.
+        """
+        factory = self.client.factory
+        ctx, decision = self.ctx, self.decision
+        factory.events.request_finished(
+            RequestFinished(
+                frontend=factory.name,
+                pool=factory.router.pool.name,
+                backend=None if decision is None else decision.backend.name,
+                client=ctx.client_host,
+                method=ctx.method.decode("latin-1"),
+                target=ctx.target.decode("latin-1"),
+                status=ctx.status,
+                persistence="none" if decision is None else decision.persistence,
+                strategy=None if decision is None else decision.decided_by,
+                bytes_in=self.body_received,
+                bytes_out=self.body_sent,
+                head_time=self.head_time,
+                total_time=factory.clock.seconds() - self.started,
+                ended=self.ended,
+            )
+        )
 
 
 class HTTPProxyProtocol(Protocol):
@@ -751,9 +801,13 @@ class HTTPProxyProtocol(Protocol):
             incoming.ended = "refused"
             incoming._fail(refusal.status, refusal.reason)
             return
+        if incoming is not None:
+            refusal.method, refusal.target = incoming.ctx.method, incoming.ctx.target
+        elif self._url:
+            refusal.method, refusal.target = self._parser.get_method(), self._url
         if incoming is not None and incoming in self._exchanges:
             self._exchanges.remove(incoming)
-            incoming.abandon()
+            incoming.abandon(publish=False)  # the refusal is its event
         self._ready = None
         if not self._exchanges:
             self._send_refusal()
@@ -771,32 +825,32 @@ class HTTPProxyProtocol(Protocol):
         self.transport.write(error_response(refusal.status, refusal.reason))
         self.timer.cancel()
         self.transport.loseConnection()
+        factory = self.factory
+        if factory.events.active:
+            factory.events.request_finished(
+                RequestFinished(
+                    frontend=factory.name,
+                    pool=factory.router.pool.name,
+                    backend=None,
+                    client=self.peer_host,
+                    method=refusal.method.decode("latin-1"),
+                    target=refusal.target.decode("latin-1"),
+                    status=refusal.status,
+                    persistence="none",
+                    strategy=None,
+                    bytes_in=0,
+                    bytes_out=0,
+                    head_time=0.0,
+                    total_time=0.0,
+                    ended="refused",
+                )
+            )
 
     def abort(self) -> None:
         """
         Cut the client off (a response broke off half-way).
         """
         self.transport.abortConnection()
-
-    def log_access(self, exchange: _Exchange) -> None:
-        """
-        One line per request, naming the strategy that decided and how.
-        """
-        ctx, decision = exchange.ctx, exchange.decision
-        self.log.info(
-            '{frontend} {client} "{method} {target}" {status} {backend} '
-            "{strategy} {outcome} {duration_ms}ms {ended}",
-            frontend=self.factory.name,
-            client=ctx.client_host,
-            method=ctx.method.decode("latin-1"),
-            target=ctx.target.decode("latin-1"),
-            status=ctx.status,
-            backend=decision.backend.name if decision else "-",
-            strategy=(decision.strategy or "balancer") if decision else "-",
-            outcome=decision.outcome.value if decision else "-",
-            duration_ms=round((self.factory.clock.seconds() - exchange.started) * 1000),
-            ended=exchange.ended,
-        )
 
     # WebSocket and other upgrades
 
@@ -866,12 +920,22 @@ class HTTPProxyFactory(Factory):
         return f"stickyproxy HTTP frontend {self.name!r}"
 
     def __init__(
-        self, name: str, router: Router, clock: IReactorTime, settings: HTTPSettings
+        self,
+        name: str,
+        router: Router,
+        clock: IReactorTime,
+        settings: HTTPSettings,
+        events: EventStream | None = None,
     ) -> None:
+        """
+        :param events: where each finished request is published (nowhere
+            by default).
+        """
         self.name = name
         self.router = router
         self.clock = clock
         self.settings = settings
+        self.events = events if events is not None else EventStream()
         pool = router.pool
         self.connections = {
             backend: BackendConnections(

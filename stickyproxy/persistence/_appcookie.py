@@ -190,9 +190,12 @@ class AppCookiePrefix:
             return None
         token = b64decode(value[:_PREFIX_LENGTH])
         if token is None:
-            return None
+            return None  # not the prefix's shape after all: never ours
         http.replace_cookie(self.app_cookie, value[_PREFIX_LENGTH + 1 :])
-        return self.tokens.backend(token)
+        backend = self.tokens.backend(token)
+        if backend is None:
+            http.invalid = self.name
+        return backend
 
     def persist(self, context: IRoutingContext, backend: Backend) -> None:
         http = _http(context)

@@ -265,8 +265,9 @@ class ProxyCookie:
         """
         Check the cookie the request came with.
 
-        :param report: log why a cookie is not honoured (once per request:
-            L{lookup} does).
+        :param report: log why a cookie is not honoured, and mark the
+            context's binding L{invalid <IRoutingContext.invalid>} (once per
+            request: L{lookup} does).
         :returns: its payload and backend, or C{None} when there is none or
             it is forged, garbled, expired, or names no backend of the pool.
         """
@@ -284,10 +285,13 @@ class ProxyCookie:
             or (self.max_life is not None and now - payload.issued >= self.max_life)
             or (self.max_idle is not None and now - payload.last_seen >= self.max_idle)
         ):
+            if report:
+                context.invalid = self.strategy
             return None
         return found
 
     def _report(self, context: IHTTPRoutingContext, value: str) -> None:
+        context.invalid = self.strategy
         signed = self.signer.verify(value)
         payload = None if signed is None else SessionPayload.unpack(signed)
         if payload is None:

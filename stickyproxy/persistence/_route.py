@@ -100,7 +100,10 @@ class RouteStrategy:
         if session is None or self.separator not in session:
             return None
         route = session.rpartition(self.separator)[2]
-        return self._backend(route) if route else None
+        backend = self._backend(route) if route else None
+        if backend is None:
+            context.invalid = self.name
+        return backend
 
     def persist(self, context: IRoutingContext, backend: Backend) -> None:
         pass

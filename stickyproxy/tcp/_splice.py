@@ -25,10 +25,17 @@ from twisted.python.failure import Failure
 
 from stickyproxy.core._addresses import client_host
 from stickyproxy.core._endpoints import connect_quietly, no_delay
+from stickyproxy.core._events import EventStream
 from stickyproxy.core._proxyheader import HEADERS
 from stickyproxy.core._router import Router, RoutingContext
 from stickyproxy.core._timers import IdleTimer
-from stickyproxy.model import Backend, Decision, StateChange
+from stickyproxy.model import (
+    Backend,
+    ConnectionClosed,
+    ConnectionOpened,
+    Decision,
+    StateChange,
+)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -74,6 +81,10 @@ class TCPProxyProtocol(Protocol):
         self._backend_done = False  # the backend sent FIN
         self._closed = False
         self._idle: IdleTimer | None = None
+        self._bytes_in = 0  # client -> backend
+        self._bytes_out = 0  # backend -> client
+        # When its ConnectionOpened was published (then ConnectionClosed is).
+        self._opened_at: float | None = None
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
@@ -103,6 +114,19 @@ class TCPProxyProtocol(Protocol):
             backend.writeSequence(self._early)
             self._early = []
         self.factory.opened(self._decision.backend, self)
+        events = self.factory.events
+        if events.active:
+            self._opened_at = self.factory.clock.seconds()
+            events.connection_opened(
+                ConnectionOpened(
+                    frontend=self.factory.name,
+                    pool=self.factory.router.pool.name,
+                    backend=self._decision.backend.name,
+                    client=self.context.client_host,
+                    persistence=self._decision.persistence,
+                    strategy=self._decision.decided_by,
+                )
+            )
         self.transport.registerProducer(backend, True)
         backend.registerProducer(self.transport, True)
         if self._client_done:
@@ -126,6 +150,7 @@ class TCPProxyProtocol(Protocol):
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        self._bytes_in += len(data)
         backend = self._backend
         if backend is None:
             self._early.append(data)
@@ -138,6 +163,7 @@ class TCPProxyProtocol(Protocol):
         """
         Bytes from the backend, for the client.
         """
+        self._bytes_out += len(data)
         if self._idle is not None:
             self._idle.touch()
         self.transport.write(data)
@@ -186,9 +212,27 @@ class TCPProxyProtocol(Protocol):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        if self._decision is not None:
-            self.factory.closed(self._decision.backend, self)
-            self.factory.router.release(self.context, self._decision.backend)
+        decision = self._decision
+        if decision is not None:
+            self.factory.closed(decision.backend, self)
+            self.factory.router.release(self.context, decision.backend)
+            if self._opened_at is not None:
+                self._publish_closed(decision)
+
+    def _publish_closed(self, decision: Decision) -> None:
+        assert self._opened_at is not None
+        factory = self.factory
+        factory.events.connection_closed(
+            ConnectionClosed(
+                frontend=factory.name,
+                pool=factory.router.pool.name,
+                backend=decision.backend.name,
+                client=self.context.client_host,
+                bytes_in=self._bytes_in,
+                bytes_out=self._bytes_out,
+                duration=factory.clock.seconds() - self._opened_at,
+            )
+        )
 
     def close(self) -> None:
         """
@@ -216,6 +260,8 @@ class TCPProxyFactory(Factory):
     :ivar name: the frontend's name, for logs and contexts.
     :ivar idle_timeout: seconds of silence both ways before both connections
         are closed, or C{None} for never.
+    :ivar events: where connections opened and closed are published
+        (nowhere by default).
     """
 
     protocol = TCPProxyProtocol  # type: ignore[assignment]
@@ -231,11 +277,13 @@ class TCPProxyFactory(Factory):
         router: Router,
         clock: IReactorTime,
         idle_timeout: float | None = None,
+        events: EventStream | None = None,
     ) -> None:
         self.name = name
         self.router = router
         self.clock = clock
         self.idle_timeout = idle_timeout
+        self.events = events if events is not None else EventStream()
         self._open: dict[Backend, set[TCPProxyProtocol]] = {}
         router.pool.observe(self._backend_changed)
 

@@ -174,13 +174,21 @@ class RequestFinished:
         forged, expired, for an unknown backend) or C{"none"} (never
         routed, or no strategy applies).
     :ivar strategy: the strategy whose binding decided, or C{None}.
+    :ivar method: the request method, or C{""} when it was refused before
+        that was read.
+    :ivar target: the request-target (as much as was read of it).
     :ivar bytes_in: request body bytes read from the client.
-    :ivar bytes_out: response body bytes written to the client.
-    :ivar head_time: seconds from the request head to the response head,
-        or C{None} when no response head came.
-    :ivar total_time: seconds from the request head to the end.
+    :ivar bytes_out: response body bytes written to the client (as the
+        backend framed them).
+    :ivar head_time: seconds from the request head to the response head the
+        client got (the backend's, or the proxy's own error), or C{None}
+        when it got none.
+    :ivar total_time: seconds from the request head to the end (for an
+        upgrade, to the end of the tunnel).  A request refused while its
+        head was read reports 0 for both times.
     :ivar ended: how it ended, in one word (C{"ok"}, C{"no-backend"},
-        C{"client-timeout"}, C{"backend-error"}, ...).
+        C{"client-timeout"}, C{"backend-error"}, C{"refused"},
+        C{"upgraded"}, C{"abandoned"}, ...).
     """
 
     frontend: str

@@ -172,7 +172,7 @@ class AppCookiePrefix:
     C{~}) loses it on the way in even when the token is unknown (forged,
     from a removed backend, or made with a key no longer configured): the
     application only ever set the bare value, so that is what it must get
-    back.  Such a client is balanced afresh.  A value without the shape
+    back.  Such a client is balanced afresh, as C{invalid}.  A value without the shape
     (set before the proxy was there, or by script) is forwarded unchanged,
     and the client is balanced afresh too.
     """

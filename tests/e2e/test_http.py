@@ -82,6 +82,24 @@ class CookieTests(CookieTestCase):
         spread = Counter(self.served().backend for _ in range(9))
         self.assertEqual(set(spread), set(NAMES), spread)
 
+    def test_access_log(self) -> None:
+        """
+        The access log (a subscriber of the event stream) has one line per
+        request in the proxy's output: the new client, its hit, and a
+        forged cookie reported as invalid.
+        """
+        jar = self.jar()
+        first = self.served("/logged/first", *jar)
+        again = self.served("/logged/again", *jar)
+        self.served("/logged/forged", "-H", f"Cookie: {COOKIE}=forged")
+        expected = [
+            rf'"GET /logged/first" 200 {first.backend} balancer new \d+ms ok$',
+            rf'"GET /logged/again" 200 {again.backend} cookie hit \d+ms ok$',
+            r'"GET /logged/forged" 200 b\d cookie invalid \d+ms ok$',
+        ]
+        for pattern in expected:
+            self.wait_for_line(self.proxy, pattern, IO_TIMEOUT)
+
     def test_forged_cookies(self) -> None:
         """
         A cookie the proxy did not make with its key -- one of its own with

@@ -1,7 +1,9 @@
 """
-The shared base TestCase.
+The shared base TestCase, a clock that creeps as a real one does, and a
+pool that watches who reports to it.
 """
 
+import sys
 from collections.abc import Callable
 
 from zope.interface import Interface
@@ -10,6 +12,8 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from stickyproxy.core._pool import Pool
+from stickyproxy.model import Backend
 from stickyproxy.testing import assert_provides
 
 
@@ -69,3 +73,32 @@ class CreepingClock(Clock):
         if delay < 0:
             raise AssertionError(f"{delay} is not greater than or equal to 0 seconds")
         return super().callLater(delay, callable, *args, **kw)
+
+
+class SpiedPool(Pool):
+    """
+    A pool that records what it hears about passive health, and from which
+    module: only the router may tell it.
+
+    :ivar reports: C{(signal, backend name, detail, calling module)}.
+    """
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.reports: list[tuple[str, str, object, str]] = []
+
+    def _record(self, signal: str, backend: Backend, detail: object) -> None:
+        caller = sys._getframe(2).f_globals["__name__"]
+        self.reports.append((signal, backend.name, detail, caller))
+
+    def report_connect_failure(self, backend: Backend, reason: str) -> None:
+        self._record("failure", backend, reason)
+        super().report_connect_failure(backend, reason)
+
+    def report_connect_success(self, backend: Backend) -> None:
+        self._record("success", backend, None)
+        super().report_connect_success(backend)
+
+    def report_status(self, backend: Backend, status: int) -> None:
+        self._record("status", backend, status)
+        super().report_status(backend, status)

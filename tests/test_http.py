@@ -19,11 +19,12 @@ from stickyproxy.core._cookies import make_set_cookie
 from stickyproxy.core._pool import Pool
 from stickyproxy.core._router import Router
 from stickyproxy.http._accesslog import AccessLog
+from stickyproxy.http._backend import BackendConnections, BackendHTTP
 from stickyproxy.http._frontend import HTTPProxyFactory, write_body
-from stickyproxy.interfaces import IPersistenceStrategy
-from stickyproxy.testing import tcp_backend
+from stickyproxy.interfaces import IPersistenceStrategy, IResponseReceiver
+from stickyproxy.testing import make_backend, tcp_backend
 
-from tests._base import TestCase
+from tests._base import SpiedPool, TestCase
 
 CLIENT = IPv4Address("TCP", "192.0.2.10", 50000)
 
@@ -69,6 +70,7 @@ class HTTPTestCase(TestCase):
     settings = HTTPSettings(
         timeout_request=10, timeout_response=30, timeout_keepalive=60
     )
+    pool_type = Pool
 
     def setUp(self):
         self.reactor = MemoryReactorClock()
@@ -76,7 +78,7 @@ class HTTPTestCase(TestCase):
             tcp_backend(self.reactor, name, port)
             for name, port in (("a", 9001), ("b", 9002))
         )
-        self.pool = Pool("p", backends, RoundRobin(), retries=1)
+        self.pool = self.pool_type("p", backends, RoundRobin(), retries=1)
         self.strategy = RecordingStrategy(self.pool)
         self.router = Router(self.pool, [self.strategy], self.reactor)
         self.factory = HTTPProxyFactory("web", self.router, self.reactor, self.settings)
@@ -708,6 +710,233 @@ class ConnectionTests(HTTPTestCase):
         self.pool.set_health(self.pool.get("a"), Health.DOWN, "test")
         self.assertEqual(len(connections), 0)
         self.assertTrue(self.backends[0][2].disconnecting)
+
+
+class FailoverTests(HTTPTestCase):
+    """
+    The exchange tells the router what went wrong, and the router decides
+    whether the request goes again; nothing reaches the pool but through
+    the router.
+    """
+
+    pool_type = SpiedPool
+
+    def reported(self):
+        """
+        What the pool heard, after checking that only the router told it.
+        """
+        callers = {caller for _, _, _, caller in self.pool.reports}
+        self.assertEqual(callers, {"stickyproxy.core._router"})
+        return [report[:3] for report in self.pool.reports]
+
+    def test_stale_connection_retried_on_same_backend(self):
+        """
+        A request lost on a stale keep-alive connection goes again to the
+        same backend, on a fresh connection, under the same decision: the
+        strategy is not asked again (it took its cookie off the request
+        already) and the balancer does not move the client.  An idle close
+        is no failure for passive health.
+        """
+        _, _, client = self.exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", OK)
+        protocol, transport = client
+        protocol.dataReceived(b"GET /2 HTTP/1.1\r\nHost: a\r\nCookie: who=a\r\n\r\n")
+        _, old_backend, _ = self.backends[0]
+        old_backend.connectionLost(Failure(ConnectionDone()))
+        new_backend, new_transport = self.accept()
+        self.assertEqual(self.backends[1][0], 9001)
+        self.assertIn(b"GET /2 ", new_transport.value())
+        new_backend.dataReceived(OK)
+        self.assertTrue(transport.value().endswith(b"ok"))
+        self.assertEqual(self.strategy.persisted, [(200, "a"), (200, "a")])
+        self.assertEqual(len(self.strategy.seen), 2)
+        self.assertEqual([b.active for b in self.pool.backends], [0, 0])
+        self.assertNotIn("failure", [signal for signal, _, _ in self.reported()])
+
+    def test_stale_connection_retried_once(self):
+        """
+        The fresh connection is not stale: if it too closes before a
+        response, the client gets a 502 and passive health hears of it.
+        """
+        _, _, client = self.exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", OK)
+        protocol, transport = client
+        transport.clear()
+        protocol.dataReceived(b"GET /2 HTTP/1.1\r\nHost: a\r\nCookie: who=a\r\n\r\n")
+        self.backends[0][1].connectionLost(Failure(ConnectionDone()))
+        fresh, _ = self.accept()
+        fresh.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 502 "))
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.assertEqual(
+            [r for r in self.reported() if r[0] == "failure"],
+            [
+                (
+                    "failure",
+                    "a",
+                    "backend closed the connection: Connection was closed cleanly.",
+                )
+            ],
+        )
+        self.assertEqual(self.pool.get("a").active, 0)
+
+    def test_failures_reported_through_router(self):
+        """
+        A response broken off, and a backend that does not answer in time,
+        reach passive health through the router; so do response statuses.
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        backend, _ = self.accept()
+        backend.dataReceived(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+        backend.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(transport.disconnecting)
+        protocol, transport = self.client()
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.accept()
+        self.reactor.advance(30)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 504 "))
+        self.assertEqual(
+            self.reported(),
+            [
+                ("success", "a", None),
+                ("status", "a", 200),
+                (
+                    "failure",
+                    "a",
+                    "backend closed the connection: Connection was closed cleanly.",
+                ),
+                ("success", "b", None),
+                ("failure", "b", "no response in time"),
+            ],
+        )
+
+    def test_tunnel_closed_by_backend(self):
+        """
+        When the backend closes an upgraded connection, the client
+        protocol closes the client's side, and the backend is released.
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(
+            b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\n\r\n"
+        )
+        backend, _ = self.accept()
+        backend.dataReceived(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n\r\n"
+        )
+        backend.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.pool.get("a").active, 0)
+
+
+class TunnelPeer:
+    """
+    The client side of a tunnel, without a transport the backend side
+    could touch.
+    """
+
+    def __init__(self):
+        self.data = []
+        self.closed = False
+
+    def tunnel_data(self, data):
+        self.data.append(data)
+
+    def tunnel_closed(self):
+        self.closed = True
+
+
+@implementer(IResponseReceiver)
+class Receiver:
+    """
+    An exchange that only records what its backend connection tells it.
+    """
+
+    def __init__(self):
+        self.calls = []
+
+    def response_head(self, status, headers, body):
+        self.calls.append(("head", status))
+
+    def response_body(self, data):
+        self.calls.append(("body", data))
+
+    def response_complete(self):
+        self.calls.append(("complete",))
+
+    def response_failed(self, reason):
+        self.calls.append(("failed", reason))
+
+    def response_upgraded(self, rest):
+        self.calls.append(("upgraded", rest))
+
+
+class BackendConnectionTests(TestCase):
+    """
+    L{BackendHTTP} as its exchange drives it: by its methods only.
+    """
+
+    def setUp(self):
+        self.connections = BackendConnections(
+            make_backend("a"), MemoryReactorClock(), 4, 30.0
+        )
+        self.connection = BackendHTTP(self.connections)
+        self.transport = StringTransport()
+        self.connection.makeConnection(self.transport)
+        self.receiver = Receiver()
+
+    def test_receiver(self):
+        """
+        The test's receiver is a complete L{IResponseReceiver}.
+        """
+        from zope.interface import directlyProvides
+
+        from stickyproxy.interfaces import IResponseReceiver
+
+        directlyProvides(self.receiver, IResponseReceiver)
+        self.assertProvides(IResponseReceiver, self.receiver)
+
+    def test_tunnel_closed_tells_peer(self):
+        """
+        Once upgraded, the backend's bytes and its closing go to the tunnel
+        peer, which owns the client's transport.
+        """
+        peer = TunnelPeer()
+        self.connection.start_tunnel(peer)
+        self.connection.dataReceived(b"\x81\x02hi")
+        self.connection.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((peer.data, peer.closed), ([b"\x81\x02hi"], True))
+
+    def test_release_keeps_for_reuse(self):
+        """
+        Released after a complete keep-alive response, the connection is
+        read again and kept idle; the next acquire reuses it, and until a
+        response byte comes, a failure on it may be a stale one.
+        """
+        self.connection.start(self.receiver, no_body=False)
+        self.connection.dataReceived(OK)
+        self.transport.pauseProducing()
+        self.connection.release()
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(len(self.connections), 1)
+        reused = self.successResultOf(self.connections.acquire())
+        self.assertIs(reused, self.connection)
+        reused.start(Receiver(), no_body=False)
+        self.assertTrue(reused.stale)
+
+    def test_discard(self):
+        """
+        A discarded connection is closed at once, never kept, and tells its
+        exchange nothing more.
+        """
+        self.connection.start(self.receiver, no_body=False)
+        self.connection.dataReceived(b"HTTP/1.1 200 OK\r\n")
+        self.connection.discard()
+        self.assertTrue(self.transport.disconnected)
+        self.connection.dataReceived(b"content-length: 0\r\n\r\n")
+        self.connection.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((self.receiver.calls, len(self.connections)), ([], 0))
 
 
 class TrailerTests(HTTPTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{stickyproxy.Router}: who wins, and retries.
+Tests for L{stickyproxy.Router}: who wins, retries, and failover.
 """
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -7,11 +7,12 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 
 from stickyproxy import AdminState, NoBackendAvailable, Outcome, Router
+from stickyproxy.core._balancers import RoundRobin
 from stickyproxy.model import Health
 from stickyproxy.persistence._sourceip import source_ip
 from stickyproxy.testing import make_pool, routing_context
 
-from tests._base import TestCase
+from tests._base import SpiedPool, TestCase
 
 
 class ChooseTests(TestCase):
@@ -269,3 +270,86 @@ class DispatchTests(TestCase):
         self.assertEqual((self.pool.get("a").active, released), (0, []))
         router.release(self.ctx, decision.backend)
         self.assertEqual(released, [decision.backend])
+
+
+class FailedTests(TestCase):
+    """
+    L{Router.failed}: after a dispatch, the router alone decides whether a
+    request goes again, and reports what went wrong.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.pool = SpiedPool(
+            "p", make_pool("a", "b", "c").backends, RoundRobin(), retries=2
+        )
+        self.router = Router(self.pool, [], self.clock)
+        self.ctx = routing_context("192.0.2.1")
+        self.decision, _ = self.successResultOf(
+            self.router.dispatch(self.ctx, lambda backend: succeed("pooled"))
+        )
+        self.pool.reports.clear()
+        self.resent = []
+
+    def resend(self, *refusing):
+        def connect(backend):
+            self.resent.append(backend.name)
+            if backend.name in refusing:
+                return fail(ConnectionRefusedError())
+            return succeed(f"fresh-{backend.name}")
+
+        return connect
+
+    def test_stale_resent_once_to_same_backend(self):
+        """
+        A request lost on a stale keep-alive connection goes again to the
+        same backend, on the fresh connection C{resend} opens, with the
+        same decision; the backend counts the client once, and its health
+        hears of no failure.
+        """
+        again = self.router.failed(self.ctx, self.decision, "closed", self.resend())
+        self.assertEqual(self.successResultOf(again), (self.decision, "fresh-a"))
+        self.assertEqual(self.resent, ["a"])
+        self.assertEqual([b.active for b in self.pool.backends], [1, 0, 0])
+        self.assertEqual(
+            self.pool.reports, [("success", "a", None, "stickyproxy.core._router")]
+        )
+
+    def test_stale_resend_fails_over(self):
+        """
+        When the fresh connection cannot be made either, the failure is
+        reported and the request goes to another backend, as any failed
+        connect would.
+        """
+        again = self.router.failed(self.ctx, self.decision, "closed", self.resend("a"))
+        decision, connection = self.successResultOf(again)
+        self.assertEqual((decision.backend.name, connection), ("b", "fresh-b"))
+        self.assertEqual(self.resent, ["a", "b"])
+        self.assertEqual([b.active for b in self.pool.backends], [0, 1, 0])
+        self.assertEqual(
+            [(signal, name) for signal, name, _, _ in self.pool.reports],
+            [("failure", "a"), ("success", "b")],
+        )
+
+    def test_other_failure_reported_not_retried(self):
+        """
+        Any other failure is reported to passive health, and not retried:
+        the caller answers the client and releases the backend.
+        """
+        again = self.router.failed(self.ctx, self.decision, "no response in time")
+        self.assertIsNone(again)
+        self.assertEqual(
+            self.pool.reports,
+            [("failure", "a", "no response in time", "stickyproxy.core._router")],
+        )
+        self.assertEqual(self.pool.get("a").active, 1)
+
+    def test_report_status(self):
+        """
+        A response status reaches the pool's passive health through the
+        router.
+        """
+        self.router.report_status(self.decision.backend, 503)
+        self.assertEqual(
+            self.pool.reports, [("status", "a", 503, "stickyproxy.core._router")]
+        )

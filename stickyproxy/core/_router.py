@@ -3,8 +3,10 @@ The router: persistence first, balancing second, retries on failure.
 
 Protocols hand the router a context and a way to connect to a backend; the
 router decides where the client goes, retries a failed connect elsewhere,
-and lets the strategies record the binding.  This is the one place where
-the failover policy lives.
+and lets the strategies record the binding.  Protocols tell it what went
+wrong later too (L{Router.failed}): it decides whether the request goes
+again, and reports to passive health.  This is the one place where the
+failover policy lives.
 """
 
 from __future__ import annotations
@@ -212,6 +214,43 @@ class Router:
         dispatch = _Dispatch(self, context, connect)
         dispatch.route(decision)
         return dispatch.result
+
+    def failed(
+        self,
+        context: IRoutingContext,
+        decision: Decision,
+        reason: str,
+        resend: Callable[[Backend], Deferred[_T]] | None = None,
+    ) -> Deferred[tuple[Decision, _T]] | None:
+        """
+        The backend a dispatch connected failed the client afterwards: it
+        broke off, answered what is not HTTP, or did not answer in time.
+
+        A request that can go again as it was is sent again, once, to the
+        same backend on a fresh connection: it went out on a reused
+        keep-alive connection that closed before any byte of a response,
+        most likely closed by the backend while idle, which says nothing
+        about its health.  Any other failure is reported to passive health.
+
+        :param resend: given only for such a request: opens a fresh
+            connection to a backend (so the request cannot be stale twice).
+        :returns: the new attempt, as from L{dispatch}, which now holds the
+            backend's C{active} count for the client; or C{None}: the caller
+            answers the client and L{release}s as usual.
+        """
+        if resend is None:
+            self.pool.report_connect_failure(decision.backend, reason)
+            return None
+        decision.backend.active -= 1  # the new attempt counts the client
+        dispatch = _Dispatch(self, context, resend)
+        dispatch.route(decision)
+        return dispatch.result
+
+    def report_status(self, backend: Backend, status: int) -> None:
+        """
+        C{backend} answered an HTTP request with C{status} (passive health).
+        """
+        self.pool.report_status(backend, status)
 
     def bind(self, context: IRoutingContext, decision: Decision) -> None:
         """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from typing import Any
+from typing import Protocol as TypingProtocol
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
@@ -37,9 +38,28 @@ HOP_BY_HOP = frozenset(
 )
 
 
+class TunnelPeer(TypingProtocol):
+    """
+    The client side of an upgraded connection, which owns the client's
+    transport: the backend side only tells it what happened.
+    """
+
+    def tunnel_data(self, data: bytes) -> None:
+        """
+        Bytes from the backend, for the client.
+        """
+
+    def tunnel_closed(self) -> None:
+        """
+        The backend closed its side of the tunnel.
+        """
+
+
 class BackendHTTP(Protocol):
     """
-    One connection to a backend.
+    One connection to a backend.  The exchange it serves drives it through
+    L{start}, L{release} and L{discard}; it reports back through the
+    exchange's L{IResponseReceiver}, and once upgraded, to its L{TunnelPeer}.
 
     :ivar reused: it served a request before, so a failure before any
         response byte may just mean the backend closed it while idle.
@@ -61,7 +81,7 @@ class BackendHTTP(Protocol):
         self._head_size = 0
         self._body = "none"
         self.idle_since = 0.0
-        self.tunnel: Any = None  # the client protocol, once upgraded
+        self.tunnel: TunnelPeer | None = None  # the client side, once upgraded
 
     def connectionMade(self) -> None:
         self.connected_ = True
@@ -77,6 +97,43 @@ class BackendHTTP(Protocol):
         self.receiver = receiver
         self.responded = False
         self._no_body = no_body
+
+    @property
+    def stale(self) -> bool:
+        """
+        Whether a failure now may just mean the backend had closed this
+        keep-alive connection while it was idle: it served a request
+        before, and no byte of a response to this one came.
+        """
+        return self.reused and not self.responded
+
+    def release(self) -> None:
+        """
+        The exchange is over, its response complete: read again (a slow
+        client may have paused reading), and back to the pool, which keeps
+        the connection for another request if it can.
+        """
+        transport = self.transport
+        if transport is not None:
+            transport.resumeProducing()  # type: ignore[attr-defined]
+        self.connections.release(self)
+
+    def discard(self) -> None:
+        """
+        The exchange ended before its response did: close at once, and
+        tell the exchange nothing more.
+        """
+        self.receiver = None
+        self.reusable = False
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def start_tunnel(self, peer: TunnelPeer) -> None:
+        """
+        The backend switched protocols: from now on its bytes, and its
+        closing, go to C{peer}.
+        """
+        self.tunnel = peer
 
     # llhttp callbacks
 
@@ -176,7 +233,7 @@ class BackendHTTP(Protocol):
         self.reusable = False
         self.connections.lost(self)
         if self.tunnel is not None:
-            self.tunnel.transport.loseConnection()
+            self.tunnel.tunnel_closed()
             return
         receiver, self.receiver = self.receiver, None
         if receiver is None:
@@ -226,6 +283,15 @@ class BackendConnections:
             if connection.connected_:
                 connection.reused = True
                 return succeed(connection)
+        return self.connect()
+
+    def connect(self) -> Deferred[Any]:
+        """
+        A new connection, never an idle one (to send again a request a
+        stale one lost).
+
+        :returns: a Deferred firing with a connected L{BackendHTTP}.
+        """
         return connect_quietly(self.backend.endpoint, BackendHTTP(self))
 
     def release(self, connection: BackendHTTP) -> None:

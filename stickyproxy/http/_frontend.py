@@ -156,6 +156,9 @@ class _Exchange:
     def _acquire(self, backend: Backend) -> Deferred[Any]:
         return self.client.factory.connections[backend].acquire()
 
+    def _reconnect(self, backend: Backend) -> Deferred[Any]:
+        return self.client.factory.connections[backend].connect()
+
     def _no_backend(self, failure: Failure) -> None:
         self.dispatching = None
         if failure.check(CancelledError):
@@ -313,7 +316,7 @@ class _Exchange:
         router = self.client.factory.router
         router.bind(ctx, decision)
         self.bound = True
-        router.pool.report_status(decision.backend, status)
+        router.report_status(decision.backend, status)
         extra = self._debug(decision)
         if body in ("chunked", "close"):
             if self.version == "1.1":
@@ -374,27 +377,27 @@ class _Exchange:
         self._finish(True)
 
     def response_failed(self, reason: str) -> None:
-        backend = self.backend
-        assert backend is not None and self.decision is not None
-        pool = self.client.factory.router.pool
-        if backend.reused and not backend.responded and self.body == "none":
-            # An idle keep-alive connection the backend had just closed:
-            # nothing reached it, so the request can go again, fresh.
-            self._release(False)
-            self.backend = self.decision = None
-            self.dispatching = self.client.factory.router.dispatch(
-                self.ctx, self._acquire
-            )
-            self.dispatching.addCallbacks(self._connected, self._no_backend)
+        connection, decision = self.backend, self.decision
+        assert connection is not None and decision is not None
+        router = self.client.factory.router
+        if connection.stale and self.body == "none":
+            # The request may go again as it was: the router decides.
+            self._let_go(False)
+            retry = router.failed(self.ctx, decision, reason, self._reconnect)
+        else:
+            retry = router.failed(self.ctx, decision, reason)
+        if retry is not None:
+            self.decision = None  # the new attempt holds the client's count
+            self.dispatching = retry
+            retry.addCallbacks(self._connected, self._no_backend)
             return
-        pool.report_connect_failure(self.decision.backend, reason)
         if self.response_started:
             self.ended = "backend-broke-off"
             self.client.log.warn(
                 "{frontend}: backend {backend} broke off its response to "
                 "{client}: {reason}",
                 frontend=self.client.factory.name,
-                backend=self.decision.backend.name,
+                backend=decision.backend.name,
                 client=self.ctx.client_host,
                 reason=reason,
             )
@@ -441,8 +444,8 @@ class _Exchange:
             if self.dispatching is not None:
                 self.dispatching.cancel()
             if self.decision is not None:
-                self.client.factory.router.pool.report_connect_failure(
-                    self.decision.backend, "no response in time"
+                self.client.factory.router.failed(
+                    self.ctx, self.decision, "no response in time"
                 )
             self._fail(504, "the backend did not answer in time")
         else:
@@ -466,31 +469,34 @@ class _Exchange:
         self._finish(False)
 
     def _release(self, ok: bool) -> None:
-        backend, self.backend = self.backend, None
+        self._let_go(ok)
         decision = self.decision
-        if backend is not None:
-            transport: Any = backend.transport
-            client_transport: Any = self.client.transport
-            if self.pulls_response:
-                self.pulls_response = False
-                if client_transport is not None:
-                    client_transport.unregisterProducer()
-            if transport is not None:
-                if self.pulls_request:
-                    self.pulls_request = False
-                    transport.unregisterProducer()
-                    self.client.undo_flow_control()
-            if ok and self.request_done:
-                if transport is not None:
-                    transport.resumeProducing()  # a slow client may have paused it
-                backend.connections.release(backend)
-            else:
-                backend.receiver = None
-                backend.reusable = False
-                if transport is not None:
-                    transport.abortConnection()
         if decision is not None:
             self.client.factory.router.release(self.ctx, decision.backend, self.bound)
+
+    def _let_go(self, ok: bool) -> None:
+        """
+        Undo the flow control between the client and the backend
+        connection, and give the connection back (or close it, unless the
+        exchange ended well).
+        """
+        connection, self.backend = self.backend, None
+        if connection is None:
+            return
+        transport: Any = connection.transport
+        if self.pulls_response:
+            self.pulls_response = False
+            client_transport: Any = self.client.transport
+            if client_transport is not None:
+                client_transport.unregisterProducer()
+        if self.pulls_request and transport is not None:
+            self.pulls_request = False
+            transport.unregisterProducer()
+            self.client.undo_flow_control()
+        if ok and self.request_done:
+            connection.release()
+        else:
+            connection.discard()
 
     def _finish(self, ok: bool) -> None:
         if self.finished:
@@ -866,7 +872,7 @@ class HTTPProxyProtocol(Protocol):
         self._tunnel_exchange = exchange
         if self._exchanges and self._exchanges[0] is exchange:
             self._exchanges.popleft()
-        backend.tunnel = self
+        backend.start_tunnel(self)
         self.transport.write(head)
         if rest:
             self.transport.write(rest)
@@ -894,6 +900,13 @@ class HTTPProxyProtocol(Protocol):
         """
         self.timer.touch()
         self.transport.write(data)
+
+    def tunnel_closed(self) -> None:
+        """
+        The backend closed the tunnel: close the client's side once what
+        it is owed is sent.
+        """
+        self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.timer.cancel()

@@ -15,6 +15,22 @@ from stickyproxy.testing import make_pool, routing_context
 from tests._base import SpiedPool, TestCase
 
 
+def connector(attempts, failing=(), label="conn"):
+    """
+    A connect function that records the backends it is asked for in
+    C{attempts}, refuses those named in C{failing}, and connects the others
+    at once, to C{"<label>-<name>"}.
+    """
+
+    def connect(backend):
+        attempts.append(backend.name)
+        if backend.name in failing:
+            return fail(ConnectionRefusedError())
+        return succeed(f"{label}-{backend.name}")
+
+    return connect
+
+
 class ChooseTests(TestCase):
     def setUp(self):
         self.clock = Clock()
@@ -137,13 +153,7 @@ class DispatchTests(TestCase):
         self.attempts = []
 
     def connect_failing(self, *failing):
-        def connect(backend):
-            self.attempts.append(backend.name)
-            if backend.name in failing:
-                return fail(ConnectionRefusedError())
-            return succeed(f"conn-{backend.name}")
-
-        return connect
+        return connector(self.attempts, failing)
 
     def test_success_binds_and_counts(self):
         """
@@ -292,13 +302,7 @@ class FailedTests(TestCase):
         self.resent = []
 
     def resend(self, *refusing):
-        def connect(backend):
-            self.resent.append(backend.name)
-            if backend.name in refusing:
-                return fail(ConnectionRefusedError())
-            return succeed(f"fresh-{backend.name}")
-
-        return connect
+        return connector(self.resent, refusing, "fresh")
 
     def test_stale_resent_once_to_same_backend(self):
         """

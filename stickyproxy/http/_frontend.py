@@ -637,20 +637,20 @@ class HTTPProxyProtocol(Protocol):
             self.pause_reading()
         except HttpParserCallbackError as error:
             cause = error.__context__
-            if isinstance(cause, _Refuse):
-                self.refuse(cause)
-                return
-            raise
+            if not isinstance(cause, _Refuse):
+                raise
+            self.refuse(cause)
         except HttpParserError as error:
-            if data.startswith(b"PRI * HTTP/2"):
+            if "PRI" in str(error):  # llhttp stops at the HTTP/2 preface
                 self.refuse(_Refuse(505, "HTTP/2 is not supported here"))
             else:
                 self.refuse(_Refuse(400, f"malformed request: {error}"))
-            return
         # Started only now, so that what llhttp finds wrong after the head
-        # (a bad Transfer-Encoding) is refused before any backend is asked.
+        # (a bad Transfer-Encoding) is refused before any backend is asked;
+        # but started even when a later request in the same read is refused,
+        # since the refusal waits for the answers owed before it.
         ready, self._ready = self._ready, None
-        if ready is not None:
+        if ready is not None and not ready.finished:
             ready.start()
 
     # llhttp callbacks
@@ -813,8 +813,8 @@ class HTTPProxyProtocol(Protocol):
             refusal.method, refusal.target = self._parser.get_method(), self._url
         if incoming is not None and incoming in self._exchanges:
             self._exchanges.remove(incoming)
-            incoming.abandon(publish=False)  # the refusal is its event
-        self._ready = None
+            # The refusal is its event; if it was ready to start, it won't.
+            incoming.abandon(publish=False)
         if not self._exchanges:
             self._send_refusal()
 

@@ -159,6 +159,25 @@ def accepts(port: int, source: str = HOST) -> bool:
     return True
 
 
+def close_wait(port: int) -> int:
+    """
+    How many TCP sockets listening-side on C{port} (the proxy's) are in
+    CLOSE-WAIT: their peer left, and the proxy has not closed them yet.
+    """
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as lines:
+                next(lines)
+                for line in lines:
+                    local, state = line.split()[1], line.split()[3]
+                    if state == "08" and int(local.rsplit(":", 1)[1], 16) == port:
+                        count += 1
+        except FileNotFoundError:
+            continue
+    return count
+
+
 class LineReader:
     """
     Reads newline-terminated lines from a socket, then whatever follows.
@@ -1132,6 +1151,29 @@ class HTTPE2ETestCase(E2ETestCase):
                 + result.describe()
             )
         return result
+
+    def raw_exchange(self, port: int, request: bytes) -> bytes:
+        """
+        Send C{request} on a new connection and read until the proxy closes
+        it.
+
+        :returns: everything the proxy sent.
+        """
+        received = b""
+        with connect(port) as sock:
+            sock.sendall(request)
+            try:
+                while True:
+                    data = sock.recv(65536)
+                    if not data:
+                        return received
+                    received += data
+            except TimeoutError:
+                self.fail_with_output(
+                    f"the proxy did not close the connection; it sent {received!r}"
+                )
+            except ConnectionResetError:
+                return received
 
     def decision(self, result: HTTPResult) -> tuple[str, str, str]:
         """

@@ -25,7 +25,6 @@ from tests.e2e._harness import (
     HTTP_NAMES,
     IO_TIMEOUT,
     HTTPE2ETestCase,
-    connect,
     free_port,
     http_config,
 )
@@ -428,29 +427,6 @@ class BadInputTests(HTTPE2ETestCase):
     What the proxy answers itself: malformed requests, and pools with no
     backend to take a request.
     """
-
-    def raw_exchange(self, port: int, request: bytes) -> bytes:
-        """
-        Send C{request} on a new connection and read until the proxy closes
-        it.
-
-        :returns: everything the proxy sent.
-        """
-        received = b""
-        with connect(port) as sock:
-            sock.sendall(request)
-            try:
-                while True:
-                    data = sock.recv(65536)
-                    if not data:
-                        return received
-                    received += data
-            except TimeoutError:
-                self.fail_with_output(
-                    f"the proxy did not close the connection; it sent {received!r}"
-                )
-            except ConnectionResetError:
-                return received
 
     def test_malformed_requests(self) -> None:
         """

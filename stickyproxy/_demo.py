@@ -12,7 +12,10 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from zope.interface import implementer
+
 from twisted.application.service import MultiService
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -29,15 +32,21 @@ DEMO_LISTEN = {
 DEMO_COOKIE = "STICKY"
 
 
+@implementer(IHalfCloseableProtocol)
 class DemoTCPBackend(LineReceiver):
     """
     Greets each client by address with its own name, then echoes lines back
     with it.  The proxy sends it a PROXY v1 line first, which names the
     client; the greeting waits for it.
+
+    Half-closeable, so that a client that sends and then shuts its side
+    (C{printf 'ping\\n' | nc ...}) still gets its echo: the connection is
+    closed only after the replies are written.
     """
 
     delimiter = b"\n"
     factory: Any
+    transport: Any
     _client: str | None = None
 
     def lineReceived(self, line: bytes) -> None:
@@ -50,6 +59,19 @@ class DemoTCPBackend(LineReceiver):
             if fields[:1] == [b"PROXY"]:
                 return
         self.sendLine(self.factory.name.encode() + b": " + line.rstrip(b"\r"))
+
+    def readConnectionLost(self) -> None:
+        """
+        The client sent all it will: echo a last line left without its
+        newline, then close once everything is written.
+        """
+        rest = self.clearLineBuffer()
+        if rest:
+            self.lineReceived(rest)
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
 
 
 class DemoPage(Resource):

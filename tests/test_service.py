@@ -6,11 +6,14 @@ L{stickyproxy.tap}.
 from twisted.application.service import IService, MultiService
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.usage import UsageError
 
 from stickyproxy import ConfigError, load_config
+from stickyproxy._demo import DemoTCPBackend
 from stickyproxy.persistence._registry import StrategyRegistry
 from stickyproxy.persistence._sourceip import source_ip
 from stickyproxy.service import ProxyService
@@ -203,6 +206,28 @@ class MakeServiceTests(TestCase):
         hints = {e["frontend"]: e["log_format"] for e in events if "frontend" in e}
         self.assertIn("nc {host} {port}", hints["demo-tcp"])
         self.assertIn("curl -s -c jar -b jar", hints["demo-http"])
+
+    def test_demo_echo_survives_half_close(self):
+        """
+        The demo's TCP backend is half-closeable: a client that sends its
+        lines and shuts its side (C{printf 'ping\\n' | nc ...}) gets the
+        greeting and every echo, a last line without its newline included,
+        and only then is the connection closed.
+        """
+        factory = Factory.forProtocol(DemoTCPBackend)
+        factory.name = "demo1"
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertTrue(IHalfCloseableProtocol.providedBy(protocol))
+        protocol.dataReceived(b"PROXY TCP4 192.0.2.7 192.0.2.1 5000 7000\r\nping\nla")
+        protocol.dataReceived(b"st")
+        protocol.readConnectionLost()
+        self.assertEqual(
+            transport.value(),
+            b"hello 192.0.2.7, this is backend demo1\ndemo1: ping\ndemo1: last\n",
+        )
+        self.assertTrue(transport.disconnecting)
 
     def test_demo_one_frontend(self):
         """

@@ -6,11 +6,14 @@ C{--demo}.
 from __future__ import annotations
 
 import re
+import socket
 
 from tests.e2e._harness import (
     HOST,
     STARTUP_TIMEOUT,
     E2ETestCase,
+    LineReader,
+    connect,
     free_port,
     loopback_sources,
     require_loopback_aliases,
@@ -102,3 +105,22 @@ class DemoTests(E2ETestCase):
         if match is None:
             self.fail_with_output(f"unexpected demo greeting: {line!r}")
         self.assertEqual(match.group(1), "127.0.0.7")
+
+    def test_demo_echo_after_half_close(self) -> None:
+        """
+        C{printf 'ping\\n' | nc HOST PORT}: a client that sends a line and
+        shuts its sending side at once gets the greeting and the echo, every
+        time (the demo backend used to drop the echo on the half-close).
+        """
+        port = free_port()
+        self.start_proxy(
+            "--demo", "--listen", f"tcp:{port}:interface={HOST}", port=port
+        )
+        for attempt in range(20):
+            with connect(port) as sock:
+                sock.sendall(b"ping\n")
+                sock.shutdown(socket.SHUT_WR)
+                lines = b"".join(LineReader(sock).chunks()).decode().splitlines()
+            if len(lines) != 2 or not lines[1].endswith(": ping"):
+                self.fail_with_output(f"attempt {attempt}: got {lines!r}")
+            self.assertRegex(lines[0], self.GREETING)

@@ -3,7 +3,10 @@ The shared base TestCase, a clock that creeps as a real one does, and a
 pool that watches who reports to it.
 """
 
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 
 from zope.interface import Interface
@@ -19,8 +22,26 @@ from stickyproxy.testing import assert_provides
 
 class TestCase(SynchronousTestCase):
     """
-    A synchronous TestCase with an interface check.
+    A synchronous TestCase with an interface check, whose temporary files
+    go with it.
     """
+
+    _temporary: str | None = None
+    _temporaries = 0
+
+    def mktemp(self) -> str:
+        """
+        A new path (not created yet) in a temporary directory of this
+        test's own, removed with everything in it when the test ends.
+
+        Trial's own C{mktemp} makes directories under the current one, which
+        under pytest is the repository, and never removes them.
+        """
+        if self._temporary is None:
+            self._temporary = tempfile.mkdtemp(prefix="stickyproxy-test-")
+            self.addCleanup(shutil.rmtree, self._temporary, ignore_errors=True)
+        self._temporaries += 1
+        return os.path.join(self._temporary, f"temp{self._temporaries}")
 
     def assertProvides(self, interface: type[Interface], obj: object) -> None:
         """

@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.request import urlopen
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SkipTest
+
+from tests._base import TestCase
 
 _T = TypeVar("_T")
 
@@ -723,15 +725,18 @@ class Backend(Process):
     port: int = 0
 
 
-class E2ETestCase(SynchronousTestCase):
+class E2ETestCase(TestCase):
     """
     Starts processes and cleans them up; fails with their output.
+
+    :ivar workdir: the test's own temporary directory (configs, logs,
+        browser profiles), removed after the processes are stopped.
     """
 
     def setUp(self) -> None:
         super().setUp()
-        self.workdir = Path(os.path.abspath(self.mktemp()))
-        self.workdir.mkdir(parents=True)
+        self.workdir = Path(self.mktemp())
+        self.workdir.mkdir()
         self.processes: list[Process] = []
 
     # Processes

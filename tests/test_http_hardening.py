@@ -4,11 +4,19 @@ answer what came before them, Connection never unframing a message,
 upgrades it cannot carry, and the request-target grammar.
 """
 
+import ipaddress
+
 import attrs
+from zope.interface import implementer
+
+from twisted.internet.address import IPv4Address
 
 from stickyproxy.config._settings import HTTPSettings
+from stickyproxy.core._router import Router
+from stickyproxy.http._frontend import HTTPProxyFactory
+from stickyproxy.interfaces import IPersistenceStrategy
 
-from tests.test_http import OK, HTTPTestCase
+from tests.test_http import OK, HTTPTestCase, RecordingStrategy
 
 GOOD = b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -33,6 +41,19 @@ REFUSALS = [
     (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
     (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
 ]
+
+
+@implementer(IPersistenceStrategy)
+@attrs.define
+class HeaderReadingStrategy(RecordingStrategy):
+    """
+    A L{RecordingStrategy} that also reads the request header
+    C{X-Session}, as the header strategy reads its own.
+    """
+
+    def lookup(self, context):
+        context.header(b"x-session")
+        return super().lookup(context)
 
 
 class RefusalTests(HTTPTestCase):
@@ -129,4 +150,119 @@ class RefusalTests(HTTPTestCase):
             self.assertEqual(self.reactor.tcpClients, [])
 
 
-del attrs
+class ConnectionHeaderTests(HTTPTestCase):
+    """
+    A C{Connection} header never removes what frames or routes a message.
+    """
+
+    def test_request_framing_kept(self):
+        """
+        C{Connection: close, Content-Length} (or naming Transfer-Encoding or
+        Host) does not take the framing away: the backend gets the body as
+        the body, with its length, and one request, not two.
+        """
+        smuggled = b"GET /admin HTTP/1.1\r\nHost: a\r\n\r\n"
+        forwarded, answer, _ = self.exchange(
+            b"POST / HTTP/1.1\r\nHost: a\r\nConnection: close, Content-Length, Host\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(smuggled) + smuggled,
+            OK,
+        )
+        head, _, body = forwarded.partition(b"\r\n\r\n")
+        self.assertIn(b"\r\ncontent-length: %d\r\n" % len(smuggled), head + b"\r\n")
+        self.assertIn(b"\r\nhost: a\r\n", head + b"\r\n")
+        self.assertEqual(body, smuggled)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "))
+        forwarded, _, _ = self.exchange(
+            b"POST / HTTP/1.1\r\nHost: a\r\nConnection: Transfer-Encoding\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            OK,
+        )
+        self.assertIn(b"transfer-encoding: chunked\r\n", forwarded)
+        self.assertTrue(forwarded.endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n"))
+
+    def test_content_length_from_proxy_reading(self):
+        """
+        The Content-Length forwarded is the one the proxy read, written
+        afresh: no leading zeros for another parser to read otherwise.
+        """
+        forwarded, _, _ = self.exchange(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 003\r\n\r\nabc", OK
+        )
+        self.assertIn(b"content-length: 3\r\n", forwarded)
+        self.assertNotIn(b"003", forwarded)
+
+    def test_routing_headers_kept(self):
+        """
+        What routing read the request by stays: C{Connection: Cookie} keeps
+        the cookies (the strategy read one), C{Connection: X-Session} keeps
+        a header a strategy read, and C{Connection: X-Forwarded-For} from a
+        trusted proxy keeps the chain the client address was taken from.
+        Other headers Connection names are still removed.
+        """
+        self.strategy = HeaderReadingStrategy(self.pool)
+        self.router = Router(self.pool, [self.strategy], self.reactor)
+        self.factory = HTTPProxyFactory("web", self.router, self.reactor, self.settings)
+        forwarded, _, _ = self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Cookie, X-Session, X-Other\r\n"
+            b"Cookie: who=a; app=1\r\nX-Session: s1\r\nX-Other: o\r\n\r\n",
+            OK,
+        )
+        self.assertIn(b"cookie: app=1\r\n", forwarded)
+        self.assertIn(b"x-session: s1\r\n", forwarded)
+        self.assertNotIn(b"x-other", forwarded)
+        self.factory.settings = attrs.evolve(
+            self.settings, trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),)
+        )
+        forwarded, _, _ = self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: X-Forwarded-For\r\n"
+            b"X-Forwarded-For: 203.0.113.9\r\n\r\n",
+            OK,
+            self.client(IPv4Address("TCP", "10.1.1.1", 4000)),
+        )
+        self.assertEqual(self.strategy.seen[-1].client_host, "203.0.113.9")
+        self.assertIn(b"x-forwarded-for: 203.0.113.9, 10.1.1.1\r\n", forwarded)
+
+    def test_response_framing_kept(self):
+        """
+        A response whose Connection header names Content-Length keeps it:
+        the client can read where it ends, and the next response on the
+        same connection is a response of its own.
+        """
+        _, answer, client = self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\n"
+            b"Content-Length: 2\r\n\r\nok",
+        )
+        self.assertIn(b"content-length: 2\r\n", answer)
+        self.assertNotIn(b"transfer-encoding", answer)
+        self.assertTrue(answer.endswith(b"\r\n\r\nok"))
+        self.assertFalse(client[1].disconnecting)
+
+    def test_response_chunked_and_length_refused(self):
+        """
+        A response with both Transfer-Encoding: chunked and Content-Length
+        could be read two ways: the client gets 502, not the response.
+        """
+        _, answer, _ = self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 502 "), answer)
+
+    def test_other_transfer_codings_refused(self):
+        """
+        A transfer coding other than chunked would be lost when the body is
+        re-chunked: a request with one gets 400, a response 502.
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        )
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "))
+        self.assertEqual(self.reactor.tcpClients, [])
+        _, answer, _ = self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 502 "))

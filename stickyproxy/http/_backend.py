@@ -19,23 +19,9 @@ from twisted.python.failure import Failure
 
 from stickyproxy.core._endpoints import connect_quietly, no_delay
 from stickyproxy.core._timers import call_at
+from stickyproxy.http._message import HOP_BY_HOP, connection_options
 from stickyproxy.interfaces import IResponseReceiver
 from stickyproxy.model import Backend
-
-# RFC 9110 7.6.1 and RFC 2616 13.5.1: meaningful for one connection only.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-    }
-)
 
 
 class TunnelPeer(TypingProtocol):
@@ -76,7 +62,7 @@ class BackendHTTP(Protocol):
         self._parser = HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
         self._framing: set[bytes] = set()  # transfer-encoding, content-length
-        self._named: list[bytes] = []  # header names listed in Connection
+        self._connection: list[bytes] = []  # the Connection header values
         self._in_head = False
         self._head_size = 0
         self._body = "none"
@@ -140,7 +126,7 @@ class BackendHTTP(Protocol):
     def on_message_begin(self) -> None:
         self._in_head = True
         self._head_size = 0
-        self._headers, self._framing, self._named = [], set(), []
+        self._headers, self._framing, self._connection = [], set(), []
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
@@ -156,15 +142,19 @@ class BackendHTTP(Protocol):
                 self._framing.add(name)
             self._headers.append((name, value))
         elif name == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                # Another coding would be lost when the body is re-chunked.
+                raise ValueError("a transfer coding other than chunked")
             self._framing.add(name)
         elif name == b"connection":
-            self._named += [t.strip().lower() for t in value.split(b",")]
+            self._connection.append(value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._parser
         status = parser.get_status_code()
-        headers, framing, named = self._headers, self._framing, self._named
+        headers, framing = self._headers, self._framing
+        named = connection_options(self._connection)
         if named:
             headers = [(n, v) for n, v in headers if n not in named]
         if status < 200 or status in (204, 304) or self._no_body:

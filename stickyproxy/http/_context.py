@@ -38,6 +38,9 @@ class HTTPRoutingContext:
     :ivar request_headers: (lowercase name, value) pairs, as forwarded;
         strategies change them through the methods, not directly.
     :ivar response_headers: the same for the response, once it is in.
+    :ivar consulted: the request header names read through this context
+        (by strategies and balancers while routing): the proxy read the
+        request by them, so a C{Connection} header never removes them.
     """
 
     frontend: str
@@ -53,19 +56,23 @@ class HTTPRoutingContext:
     mode: str = "http"
     tried: list[Backend] = attrs.field(factory=list)
     invalid: str | None = None
+    consulted: set[bytes] = attrs.field(factory=set)
     _sent: list[tuple[str, str]] | None = None  # the cookies as the client sent them
     _forwarded: list[tuple[str, str]] | None = None  # as changed by strategies
 
     def header(self, name: bytes) -> bytes | None:
+        self.consulted.add(name)
         for key, value in self.request_headers:
             if key == name:
                 return value
         return None
 
     def header_values(self, name: bytes) -> list[bytes]:
+        self.consulted.add(name)
         return _split_list(value for key, value in self.request_headers if key == name)
 
     def _sent_cookies(self) -> list[tuple[str, str]]:
+        self.consulted.add(b"cookie")
         if self._sent is None:
             self._sent = parse_cookie_header(
                 value for key, value in self.request_headers if key == b"cookie"

@@ -36,8 +36,9 @@ from stickyproxy.core._events import EventStream
 from stickyproxy.core._proxyheader import HEADERS
 from stickyproxy.core._router import NoBackendAvailable, Router
 from stickyproxy.core._timers import IdleTimer
-from stickyproxy.http._backend import HOP_BY_HOP, BackendConnections, BackendHTTP
+from stickyproxy.http._backend import BackendConnections, BackendHTTP
 from stickyproxy.http._context import HTTPRoutingContext
+from stickyproxy.http._message import HOP_BY_HOP, connection_options
 from stickyproxy.interfaces import IResponseReceiver
 from stickyproxy.model import (
     Backend,
@@ -116,12 +117,14 @@ class _Exchange:
         keep_alive: bool,
         body: str,
         upgrade: bool,
+        length: int | None = None,
     ) -> None:
         self.client = client
         self.ctx = ctx
         self.version = version
         self.keep_alive = keep_alive
         self.body = body  # "none", "length" or "chunked"
+        self.length = length  # the Content-Length the client sent, if any
         self.upgrade = upgrade
         self.request_done = False
         self.body_received = 0
@@ -199,7 +202,13 @@ class _Exchange:
 
     def _request_head(self) -> bytes:
         ctx, settings = self.ctx, self.client.settings
-        named = {t.lower() for t in ctx.header_values(b"connection")}
+        # Connection removes neither what frames the request nor what the
+        # proxy read it by: what routing consulted, and the forwarding
+        # headers, which the proxy rewrites by its own rules.
+        named = connection_options(
+            (value for name, value in ctx.request_headers if name == b"connection"),
+            ctx.consulted | _ADDED_BY_US,
+        )
         lines = [ctx.method, b" ", ctx.target, b" HTTP/1.1\r\n"]
         trusted = self.client.peer_trusted
         forwarded_for: list[bytes] = []
@@ -209,6 +218,7 @@ class _Exchange:
             if (
                 name in HOP_BY_HOP
                 or name in named
+                or name == b"content-length"  # written below, from our reading
                 or name == settings.redispatch_header
             ):
                 continue
@@ -255,6 +265,8 @@ class _Exchange:
             ]
         if self.body == "chunked":
             lines.append(b"transfer-encoding: chunked\r\n")
+        elif self.length is not None:
+            lines.append(b"content-length: %d\r\n" % self.length)
         if self.upgrade:
             lines += [
                 b"connection: upgrade\r\nupgrade: ",
@@ -699,17 +711,22 @@ class HTTPProxyProtocol(Protocol):
             target = b"/" + path
             headers = [(n, v) for n, v in headers if n != b"host"]
             headers.append((b"host", authority))
-        body = "none"
+        body, length = "none", None
         for name, value in headers:
             if name == b"transfer-encoding":
+                # llhttp took it only with chunked last (and never beside
+                # Content-Length); another coding would be lost on the way.
                 if version == "1.0":
                     raise _Refuse(400, "Transfer-Encoding in an HTTP/1.0 request")
+                if value.strip().lower() != b"chunked":
+                    raise _Refuse(400, "a transfer coding other than chunked")
                 body = "chunked"
                 break
             if name == b"content-length":
-                body = "length" if value.strip() != b"0" else "none"
+                length = int(value)  # digits only: llhttp checked
+                body = "length" if length else "none"
                 limit = self.settings.max_body_size
-                if limit is not None and int(value) > limit:
+                if limit is not None and length > limit:
                     raise _Refuse(413, f"the request body is larger than {limit} bytes")
         settings = self.settings
         peer_host = self.peer_host
@@ -744,6 +761,7 @@ class HTTPProxyProtocol(Protocol):
             parser.should_keep_alive(),
             body,
             parser.should_upgrade(),
+            length,
         )
         self._incoming = exchange
         self._exchanges.append(exchange)

@@ -18,6 +18,9 @@ the health path (C{/health})
 C{/login}
     A new session: C{Set-Cookie: JSESSIONID=<random>.<ROUTE>; Path=/},
     with C{Max-Age=N} when C{--max-age} is given.
+C{/named-framing}
+    The text C{NAME} with C{Connection: Content-Length}, as a broken or
+    hostile server may send it: a proxy must not unframe the response.
 C{/ws}
     A WebSocket (RFC 6455) that echoes every text and binary message, and
     answers a close with the same close code.
@@ -113,6 +116,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
             self._websocket()
             return
+        elif path == "/named-framing":
+            headers.append(("Connection", "Content-Length"))
+            status, text = 200, f"{server.name}\n"
         elif path == "/login":
             session = f"{os.urandom(8).hex()}.{server.route}"
             cookie = f"{server.cookie}={session}; Path=/"

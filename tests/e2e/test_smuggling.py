@@ -8,9 +8,11 @@ upgrades the proxy does not carry, and request-targets outside RFC 9112.
 
 from __future__ import annotations
 
+import http.client
 import re
 
 from tests.e2e._harness import (
+    HOST,
     IO_TIMEOUT,
     HTTPE2ETestCase,
     WaitTimeout,
@@ -69,3 +71,50 @@ class RefusalTests(HTTPE2ETestCase):
                 sock.sendall(good + b"GARBAGE\r\n\r\n")
         self.assert_no_close_wait()
         self.served()
+
+
+class ConnectionHeaderTests(HTTPE2ETestCase):
+    """
+    A C{Connection} header that names a framing header does not unframe
+    the message, in either direction.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.start_http_proxy(None)
+
+    def test_request_not_unframed(self) -> None:
+        """
+        A POST with C{Connection: keep-alive, Content-Length} and a body
+        that is itself a request reaches the backend as one request with
+        its body: the backend never serves the request hidden in it, and
+        the client gets one response for each of its two requests.
+        """
+        hidden = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+        request = (
+            b"POST / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Content-Length\r\n"
+            b"Content-Length: %d\r\n\r\n"
+            % len(hidden)
+            + hidden
+            + b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        answer = self.raw_exchange(self.port, request)
+        self.assertEqual(statuses(answer), [b"200", b"200"], answer)
+        for name, backend in self.backends.items():
+            self.assertNotIn("/smuggled", backend.output(), name)
+
+    def test_response_not_unframed(self) -> None:
+        """
+        A response with C{Connection: Content-Length} keeps its
+        Content-Length on the way to the client, so a keep-alive client
+        reads it, and the next one on the same connection, in full.
+        """
+        client = http.client.HTTPConnection(HOST, self.port, timeout=IO_TIMEOUT)
+        self.addCleanup(client.close)
+        for _ in range(2):
+            client.request("GET", "/named-framing")
+            response = client.getresponse()
+            body = response.read()
+            self.assertEqual(response.status, 200, body)
+            self.assertEqual(response.getheader("Content-Length"), str(len(body)))
+            self.assertIn(body.decode().strip(), self.backends)

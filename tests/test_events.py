@@ -161,6 +161,73 @@ class ServiceEventsTests(SynchronousTestCase):
             (change.kind, change.old, change.new), ("admin", "ready", "drain")
         )
 
+    def service(self, frontends):
+        from twisted.internet.testing import MemoryReactorClock
+
+        from stickyproxy import StrategyRegistry, load_config
+        from stickyproxy.persistence._sourceip import source_ip
+        from stickyproxy.service import ProxyService
+
+        registry = StrategyRegistry.of([source_ip])
+        config = load_config(
+            {
+                "frontend": frontends,
+                "pool": {
+                    "p": {
+                        "backend": [{"name": "a", "address": "127.0.0.1:1"}],
+                        "health": {"type": "tcp"},
+                    }
+                },
+            },
+            registry,
+        )
+        return ProxyService(config, MemoryReactorClock(), registry)
+
+    def test_producers_share_the_stream(self):
+        """
+        Every frontend's factory and every health monitor publish on the
+        service's one stream.
+        """
+        proxy = self.service(
+            [
+                {"name": "web", "listen": "tcp:0", "pool": "p", "mode": "http"},
+                {"name": "l4", "listen": "tcp:0", "pool": "p"},
+            ]
+        )
+        streams = [
+            listener._factory.events for listener in proxy.listeners.values()
+        ] + [monitor.events for monitor in proxy.monitors.values()]
+        self.assertEqual(len(streams), 3)
+        for stream in streams:
+            self.assertIs(stream, proxy.events)
+
+    def test_access_log_subscribed(self):
+        """
+        The access log subscribes, for the frontends with C{access_log =
+        true} only; without any, the stream stays inactive.
+        """
+        quiet = self.service(
+            [{"name": "web", "listen": "tcp:0", "pool": "p", "mode": "http"}]
+        )
+        self.assertFalse(quiet.events.active)
+        logged = self.service(
+            [
+                {"name": "web", "listen": "tcp:0", "pool": "p", "mode": "http"},
+                {
+                    "name": "api",
+                    "listen": "tcp:0",
+                    "pool": "p",
+                    "mode": "http",
+                    "access_log": True,
+                },
+            ]
+        )
+        self.assertTrue(logged.events.active)
+        [access_log] = logged.events._subscribers
+        self.assertIsInstance(access_log, AccessLog)
+        self.assertEqual(access_log.frontends, frozenset({"api"}))
+        self.assertTrue(verifyObject(IProxyEvents, access_log))
+
 
 class Recording(IgnoreEvents):
     """

@@ -20,7 +20,7 @@ from stickyproxy.service import ListenerService
 from stickyproxy.tcp._splice import TCPProxyFactory
 from stickyproxy.testing import routing_context, tcp_backend
 
-from tests._base import TestCase
+from tests._base import SpiedPool, TestCase
 
 CLIENT = IPv4Address("TCP", "10.0.0.1", 5555)
 LISTENER = IPv4Address("TCP", "192.0.2.9", 7000)
@@ -43,13 +43,17 @@ class TCPTestCase(TestCase):
     in a table, over a L{MemoryReactorClock}.
     """
 
+    pool_type = Pool
+
     def setUp(self):
         self.reactor = MemoryReactorClock()
         backends = tuple(
             tcp_backend(self.reactor, name, port)
             for name, port in (("a", 9001), ("b", 9002), ("c", 9003))
         )
-        self.pool = Pool("p", backends, RoundRobin(), connect_timeout=3.0, retries=2)
+        self.pool = self.pool_type(
+            "p", backends, RoundRobin(), connect_timeout=3.0, retries=2
+        )
         self.strategy = source_ip.build({"mode": "table"}, self.pool, self.reactor, "p")
         self.router = Router(self.pool, [self.strategy], self.reactor)
         self.factory = TCPProxyFactory("front", self.router, self.reactor)
@@ -285,6 +289,26 @@ class TCPProxyTests(TCPTestCase):
             (info.destination.host, info.destination.port), ("192.0.2.9", 7000)
         )
         self.assertEqual(rest, b"payload")
+
+
+class ReportTests(TCPTestCase):
+    pool_type = SpiedPool
+
+    def test_connects_reported_by_router(self):
+        """
+        A refused connect and the one that works reach passive health from
+        the router, never from the splice.
+        """
+        self.connect_client()
+        self.refuse_backend()
+        self.accept_backend()
+        self.assertEqual(
+            [(signal, name, caller) for signal, name, _, caller in self.pool.reports],
+            [
+                ("failure", "a", "stickyproxy.core._router"),
+                ("success", "b", "stickyproxy.core._router"),
+            ],
+        )
 
 
 class ProxyHeaderTests(TestCase):

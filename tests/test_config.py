@@ -475,6 +475,22 @@ class OptionReaderTests(TestCase):
         )
         self.assertIn("expected a table", str(error))
 
+    def test_context_manager(self):
+        """
+        A reader used with C{with} refuses unread keys when the block ends,
+        also by a C{return}; an error inside the block is the one raised.
+        """
+
+        def read(table):
+            with OptionReader(table, "t") as reader:
+                return reader.integer("n")
+
+        self.assertEqual(read({"n": 1}), 1)
+        error = self.assertRaises(ConfigError, read, {"n": 1, "colour": 2})
+        self.assertEqual(error.path, "t.colour")
+        error = self.assertRaises(ConfigError, read, {"n": "x", "colour": 2})
+        self.assertEqual(error.path, "t.n")
+
 
 class HealthConfigTests(TestCase):
     def health(self, table, **pool):

@@ -13,6 +13,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Collection, Mapping, Sequence
+from types import TracebackType
 from typing import TypeVar
 
 import attrs
@@ -87,6 +88,13 @@ class OptionReader:
     Reads the keys of one config table, checking each, and complains about
     keys nobody asked for when L{finish} is called.
 
+    Used as a context manager, it calls L{finish} when the block ends
+    without an error (a C{return} inside it included), so a strategy's
+    C{build} reads::
+
+        with OptionReader(options, path) as reader:
+            return MyStrategy(pool, reader.integer("size", 100, minimum=1))
+
     :ivar path: the table's key path, prefixed to every error.
     """
 
@@ -101,6 +109,18 @@ class OptionReader:
             raise ConfigError(
                 self.path, f"expected a table, got {describe(self._table)}"
             )
+
+    def __enter__(self) -> OptionReader:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if kind is None:
+            self.finish()
 
     def key(self, name: str) -> str:
         """

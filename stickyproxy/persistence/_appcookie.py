@@ -231,28 +231,26 @@ class AppCookieFactory:
         reactor: IReactorTime,
         path: str,
     ) -> IPersistenceStrategy:
-        reader = OptionReader(options, path)
-        mode = reader.string("mode", "follow", choices=("follow", "learn", "prefix"))
-        app_cookie = reader.token("cookie", "JSESSIONID")
-        strategy: IPersistenceStrategy
-        if mode == "learn":
-            table = read_table_options(reader, reactor)
-            pool.add_session_source(table.count)
-            strategy = AppCookieLearn(pool, table, app_cookie, reactor)
-        elif mode == "prefix":
-            keys = read_keys(reader, self.name)
-            strategy = AppCookiePrefix(
-                pool, BackendTokens(pool, keys), app_cookie, reactor
+        with OptionReader(options, path) as reader:
+            mode = reader.string(
+                "mode", "follow", choices=("follow", "learn", "prefix")
             )
-        else:
+            app_cookie = reader.token("cookie", "JSESSIONID")
+            if mode == "learn":
+                table = read_table_options(reader, reactor)
+                pool.add_session_source(table.count)
+                return AppCookieLearn(pool, table, app_cookie, reactor)
+            if mode == "prefix":
+                keys = read_keys(reader, self.name)
+                return AppCookiePrefix(
+                    pool, BackendTokens(pool, keys), app_cookie, reactor
+                )
             cookie = read_proxy_cookie(reader, pool, reactor, self.name)
             if cookie.name == app_cookie:
                 raise reader.fail(
                     "name", f"a cookie name other than the application's ({app_cookie})"
                 )
-            strategy = AppCookieFollow(cookie, app_cookie)
-        reader.finish()
-        return strategy
+            return AppCookieFollow(cookie, app_cookie)
 
 
 app_cookie = AppCookieFactory()

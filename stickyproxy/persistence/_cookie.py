@@ -123,15 +123,14 @@ class CookieFactory:
         reactor: IReactorTime,
         path: str,
     ) -> IPersistenceStrategy:
-        reader = OptionReader(options, path)
-        max_age = reader.optional_number("max_age")
-        max_idle = reader.optional_number("max_idle")
-        max_life = reader.optional_number("max_life")
-        cookie = read_proxy_cookie(
-            reader, pool, reactor, self.name, max_idle=max_idle, max_life=max_life
-        )
-        reader.finish()
-        return CookieInsert(cookie, max_age)
+        with OptionReader(options, path) as reader:
+            max_age = reader.optional_number("max_age")
+            max_idle = reader.optional_number("max_idle")
+            max_life = reader.optional_number("max_life")
+            cookie = read_proxy_cookie(
+                reader, pool, reactor, self.name, max_idle=max_idle, max_life=max_life
+            )
+            return CookieInsert(cookie, max_age)
 
 
 cookie = CookieFactory()

@@ -65,11 +65,9 @@ class HeaderFactory:
         reactor: IReactorTime,
         path: str,
     ) -> IPersistenceStrategy:
-        reader = OptionReader(options, path)
-        key = HeaderKey(reader.token("header").lower().encode("ascii"))
-        strategy = read_affinity(self.name, reader, pool, reactor, key)
-        reader.finish()
-        return strategy
+        with OptionReader(options, path) as reader:
+            key = HeaderKey(reader.token("header").lower().encode("ascii"))
+            return read_affinity(self.name, reader, pool, reactor, key)
 
 
 header = HeaderFactory()

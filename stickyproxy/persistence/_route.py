@@ -133,17 +133,16 @@ class RouteFactory:
         reactor: IReactorTime,
         path: str,
     ) -> IPersistenceStrategy:
-        reader = OptionReader(options, path)
-        cookie = reader.token("cookie", "JSESSIONID")
-        param = reader.token("param", "jsessionid")
-        separator = reader.string("separator", ".")
-        if not separator or any(c in separator for c in ';,=&? "\t'):
-            raise reader.fail(
-                "separator",
-                'a non-empty string without spaces or any of ;,=&?"',
-            )
-        reader.finish()
-        return RouteStrategy(pool, cookie, param, separator)
+        with OptionReader(options, path) as reader:
+            cookie = reader.token("cookie", "JSESSIONID")
+            param = reader.token("param", "jsessionid")
+            separator = reader.string("separator", ".")
+            if not separator or any(c in separator for c in ';,=&? "\t'):
+                raise reader.fail(
+                    "separator",
+                    'a non-empty string without spaces or any of ;,=&?"',
+                )
+            return RouteStrategy(pool, cookie, param, separator)
 
 
 route = RouteFactory()

@@ -97,15 +97,13 @@ class SourceIPFactory:
         reactor: IReactorTime,
         path: str,
     ) -> IPersistenceStrategy:
-        reader = OptionReader(options, path)
-        key = SourceIPKey(
-            mask=reader.integer("mask", 32, minimum=0, maximum=32),
-            mask6=reader.integer("mask6", 64, minimum=0, maximum=128),
-            trusted=reader.networks("trusted_proxies"),
-        )
-        strategy = read_affinity(self.name, reader, pool, reactor, key)
-        reader.finish()
-        return strategy
+        with OptionReader(options, path) as reader:
+            key = SourceIPKey(
+                mask=reader.integer("mask", 32, minimum=0, maximum=32),
+                mask6=reader.integer("mask6", 64, minimum=0, maximum=128),
+                trusted=reader.networks("trusted_proxies"),
+            )
+            return read_affinity(self.name, reader, pool, reactor, key)
 
 
 source_ip = SourceIPFactory()

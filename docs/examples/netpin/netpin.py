@@ -80,33 +80,34 @@ class NetworkPinFactory:
         reactor: IReactorTime,
         path: str,
     ) -> IPersistenceStrategy:
-        reader = OptionReader(options, path)
-        rules_reader = reader.table("rules")
-        rules = []
-        for cidr, backend_name in rules_reader.rest().items():
-            key = rules_reader.key(cidr)
-            try:
-                network = ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ConfigError(
-                    key, "expected a network such as 10.0.0.0/8 as the key"
-                ) from None
-            if not isinstance(backend_name, str):
-                raise rules_reader.fail(cidr, "a backend name")
-            backend = pool.get(backend_name)
-            if backend is None:
-                known = ", ".join(b.name for b in pool.backends)
-                raise ConfigError(
-                    key,
-                    f"expected a backend of pool {pool.name} ({known}), "
-                    f"got {backend_name!r}",
-                )
-            rules.append((network, backend))
-        if not rules:
-            raise reader.fail("rules", "a table of network = backend name")
-        reader.finish()  # any other key is a mistake: say so, naming it
-        rules.sort(key=lambda rule: rule[0].prefixlen, reverse=True)
-        return NetworkPin(tuple(rules))
+        # Leaving the block checks that no other key was given: a mistake
+        # (a typo) is then an error naming it.
+        with OptionReader(options, path) as reader:
+            rules_reader = reader.table("rules")
+            rules = []
+            for cidr, backend_name in rules_reader.rest().items():
+                key = rules_reader.key(cidr)
+                try:
+                    network = ipaddress.ip_network(cidr, strict=False)
+                except ValueError:
+                    raise ConfigError(
+                        key, "expected a network such as 10.0.0.0/8 as the key"
+                    ) from None
+                if not isinstance(backend_name, str):
+                    raise rules_reader.fail(cidr, "a backend name")
+                backend = pool.get(backend_name)
+                if backend is None:
+                    known = ", ".join(b.name for b in pool.backends)
+                    raise ConfigError(
+                        key,
+                        f"expected a backend of pool {pool.name} ({known}), "
+                        f"got {backend_name!r}",
+                    )
+                rules.append((network, backend))
+            if not rules:
+                raise reader.fail("rules", "a table of network = backend name")
+            rules.sort(key=lambda rule: rule[0].prefixlen, reverse=True)
+            return NetworkPin(tuple(rules))
 
 
 netpin = NetworkPinFactory()

@@ -22,6 +22,7 @@ from stickyproxy.http._accesslog import AccessLog
 from stickyproxy.http._backend import BackendConnections, BackendHTTP
 from stickyproxy.http._frontend import HTTPProxyFactory, write_body
 from stickyproxy.interfaces import IPersistenceStrategy, IResponseReceiver
+from stickyproxy.persistence._sourceip import client_address
 from stickyproxy.testing import make_backend, tcp_backend
 
 from tests._base import SpiedPool, TestCase
@@ -591,6 +592,29 @@ class PersistenceHookTests(HTTPTestCase):
             self.client(proxy),
         )
         self.assertEqual((seen[0].client_host, seen[0].secure), ("203.0.113.9", True))
+
+    def test_empty_forwarded_for_hops(self):
+        """
+        Empty items of X-Forwarded-For name nobody: the client is the
+        right-most untrusted address, as source-ip's own C{trusted_proxies}
+        finds it.
+        """
+        self.factory.settings = attrs.evolve(
+            self.settings, trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),)
+        )
+        seen = self.strategy.seen
+        proxy = IPv4Address("TCP", "10.1.1.1", 4000)
+        self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.9, , 10.2.2.2\r\n"
+            b"X-Forwarded-For: \r\n\r\n",
+            OK,
+            self.client(proxy),
+        )
+        self.assertEqual(seen[0].client_host, "203.0.113.9")
+        self.assertEqual(
+            client_address(seen[0], self.factory.settings.trusted_proxies),
+            "203.0.113.9",
+        )
 
     def test_untrusted_forwarded_for_ignored(self):
         """

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IAddress
+
+if TYPE_CHECKING:
+    from stickyproxy.interfaces import IHTTPRoutingContext
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -66,6 +70,18 @@ def real_client(
         if not in_networks(host, trusted):
             return host
     return _strip_port(hops[0]) if hops else peer_host
+
+
+def forwarded_client(context: IHTTPRoutingContext, trusted: Sequence[IPNetwork]) -> str:
+    """
+    The client of an HTTP request behind the C{trusted} proxies: its peer,
+    or, when the peer is one of them, the client its C{X-Forwarded-For}
+    names (see L{real_client}).  The frontend's C{trusted_proxies} and
+    source-ip's both find the client here.
+    """
+    return real_client(
+        context.peer_host, context.header_values(b"x-forwarded-for"), trusted
+    )
 
 
 def _strip_port(hop: str) -> str:

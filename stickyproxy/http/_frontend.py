@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from stickyproxy.config._settings import HTTPSettings
-from stickyproxy.core._addresses import client_host, in_networks, real_client
+from stickyproxy.core._addresses import client_host, forwarded_client, in_networks
 from stickyproxy.core._endpoints import no_delay
 from stickyproxy.core._events import EventStream
 from stickyproxy.core._proxyheader import HEADERS
@@ -728,30 +728,19 @@ class HTTPProxyProtocol(Protocol):
                 limit = self.settings.max_body_size
                 if limit is not None and length > limit:
                     raise _Refuse(413, f"the request body is larger than {limit} bytes")
-        settings = self.settings
-        peer_host = self.peer_host
-        client = peer_host
-        secure = self.secure
-        if self.peer_trusted:
-            forwarded_for = [
-                hop.strip()
-                for name, value in headers
-                if name == b"x-forwarded-for"
-                for hop in value.split(b",")
-            ]
-            client = real_client(peer_host, forwarded_for, settings.trusted_proxies)
-            proto = [v for n, v in headers if n == b"x-forwarded-proto"]
-            secure = secure or (proto[:1] == [b"https"])
         ctx = HTTPRoutingContext(
             frontend=self.factory.name,
-            client_host=client,
+            client_host=self.peer_host,
             client_port=self.peer_port,
-            peer_host=peer_host,
-            secure=bool(secure),
+            peer_host=self.peer_host,
+            secure=self.secure,
             method=method,
             target=target,
             request_headers=headers,
         )
+        if self.peer_trusted:
+            ctx.client_host = forwarded_client(ctx, self.settings.trusted_proxies)
+            ctx.secure = ctx.secure or ctx.header(b"x-forwarded-proto") == b"https"
         self._head_size = 0
         self._url = b""
         exchange = _Exchange(

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.plugin import IPlugin
 
 from stickyproxy.config._options import OptionReader
-from stickyproxy.core._addresses import IPNetwork, client_ip, real_client
+from stickyproxy.core._addresses import IPNetwork, client_ip, forwarded_client
 from stickyproxy.interfaces import (
     IBackendPool,
     IHTTPRoutingContext,
@@ -46,16 +46,13 @@ def client_address(
     context: IRoutingContext, trusted: tuple[IPNetwork, ...] = ()
 ) -> str:
     """
-    The client address source-ip persistence keys on: the context's client,
-    or, on an HTTP context with C{trusted} proxy networks, the right-most
-    C{X-Forwarded-For} address that is not a trusted proxy (when the peer
-    itself is one; see L{real_client}).
+    The client address source-ip persistence keys on: the context's client
+    (on HTTP, already found behind the frontend's C{trusted_proxies}), or,
+    on an HTTP context with source-ip's own C{trusted} networks, the client
+    behind those, found the same way (L{forwarded_client}).
     """
     if trusted and IHTTPRoutingContext.providedBy(context):
-        host: str = real_client(
-            context.peer_host, context.header_values(b"x-forwarded-for"), trusted
-        )
-        return host
+        return forwarded_client(context, trusted)
     return context.client_host  # type: ignore[no-any-return]
 
 

@@ -574,22 +574,29 @@ class PersistenceHookTests(HTTPTestCase):
         self.assertNotIn(b"forged", forwarded)
         self.assertIn(b"set-cookie: who=a", answer)
 
+    def from_trusted_proxy(self, headers):
+        """
+        Send one request with C{headers} from a proxy the frontend trusts.
+
+        :returns: the routing contexts the strategy saw.
+        """
+        self.factory.settings = attrs.evolve(
+            self.settings, trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),)
+        )
+        proxy = IPv4Address("TCP", "10.1.1.1", 4000)
+        self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\n" + headers + b"\r\n", OK, self.client(proxy)
+        )
+        return self.strategy.seen
+
     def test_trusted_proxies(self):
         """
         Behind a trusted proxy, the client is the right-most untrusted
         address of X-Forwarded-For, and X-Forwarded-Proto: https makes the
         request secure.
         """
-        self.factory.settings = attrs.evolve(
-            self.settings, trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),)
-        )
-        seen = self.strategy.seen
-        proxy = IPv4Address("TCP", "10.1.1.1", 4000)
-        self.exchange(
-            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.9, 10.2.2.2\r\n"
-            b"X-Forwarded-Proto: https\r\n\r\n",
-            OK,
-            self.client(proxy),
+        seen = self.from_trusted_proxy(
+            b"X-Forwarded-For: 203.0.113.9, 10.2.2.2\r\nX-Forwarded-Proto: https\r\n"
         )
         self.assertEqual((seen[0].client_host, seen[0].secure), ("203.0.113.9", True))
 
@@ -599,16 +606,8 @@ class PersistenceHookTests(HTTPTestCase):
         right-most untrusted address, as source-ip's own C{trusted_proxies}
         finds it.
         """
-        self.factory.settings = attrs.evolve(
-            self.settings, trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),)
-        )
-        seen = self.strategy.seen
-        proxy = IPv4Address("TCP", "10.1.1.1", 4000)
-        self.exchange(
-            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.9, , 10.2.2.2\r\n"
-            b"X-Forwarded-For: \r\n\r\n",
-            OK,
-            self.client(proxy),
+        seen = self.from_trusted_proxy(
+            b"X-Forwarded-For: 203.0.113.9, , 10.2.2.2\r\nX-Forwarded-For: \r\n"
         )
         self.assertEqual(seen[0].client_host, "203.0.113.9")
         self.assertEqual(

@@ -289,6 +289,33 @@ class ErrorTests(TestCase):
             "cookie or header name",
         )
 
+    def test_upgrades(self):
+        """
+        C{upgrades} lists the protocols an HTTP frontend tunnels, matched
+        without case: WebSocket alone by default, none with C{[]}; anything
+        but an array of tokens is refused, naming the key.
+        """
+        load = lambda **options: (  # noqa: E731
+            load_config(
+                _with(lambda d: d["frontend"][0].update(mode="http", **options)),
+                REGISTRY,
+            )
+            .frontends[0]
+            .http
+        )
+        self.assertEqual(load().upgrades, {b"websocket"})
+        self.assertEqual(load(upgrades=[]).upgrades, frozenset())
+        self.assertEqual(
+            load(upgrades=["WebSocket", "x-custom"]).upgrades,
+            {b"websocket", b"x-custom"},
+        )
+        for bad in ["websocket", ["web socket"], [1]]:
+            self.assertConfigError(
+                lambda d, bad=bad: d["frontend"][0].update(mode="http", upgrades=bad),
+                "frontend[0].upgrades",
+                "expected an array of",
+            )
+
     def test_unknown_pool(self):
         """
         A frontend naming a pool that does not exist lists the pools.

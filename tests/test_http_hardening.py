@@ -7,6 +7,7 @@ upgrades it cannot carry, and the request-target grammar.
 import ipaddress
 
 import attrs
+import h11
 from zope.interface import implementer
 
 from twisted.internet.address import IPv4Address
@@ -266,3 +267,151 @@ class ConnectionHeaderTests(HTTPTestCase):
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 502 "))
+
+
+H2C = (
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+    b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
+)
+
+
+def read_request(data):
+    """
+    Read one complete request with h11, as a backend would.
+
+    :returns: its body.
+    """
+    connection = h11.Connection(h11.SERVER)
+    connection.receive_data(data)
+    body = b""
+    while True:
+        event = connection.next_event()
+        if isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return body
+        elif not isinstance(event, h11.Request):
+            raise AssertionError(f"not one complete request: {event!r} in {data!r}")
+
+
+class UpgradeTests(HTTPTestCase):
+    """
+    Only the upgrades the proxy tunnels (C{upgrades}) are forwarded; the
+    others go on as plain HTTP/1.1.
+    """
+
+    def assertPlain(self, forwarded):
+        head = forwarded.partition(b"\r\n\r\n")[0].lower()
+        for name in (b"upgrade", b"http2-settings", b"connection"):
+            self.assertNotIn(b"\n" + name + b":", head)
+
+    def test_h2c_stripped(self):
+        """
+        An h2c upgrade (with C{Connection: Upgrade, HTTP2-Settings}) reaches
+        the backend as a plain request, without Upgrade, HTTP2-Settings or
+        Connection; the response is relayed as any other, and the next
+        request on the connection is served.
+        """
+        forwarded, answer, client = self.exchange(H2C, OK)
+        self.assertTrue(forwarded.startswith(b"GET / HTTP/1.1\r\n"))
+        self.assertPlain(forwarded)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertFalse(client[1].disconnecting)
+        forwarded, answer, _ = self.exchange(
+            b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n", OK, client
+        )
+        self.assertTrue(forwarded.startswith(b"GET /next HTTP/1.1\r\n"))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"))
+
+    def test_stripped_upgrade_keeps_its_body(self):
+        """
+        An upgrade request with a body (which llhttp leaves unread, taking
+        it for the new protocol) is forwarded with its body, whether the
+        body has a length or is chunked, and whether it arrives with its
+        head, with the next request, or a byte at a time; the request after
+        it is read as a request.
+        """
+        upgrade = b"Connection: Upgrade\r\nUpgrade: h2c\r\n"
+        for framing, body, body_read in [
+            (b"Content-Length: 5\r\n", b"hello", b"hello"),
+            (
+                b"Transfer-Encoding: chunked\r\n",
+                b"5;x=1\r\nhello\r\n0\r\nT: 1\r\n\r\n",
+                b"hello",
+            ),
+        ]:
+            request = b"POST /up HTTP/1.1\r\nHost: a\r\n" + upgrade + framing
+            request += b"\r\n" + body
+            following = b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+            for read_size in (None, 1):
+                self.setUp()
+                protocol, transport = self.client()
+                data = request + following
+                size = read_size or len(data)
+                while data and transport.producerState == "producing":
+                    protocol.dataReceived(data[:size])
+                    data = data[size:]
+                    if len(self.reactor.tcpClients) > len(self.backends):
+                        self.accept()
+                backend, backend_transport = self.backends[0][1:]
+                forwarded = backend_transport.value()
+                self.assertTrue(forwarded.startswith(b"POST /up HTTP/1.1\r\n"))
+                self.assertPlain(forwarded)
+                self.assertEqual(read_request(forwarded), body_read, read_size)
+                backend_transport.clear()
+                backend.dataReceived(OK)
+                while data and transport.producerState == "producing":
+                    protocol.dataReceived(data[:size])
+                    data = data[size:]
+                if len(self.reactor.tcpClients) > len(self.backends):
+                    self.accept()  # round robin: the other backend
+                backend, backend_transport = self.backends[-1][1:]
+                self.assertTrue(
+                    backend_transport.value().startswith(b"GET /next HTTP/1.1\r\n")
+                )
+                backend.dataReceived(OK)
+                self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 2)
+
+    def test_websocket_tunnelled(self):
+        """
+        A WebSocket upgrade is forwarded (offered beside one the proxy does
+        not tunnel, only WebSocket is); one with a body is not, since the
+        tunnel would start before its body.
+        """
+        protocol, _ = self.client()
+        protocol.dataReceived(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+            b"Upgrade: h2c, WebSocket\r\n\r\n"
+        )
+        _, backend_transport = self.accept()
+        self.assertIn(
+            b"connection: upgrade\r\nupgrade: WebSocket\r\n", backend_transport.value()
+        )
+        forwarded, _, _ = self.exchange(
+            b"POST /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\nContent-Length: 2\r\n\r\nhi",
+            OK,
+        )
+        self.assertPlain(forwarded)
+        self.assertTrue(forwarded.endswith(b"\r\n\r\nhi"))
+
+    def test_upgrades_configurable(self):
+        """
+        C{upgrades} says which protocols are tunnelled: with C{x-custom}
+        listed, it is; with nothing listed, not even WebSocket.
+        """
+        websocket = (
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\n\r\n"
+        )
+        self.factory.settings = attrs.evolve(self.settings, upgrades=frozenset())
+        forwarded, _, _ = self.exchange(websocket, OK)
+        self.assertPlain(forwarded)
+        self.setUp()
+        self.factory.settings = attrs.evolve(
+            self.settings, upgrades=frozenset({b"x-custom"})
+        )
+        protocol, _ = self.client()
+        protocol.dataReceived(websocket.replace(b"websocket", b"X-Custom/2"))
+        _, backend_transport = self.accept()
+        self.assertIn(b"upgrade: X-Custom/2\r\n", backend_transport.value())

@@ -331,6 +331,7 @@ HTTP_KEYS = (
     "timeout_keepalive",
     "timeout_response",
     "timeout_tunnel",
+    "upgrades",
     "max_header_size",
     "max_headers",
     "max_body_size",
@@ -351,6 +352,10 @@ def _http_settings(reader: OptionReader) -> HTTPSettings:
         timeout_keepalive=reader.number("timeout_keepalive", 60.0, positive=True),
         timeout_response=reader.number("timeout_response", 60.0, positive=True),
         timeout_tunnel=reader.number("timeout_tunnel", 3600.0, positive=True),
+        upgrades=frozenset(
+            name.lower().encode("ascii")
+            for name in reader.tokens("upgrades", ("websocket",))
+        ),
         max_header_size=reader.integer("max_header_size", 32768, minimum=1024),
         max_headers=reader.integer("max_headers", 100, minimum=1),
         max_body_size=max_body or None,

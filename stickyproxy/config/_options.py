@@ -257,6 +257,15 @@ class OptionReader:
             raise self.fail(name, "a cookie or header name (letters, digits, -_.!#$)")
         return value
 
+    def tokens(self, name: str, default: object = _MISSING) -> tuple[str, ...]:
+        """
+        Read an array of RFC 9110 tokens, such as protocol names.
+        """
+        values = self.strings(name, default)
+        if not all(_TOKEN.fullmatch(value) for value in values):
+            raise self.fail(name, "an array of names (letters, digits, -_.!#$)")
+        return values
+
     def networks(self, name: str) -> tuple[IPNetwork, ...]:
         """
         Read an array of IP addresses or CIDR networks (absent: none).

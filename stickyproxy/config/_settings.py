@@ -76,6 +76,7 @@ class HTTPSettings:
     timeout_keepalive: float = 60.0
     timeout_response: float = 60.0
     timeout_tunnel: float = 3600.0
+    upgrades: frozenset[bytes] = frozenset({b"websocket"})  # lowercase
     max_header_size: int = 32768
     max_headers: int = 100
     max_body_size: int | None = None

@@ -10,23 +10,17 @@ network or the framing: the frontend turns the context back into bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import attrs
 from zope.interface import implementer
 
 from stickyproxy.core._cookies import SetCookie, parse_cookie_header
+from stickyproxy.http._message import split_list
 from stickyproxy.interfaces import IHTTPRoutingContext
 
 if TYPE_CHECKING:
     from stickyproxy.model import Backend
-
-
-def _split_list(values: Iterable[bytes]) -> list[bytes]:
-    return [
-        item.strip() for value in values for item in value.split(b",") if item.strip()
-    ]
 
 
 @implementer(IHTTPRoutingContext)
@@ -69,7 +63,7 @@ class HTTPRoutingContext:
 
     def header_values(self, name: bytes) -> list[bytes]:
         self.consulted.add(name)
-        return _split_list(value for key, value in self.request_headers if key == name)
+        return split_list(value for key, value in self.request_headers if key == name)
 
     def _sent_cookies(self) -> list[tuple[str, str]]:
         self.consulted.add(b"cookie")

@@ -38,7 +38,7 @@ from stickyproxy.core._router import NoBackendAvailable, Router
 from stickyproxy.core._timers import IdleTimer
 from stickyproxy.http._backend import BackendConnections, BackendHTTP
 from stickyproxy.http._context import HTTPRoutingContext
-from stickyproxy.http._message import HOP_BY_HOP, connection_options
+from stickyproxy.http._message import HOP_BY_HOP, connection_options, split_list
 from stickyproxy.interfaces import IResponseReceiver
 from stickyproxy.model import (
     Backend,
@@ -116,7 +116,7 @@ class _Exchange:
         version: str,
         keep_alive: bool,
         body: str,
-        upgrade: bool,
+        upgrade: bytes,
         length: int | None = None,
     ) -> None:
         self.client = client
@@ -125,7 +125,7 @@ class _Exchange:
         self.keep_alive = keep_alive
         self.body = body  # "none", "length" or "chunked"
         self.length = length  # the Content-Length the client sent, if any
-        self.upgrade = upgrade
+        self.upgrade = upgrade  # the protocols offered, if the proxy tunnels them
         self.request_done = False
         self.body_received = 0
         self.body_sent = 0  # response body bytes, for events
@@ -268,11 +268,7 @@ class _Exchange:
         elif self.length is not None:
             lines.append(b"content-length: %d\r\n" % self.length)
         if self.upgrade:
-            lines += [
-                b"connection: upgrade\r\nupgrade: ",
-                ctx.header(b"upgrade") or b"",
-                b"\r\n",
-            ]
+            lines += [b"connection: upgrade\r\nupgrade: ", self.upgrade, b"\r\n"]
         lines.append(b"\r\n")
         return b"".join(lines)
 
@@ -437,7 +433,7 @@ class _Exchange:
             extra
             + [
                 b"connection: upgrade\r\nupgrade: ",
-                self.ctx.header(b"upgrade") or b"",
+                self.upgrade,
                 b"\r\n",
             ],
         )
@@ -589,6 +585,8 @@ class HTTPProxyProtocol(Protocol):
         self._tunnel_exchange: _Exchange | None = None
         self.refusing: _Refuse | None = None
         self._ready: _Exchange | None = None  # to start once the chunk is parsed
+        self._plain_upgrade: _Exchange | None = None  # an upgrade not tunnelled
+        self._resuming = False  # parsing a head of our own: see _read_on
         self.timer: IdleTimer
 
     def connectionMade(self) -> None:
@@ -638,14 +636,33 @@ class HTTPProxyProtocol(Protocol):
             self.timer.touch()
             self._tunnel.write(data)
             return
-        if self.refusing is not None:
-            return
+        while data and self.refusing is None:
+            data = self._parse(data)
+        # Started only now, so that what llhttp finds wrong after the head
+        # (a bad Transfer-Encoding) is refused before any backend is asked;
+        # but started even when a later request in the same read is refused,
+        # since the refusal waits for the answers owed before it.
+        ready, self._ready = self._ready, None
+        if ready is not None and not ready.finished:
+            ready.start()
+
+    def _parse(self, data: bytes) -> bytes:
+        """
+        Feed C{data} to llhttp.
+
+        :returns: what it left unread: after an upgrade request the proxy
+            does not tunnel, the rest is plain HTTP/1.1 again.
+        """
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
+            rest = data[upgrade.args[0] :]
+            plain, self._plain_upgrade = self._plain_upgrade, None
+            if plain is not None:
+                return self._read_on(plain, rest)
             exchange = self._exchanges[-1] if self._exchanges else None
             if exchange is not None:
-                exchange.upgrade_rest = data[upgrade.args[0] :]
+                exchange.upgrade_rest = rest  # for the tunnel, if there is one
             self.pause_reading()
         except HttpParserCallbackError as error:
             cause = error.__context__
@@ -657,17 +674,47 @@ class HTTPProxyProtocol(Protocol):
                 self.refuse(_Refuse(505, "HTTP/2 is not supported here"))
             else:
                 self.refuse(_Refuse(400, f"malformed request: {error}"))
-        # Started only now, so that what llhttp finds wrong after the head
-        # (a bad Transfer-Encoding) is refused before any backend is asked;
-        # but started even when a later request in the same read is refused,
-        # since the refusal waits for the answers owed before it.
-        ready, self._ready = self._ready, None
-        if ready is not None and not ready.finished:
-            ready.start()
+        return b""
+
+    def _read_on(self, exchange: _Exchange, rest: bytes) -> bytes:
+        """
+        llhttp stopped after the head of an upgrade request the proxy does
+        not tunnel, and skipped its body: a new parser reads on, as plain
+        HTTP/1.1, from that body (given the framing the head announced) or
+        from the next request.
+
+        :returns: C{rest}, for the new parser.
+        """
+        self._parser = HttpRequestParser(self)
+        if exchange.body != "none":
+            if exchange.body == "chunked":
+                framing = b"transfer-encoding: chunked"
+            else:
+                framing = b"content-length: %d" % (exchange.length or 0)
+            self._resuming = True  # its head is ours: the callbacks skip it
+            self._parser.feed_data(b"PUT / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
+        return rest
+
+    def _carried_upgrade(self, headers: list[tuple[bytes, bytes]], body: str) -> bytes:
+        """
+        :returns: the protocols of the request's Upgrade header the proxy
+            tunnels (C{upgrades}), or nothing: then the request goes on as
+            plain HTTP/1.1.  One with a body is never tunnelled: the tunnel
+            would start before it.
+        """
+        offered = split_list(value for name, value in headers if name == b"upgrade")
+        carried = [
+            protocol
+            for protocol in offered
+            if protocol.split(b"/", 1)[0].lower() in self.settings.upgrades
+        ]
+        return b", ".join(carried) if body == "none" else b""
 
     # llhttp callbacks
 
     def on_message_begin(self) -> None:
+        if self._resuming:
+            return
         self._url = b""
         self._headers = []
         self._head_size = 1
@@ -691,6 +738,10 @@ class HTTPProxyProtocol(Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        if self._resuming:  # the head _read_on made up
+            self._resuming = False
+            self._url = b""
+            return
         self._in_head = False
         parser = self._parser
         version = parser.get_http_version()
@@ -728,6 +779,9 @@ class HTTPProxyProtocol(Protocol):
                 limit = self.settings.max_body_size
                 if limit is not None and length > limit:
                     raise _Refuse(413, f"the request body is larger than {limit} bytes")
+        upgrade = (
+            self._carried_upgrade(headers, body) if parser.should_upgrade() else b""
+        )
         ctx = HTTPRoutingContext(
             frontend=self.factory.name,
             client_host=self.peer_host,
@@ -749,9 +803,11 @@ class HTTPProxyProtocol(Protocol):
             version,
             parser.should_keep_alive(),
             body,
-            parser.should_upgrade(),
+            upgrade,
             length,
         )
+        if parser.should_upgrade() and not upgrade:
+            self._plain_upgrade = exchange  # llhttp will stop after its head
         self._incoming = exchange
         self._exchanges.append(exchange)
         if len(self._exchanges) == 1:
@@ -766,7 +822,11 @@ class HTTPProxyProtocol(Protocol):
 
     def on_message_complete(self) -> None:
         exchange, self._incoming = self._incoming, None
-        if exchange is not None:
+        if exchange is None:
+            return
+        if exchange is self._plain_upgrade and exchange.body != "none":
+            self._incoming = exchange  # llhttp skipped its body: see _read_on
+        else:
             exchange.request_complete()
 
     # answering

@@ -33,6 +33,16 @@ HOP_BY_HOP = frozenset(
 FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
 
 
+def split_list(values: Iterable[bytes]) -> list[bytes]:
+    """
+    The items of comma-separated header values, stripped, empty ones left
+    out (RFC 9110 5.6.1).
+    """
+    return [
+        item.strip() for value in values for item in value.split(b",") if item.strip()
+    ]
+
+
 def connection_options(
     values: Iterable[bytes], keep: AbstractSet[bytes] = frozenset()
 ) -> frozenset[bytes]:
@@ -44,7 +54,5 @@ def connection_options(
     :param values: the values of every C{Connection} header of a message.
     :param keep: lowercase names that stay whatever C{Connection} says.
     """
-    named = frozenset(
-        token.strip().lower() for value in values for token in value.split(b",")
-    )
+    named = frozenset(token.lower() for token in split_list(values))
     return named.difference(FRAMING, keep)

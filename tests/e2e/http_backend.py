@@ -26,8 +26,9 @@ C{/ws}
     answers a close with the same close code.
 anything else
     The text C{NAME} and a newline; the header C{X-Request-Cookie} shows the
-    C{Cookie} header the request arrived with (C{-} when none), so a test
-    sees what the proxy forwarded.
+    C{Cookie} header the request arrived with (C{-} when none), and
+    C{X-Request-Upgrade} its C{Upgrade} header, so a test sees what the
+    proxy forwarded.
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("X-Backend", server.name)
         self.send_header("X-Request-Cookie", self.headers.get("Cookie", "-"))
+        self.send_header("X-Request-Upgrade", self.headers.get("Upgrade", "-"))
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")

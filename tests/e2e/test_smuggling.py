@@ -118,3 +118,45 @@ class ConnectionHeaderTests(HTTPE2ETestCase):
             self.assertEqual(response.status, 200, body)
             self.assertEqual(response.getheader("Content-Length"), str(len(body)))
             self.assertIn(body.decode().strip(), self.backends)
+
+
+class UpgradeTests(HTTPE2ETestCase):
+    """
+    Upgrades to protocols the proxy does not tunnel go on as HTTP/1.1.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.start_http_proxy(None)
+
+    def test_curl_http2_upgrade(self) -> None:
+        """
+        C{curl --http2} offers an h2c upgrade (C{Connection: Upgrade,
+        HTTP2-Settings}), on a GET and on a POST with a body: the backend
+        gets a plain HTTP/1.1 request without Upgrade and answers it, and
+        curl gets that answer over HTTP/1.1.
+        """
+        for args in [(), ("--data", "a=1")]:
+            result = self.served("/", "--http2", *args)
+            self.assertEqual(result.header("x-request-upgrade"), "-", result.describe())
+
+    def test_upgrade_with_body_pipelined(self) -> None:
+        """
+        An h2c upgrade request with a body, and a request after it in the
+        same write: the body reaches the backend as the body and the next
+        request as a request, each answered.
+        """
+        hidden = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+        request = (
+            b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+            b"Content-Length: %d\r\n\r\n"
+            % len(hidden)
+            + hidden
+            + b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        answer = self.raw_exchange(self.port, request)
+        self.assertEqual(statuses(answer), [b"200", b"200"], answer)
+        self.assertNotIn(b"HTTP/1.1 101", answer)
+        for name, backend in self.backends.items():
+            self.assertNotIn("/smuggled", backend.output(), name)

@@ -53,13 +53,19 @@ class ListenerService(Service):
     failure to listen is a L{ConfigError} naming the config key, and
     L{bind} may be called early (C{twistd} does, so a port in use is
     reported before anything starts).  A C{haproxy:} prefix means clients
-    come through a load balancer that sends the PROXY protocol.
+    come through a load balancer that sends the PROXY protocol, within
+    C{timeout_proxy_header} seconds.
     """
 
     log = Logger()
 
     def __init__(
-        self, reactor: Any, description: str, factory: IProtocolFactory, path: str
+        self,
+        reactor: Any,
+        description: str,
+        factory: IProtocolFactory,
+        path: str,
+        timeout_proxy_header: float = 10.0,
     ) -> None:
         self.description = description
         self.path = path
@@ -67,7 +73,9 @@ class ListenerService(Service):
         if description.startswith("haproxy:"):
             # Ours rather than Twisted's haproxy: wrapper: see ProxyHeaderReceiver.
             description = description[len("haproxy:") :]
-            self._factory = ProxyHeaderWrappingFactory(factory)
+            self._factory = ProxyHeaderWrappingFactory(
+                factory, reactor, timeout_proxy_header
+            )
         try:
             self._endpoint = serverFromString(reactor, description)
         except Exception as error:
@@ -281,7 +289,11 @@ class ProxyService(MultiService):
                     self.events,
                 )
             listener = ListenerService(
-                reactor, frontend.listen, factory, join_path(frontend.path, "listen")
+                reactor,
+                frontend.listen,
+                factory,
+                join_path(frontend.path, "listen"),
+                frontend.timeout_proxy_header,
             )
             listener.setName(frontend.name)
             listener.setServiceParent(self)

@@ -272,6 +272,55 @@ class ErrorTests(TestCase):
         self.assertEqual((http.max_body_size, http.timeout_response), (1000, 5.0))
         self.assertEqual(str(http.trusted_proxies[0]), "10.0.0.0/8")
 
+    def test_timeouts(self):
+        """
+        C{timeout_body} and C{body_min_rate} load on HTTP frontends, and
+        C{timeout_proxy_header} on C{haproxy:} listeners; the defaults are
+        30 s, 500 bytes a second and 10 s.
+        """
+        http = load_config(
+            _with(lambda d: d["frontend"][0].update(mode="http")), REGISTRY
+        ).frontends[0]
+        self.assertEqual(
+            (
+                http.http.timeout_body,
+                http.http.body_min_rate,
+                http.timeout_proxy_header,
+            ),
+            (30.0, 500.0, 10.0),
+        )
+        frontend = load_config(
+            _with(
+                lambda d: d["frontend"][0].update(
+                    mode="http",
+                    listen="haproxy:tcp:7000",
+                    timeout_body=5,
+                    body_min_rate=0,
+                    timeout_proxy_header=2,
+                )
+            ),
+            REGISTRY,
+        ).frontends[0]
+        self.assertEqual(
+            (
+                frontend.http.timeout_body,
+                frontend.http.body_min_rate,
+                frontend.timeout_proxy_header,
+            ),
+            (5.0, 0.0, 2.0),
+        )
+
+    def test_proxy_header_timeout_needs_haproxy(self):
+        """
+        C{timeout_proxy_header} on a listener that reads no PROXY header is
+        a mistake, not silently ignored.
+        """
+        self.assertConfigError(
+            lambda d: d["frontend"][0].update(timeout_proxy_header=5),
+            "frontend[0].timeout_proxy_header",
+            'expected only with a "haproxy:" listen string',
+        )
+
     def test_http_errors(self):
         """
         Bad HTTP options name their key.

@@ -532,6 +532,92 @@ class StatusTests(HTTPTestCase):
         self.assertTrue(good_transport.value().startswith(b"HTTP/1.1 200"))
 
 
+class BodyDeadlineTests(HTTPTestCase):
+    """
+    The whole request body must arrive within C{timeout_body}, plus a second
+    for every C{body_min_rate} bytes received (issue 8, defect 4).
+    """
+
+    settings = HTTPSettings(
+        timeout_request=10,
+        timeout_response=60,
+        timeout_keepalive=60,
+        timeout_body=20,
+        body_min_rate=100,
+    )
+
+    def post(self, length):
+        """
+        A client that has sent the head of a POST of C{length} body bytes,
+        routed to a connected backend.
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % length
+        )
+        backend, backend_transport = self.accept()
+        return protocol, transport, backend, backend_transport
+
+    def test_trickled_body_gets_408(self):
+        """
+        A body trickled a few bytes a second (never idle long enough for
+        any inactivity timeout) gets C{408} once C{timeout_body} and the
+        credit of the bytes it sent have passed; the client connection is
+        closed, and so is the backend connection, rather than kept for
+        another request.
+        """
+        protocol, transport, backend, backend_transport = self.post(1000)
+        for _ in range(20):
+            protocol.dataReceived(b"xxxxx")  # 100 bytes in 20 s: 1 s of credit
+            self.reactor.advance(1)
+        self.assertEqual(transport.value(), b"")
+        self.reactor.advance(1)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "))
+        self.assertIn(b"the request body took too long", transport.value())
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(backend_transport.disconnected)
+        self.assertEqual(len(self.factory.connections[self.pool.get("a")]), 0)
+
+    def test_strict_deadline(self):
+        """
+        With C{body_min_rate = 0}, C{timeout_body} is a plain deadline,
+        however fast the body comes.
+        """
+        self.factory.settings = attrs.evolve(self.settings, body_min_rate=0)
+        protocol, transport, _, _ = self.post(100000)
+        for _ in range(20):
+            protocol.dataReceived(b"x" * 1000)
+            self.reactor.advance(1)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "))
+
+    def test_fair_upload_not_cut(self):
+        """
+        A body that keeps up more than C{body_min_rate} arrives whole,
+        however long past C{timeout_body} it takes.
+        """
+        protocol, transport, backend, backend_transport = self.post(60 * 200)
+        for _ in range(60):
+            protocol.dataReceived(b"x" * 200)
+            self.reactor.advance(1)
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(backend_transport.value().endswith(b"x" * 200))
+        backend.dataReceived(OK)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "))
+
+    def test_deadline_ends_with_body(self):
+        """
+        Once the body is complete, its deadline no longer runs: a backend
+        that takes longer than C{timeout_body} to answer is given
+        C{timeout_response}, and its connection is kept.
+        """
+        protocol, transport, backend, _ = self.post(2)
+        protocol.dataReceived(b"hi")
+        self.reactor.advance(50)
+        backend.dataReceived(OK)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "))
+        self.assertEqual(len(self.factory.connections[self.pool.get("a")]), 1)
+
+
 class PersistenceHookTests(HTTPTestCase):
     def test_persist_at_response_head(self):
         """

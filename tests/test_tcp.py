@@ -425,6 +425,58 @@ class ProxyHeaderReceiverTests(TestCase):
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.reactor.tcpClients, [])
 
+    def test_silent_client_closed(self):
+        """
+        A client that sends no PROXY header is closed after
+        C{timeout_proxy_header} (10 s by default), without being routed.
+        """
+        self.reactor.advance(9.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.reactor.advance(0.1)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_header_bounded_as_a_whole(self):
+        """
+        The bound is on the whole header, not on silence between its bytes:
+        one trickled a byte a second is cut off at the deadline.
+        """
+        header = b"PROXY TCP4 203.0.113.5 192.0.2.9 4000 7000\r\n"
+        for byte in header[:10]:
+            self.wrapper.dataReceived(bytes([byte]))
+            self.reactor.advance(1)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_header_in_time_stops_timer(self):
+        """
+        Once the header is read, its timer is gone: the connection lives on
+        as long as the proxied protocol wants.
+        """
+        self.reactor.advance(9)
+        self.wrapper.dataReceived(b"PROXY TCP4 203.0.113.5 192.0.2.9 4000 7000\r\n")
+        self.accept_backend()
+        self.reactor.advance(100)
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_configured_timeout(self):
+        """
+        The listener takes its bound from the frontend's
+        C{timeout_proxy_header}, and the clock it is given.
+        """
+        reactor = MemoryReactorClock()
+        factory = TCPProxyFactory(
+            "front", Router(Pool("p", (), RoundRobin()), [], reactor), reactor
+        )
+        ListenerService(reactor, "haproxy:tcp:7000", factory, "listen", 2.5).bind()
+        wrapper = reactor.tcpServers[0][1].buildProtocol(None)
+        transport = HalfCloseTransport(hostAddress=LISTENER, peerAddress=CLIENT)
+        wrapper.makeConnection(transport)
+        reactor.advance(2.4)
+        self.assertFalse(transport.disconnecting)
+        reactor.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+
     def test_half_close_through(self):
         """
         A half-close from the client passes through the wrapper to the backend.

@@ -8,7 +8,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 
 from stickyproxy.config._settings import HealthSettings
-from stickyproxy.core._timers import IdleTimer, call_at
+from stickyproxy.core._timers import Deadline, IdleTimer, call_at
 from stickyproxy.health._monitor import HealthMonitor
 from stickyproxy.http._backend import BackendConnections, BackendHTTP
 from stickyproxy.model import AdminState
@@ -152,3 +152,45 @@ class MonitorScheduleTests(TestCase):
         self.addCleanup(monitor.stopService)
         clock.advance(0)
         self.assertEqual(checked, ["a"])
+
+
+class DeadlineTests(TestCase):
+    def test_moves_later(self):
+        """
+        A L{Deadline} whose moment moves later while it waits fires once,
+        at the moment it names by then, not before.
+        """
+        clock = CreepingClock(step=0.0)
+        due = [10.0]
+        fired = []
+        Deadline(clock, lambda: due[0], lambda: fired.append(clock.seconds()))
+        clock.advance(5)
+        due[0] = 12.5
+        clock.advance(5)
+        self.assertEqual(fired, [])
+        clock.advance(2.5)
+        self.assertEqual(fired, [12.5])
+        clock.advance(100)
+        self.assertEqual(fired, [12.5])
+
+    def test_cancel(self):
+        """
+        A cancelled L{Deadline} never fires, and leaves no call pending.
+        """
+        clock = CreepingClock()
+        fired = []
+        Deadline(clock, lambda: 1.0, lambda: fired.append(True)).cancel()
+        clock.advance(10)
+        self.assertEqual((fired, clock.calls), ([], []))
+
+    def test_past_moment(self):
+        """
+        A moment already past when the deadline is made fires at once,
+        with no negative delay.
+        """
+        clock = CreepingClock()
+        clock.advance(10)
+        fired = []
+        Deadline(clock, lambda: 5.0, lambda: fired.append(True))
+        clock.advance(0)
+        self.assertEqual(fired, [True])

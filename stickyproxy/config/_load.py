@@ -125,6 +125,7 @@ class FrontendConfig:
     pool: str
     persistence: tuple[PersistenceConfig, ...] = ()
     idle_timeout: float | None = None
+    timeout_proxy_header: float = 10.0
     strict: bool = False
     persistence_timeout: float = PERSISTENCE_TIMEOUT
     http: HTTPSettings | None = None
@@ -328,6 +329,8 @@ HTTP_KEYS = (
     "debug_header",
     "access_log",
     "timeout_request",
+    "timeout_body",
+    "body_min_rate",
     "timeout_keepalive",
     "timeout_response",
     "timeout_tunnel",
@@ -349,6 +352,8 @@ def _http_settings(reader: OptionReader) -> HTTPSettings:
         debug_header=_header_name(reader, "debug_header"),
         access_log=reader.boolean("access_log", False),
         timeout_request=reader.number("timeout_request", 10.0, positive=True),
+        timeout_body=reader.number("timeout_body", 30.0, positive=True),
+        body_min_rate=reader.number("body_min_rate", 500.0, minimum=0.0),
         timeout_keepalive=reader.number("timeout_keepalive", 60.0, positive=True),
         timeout_response=reader.number("timeout_response", 60.0, positive=True),
         timeout_tunnel=reader.number("timeout_tunnel", 3600.0, positive=True),
@@ -386,13 +391,23 @@ def _frontend(
         reader.elsewhere('expected only on mode = "tcp" frontends', "idle_timeout")
     else:
         reader.elsewhere('expected only on mode = "http" frontends', *HTTP_KEYS)
+    listen = reader.string("listen")
+    if not listen.startswith("haproxy:"):
+        reader.elsewhere(
+            'expected only with a "haproxy:" listen string', "timeout_proxy_header"
+        )
     frontend = FrontendConfig(
         name=reader.string("name", f"frontend{index}"),
         mode=mode,
-        listen=reader.string("listen"),
+        listen=listen,
         pool=pool,
         persistence=persistence,
         idle_timeout=reader.optional_number("idle_timeout") if mode == "tcp" else None,
+        timeout_proxy_header=(
+            reader.number("timeout_proxy_header", 10.0, positive=True)
+            if listen.startswith("haproxy:")
+            else 10.0
+        ),
         strict=reader.boolean("strict", False),
         persistence_timeout=reader.number(
             "persistence_timeout", PERSISTENCE_TIMEOUT, positive=True

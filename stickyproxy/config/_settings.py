@@ -73,6 +73,8 @@ class HTTPSettings:
     debug_header: bytes | None = None
     access_log: bool = False
     timeout_request: float = 10.0
+    timeout_body: float = 30.0
+    body_min_rate: float = 500.0
     timeout_keepalive: float = 60.0
     timeout_response: float = 60.0
     timeout_tunnel: float = 3600.0

@@ -13,7 +13,14 @@ import struct
 from zope.interface import directlyProvides, implementer, providedBy
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, ITransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    ITransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
@@ -87,8 +94,12 @@ class ProxyHeaderReceiver(ProtocolWrapper):
     Unlike Twisted's own wrapper, the wrapped protocol is connected only
     once the header has been read, so its C{connectionMade} already sees
     the real client (affinity is decided there), and half-closes are passed
-    through.
+    through.  A client that has not sent its header within the factory's
+    C{timeout} is closed: a silent one must not hold its socket forever.
     """
+
+    factory: ProxyHeaderWrappingFactory
+    _timer: IDelayedCall | None = None
 
     _info: ProxyInfo | None = None
     _parser: ProxyHeaderParser
@@ -98,6 +109,18 @@ class ProxyHeaderReceiver(ProtocolWrapper):
         self._parser = ProxyHeaderParser()
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
+        self._timer = self.factory.clock.callLater(
+            self.factory.timeout, self._header_too_late
+        )
+
+    def _header_too_late(self) -> None:
+        self._timer = None
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     def dataReceived(self, data: bytes) -> None:
         if self._info is not None:
@@ -111,6 +134,7 @@ class ProxyHeaderReceiver(ProtocolWrapper):
         if parsed is None:
             return
         self._info, rest = parsed
+        self._stop_timer()
         self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
         if rest:
             self.wrappedProtocol.dataReceived(rest)
@@ -140,6 +164,7 @@ class ProxyHeaderReceiver(ProtocolWrapper):
             self.wrappedProtocol.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_timer()
         if self._info is None:
             self.factory.unregisterProtocol(self)  # never handed on
             return
@@ -148,8 +173,16 @@ class ProxyHeaderReceiver(ProtocolWrapper):
 
 class ProxyHeaderWrappingFactory(WrappingFactory):
     """
-    Wraps a factory so its protocols first read a PROXY header.
+    Wraps a factory so its protocols first read a PROXY header, within
+    C{timeout} seconds of C{clock}.
     """
 
     protocol = ProxyHeaderReceiver
     noisy = False
+
+    def __init__(
+        self, wrappedFactory: IProtocolFactory, clock: IReactorTime, timeout: float
+    ) -> None:
+        super().__init__(wrappedFactory)
+        self.clock = clock
+        self.timeout = timeout

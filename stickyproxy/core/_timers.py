@@ -78,3 +78,42 @@ class IdleTimer:
             return
         self._call = None
         self._on_idle()
+
+
+class Deadline:
+    """
+    Calls C{on_late} once the clock passes C{due()}, a moment that may
+    move later as things happen (a request body's deadline grows with the
+    bytes received).
+
+    Moving it costs no timer operation: the single pending call, when it
+    fires before the moment C{due()} names by then, re-arms itself for it.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        due: Callable[[], float],
+        on_late: Callable[[], object],
+    ) -> None:
+        self._clock = clock
+        self._due = due
+        self._on_late = on_late
+        self._call: IDelayedCall | None = call_at(clock, due(), self._check)
+
+    def cancel(self) -> None:
+        """
+        Stop timing (what was timed is over).
+        """
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _check(self) -> None:
+        due = self._due()
+        left = due - self._clock.seconds()  # one reading: the delay is > 0
+        if left > 0:
+            self._call = self._clock.callLater(left, self._check)
+            return
+        self._call = None
+        self._on_late()

@@ -35,7 +35,7 @@ from stickyproxy.core._endpoints import no_delay
 from stickyproxy.core._events import EventStream
 from stickyproxy.core._proxyheader import HEADERS
 from stickyproxy.core._router import NoBackendAvailable, Router
-from stickyproxy.core._timers import IdleTimer
+from stickyproxy.core._timers import Deadline, IdleTimer
 from stickyproxy.http._backend import BackendConnections, BackendHTTP
 from stickyproxy.http._context import HTTPRoutingContext
 from stickyproxy.http._message import HOP_BY_HOP, connection_options, split_list
@@ -146,11 +146,18 @@ class _Exchange:
         self.bound = False  # the router's bind ran: strategies hold a binding
         self.ended = "ok"  # how it ended, for events
         self.started = client.factory.clock.seconds()
+        self.body_started = 0.0
+        self.body_deadline: Deadline | None = None
 
     # routing and connecting
 
     def start(self) -> None:
+        clock = self.client.factory.clock
         self.client.wait(self.client.settings.timeout_response, self._timed_out)
+        if not self.request_done:
+            # From now on the body is read: it must arrive in time.
+            self.body_started = clock.seconds()
+            self.body_deadline = Deadline(clock, self._body_due, self._body_late)
         self.dispatching = self.client.factory.router.dispatch(self.ctx, self._acquire)
         self.dispatching.addCallbacks(self._connected, self._no_backend)
         if self.dispatching is not None:
@@ -288,8 +295,32 @@ class _Exchange:
         transport: Any = self.backend.transport  # type: ignore[union-attr]
         write_body(transport, data, self.body == "chunked")
 
+    def _body_due(self) -> float:
+        """
+        When the body must have arrived: C{timeout_body} after it started,
+        plus a second for each C{body_min_rate} bytes received (as Apache's
+        mod_reqtimeout), so a large upload at a fair rate is never cut, and
+        a trickle is.
+        """
+        settings = self.client.settings
+        due = self.body_started + settings.timeout_body
+        if settings.body_min_rate:
+            due += self.body_received / settings.body_min_rate
+        return due
+
+    def _body_late(self) -> None:
+        self.body_deadline = None
+        self.ended = "client-timeout"
+        self._fail(408, "the request body took too long")
+
+    def _stop_body_deadline(self) -> None:
+        if self.body_deadline is not None:
+            self.body_deadline.cancel()
+            self.body_deadline = None
+
     def request_complete(self) -> None:
         self.request_done = True
+        self._stop_body_deadline()
         if self.backend is not None:
             self._end_body()
 
@@ -477,6 +508,7 @@ class _Exchange:
         self._finish(False)
 
     def _release(self, ok: bool) -> None:
+        self._stop_body_deadline()
         self._let_go(ok)
         decision = self.decision
         if decision is not None:

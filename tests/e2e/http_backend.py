@@ -4,11 +4,14 @@ own (so a test can kill it by PID) with nothing but the standard library::
 
     python http_backend.py NAME [--port PORT] [--route ROUTE]
         [--cookie JSESSIONID] [--max-age N] [--health-path /health]
+        [--log-connections]
 
 It listens on 127.0.0.1 (port 0 by default: the kernel picks a free one)
 and prints C{listening on 127.0.0.1:PORT} once it accepts connections.  It
-keeps connections alive, and logs one line per request.  Every answer has
-the header C{X-Backend: NAME}.  It serves:
+keeps connections alive, and logs one line per request (and, with
+C{--log-connections}, C{connection from PORT opened} and C{... closed} as
+each connection starts and ends).  Every answer has the header
+C{X-Backend: NAME}.  It serves:
 
 C{/_control/unhealthy}, C{/_control/healthy}
     Switch what the health path answers (the switch is this process's own:
@@ -91,12 +94,32 @@ class _Handler(BaseHTTPRequestHandler):
     # algorithm holds the body back until the proxy's delayed ACK.
     disable_nagle_algorithm = True
 
+    def setup(self) -> None:
+        super().setup()
+        self._log_connection("opened")
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self._log_connection("closed")
+
+    def _log_connection(self, what: str) -> None:
+        if self.server.log_connections:
+            print(f"connection from {self.client_address[1]} {what}", flush=True)
+
     def do_GET(self) -> None:
         self._serve(body=True)
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
+        try:
+            complete = len(self.rfile.read(length)) == length
+        except ConnectionResetError:
+            complete = False
+        if not complete:
+            self.close_connection = True  # cut off half-way: nobody to answer
+            return
         self._serve(body=True)
 
     def do_HEAD(self) -> None:
@@ -187,8 +210,10 @@ class _Server(ThreadingHTTPServer):
         cookie: str,
         max_age: int | None,
         health_path: str,
+        log_connections: bool = False,
     ) -> None:
         self.name = name
+        self.log_connections = log_connections
         self.route = route
         self.cookie = cookie
         self.max_age = max_age
@@ -208,6 +233,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--cookie", default="JSESSIONID")
     parser.add_argument("--max-age", type=int)
     parser.add_argument("--health-path", default="/health")
+    parser.add_argument("--log-connections", action="store_true")
     args = parser.parse_args(argv)
     server = _Server(
         args.name,
@@ -216,6 +242,7 @@ def main(argv: list[str]) -> None:
         args.cookie,
         args.max_age,
         args.health_path,
+        args.log_connections,
     )
     host, port = server.server_address[:2]
     print(f"listening on {host}:{port}", flush=True)

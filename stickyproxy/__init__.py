@@ -9,7 +9,7 @@ from stickyproxy.config._load import ProxyConfig, load_config, read_config_file
 from stickyproxy.config._options import ConfigError, OptionReader
 from stickyproxy.config._settings import HealthSettings
 from stickyproxy.core._events import EventStream, IgnoreEvents
-from stickyproxy.core._pool import Pool
+from stickyproxy.core._pool import BackendInUse, Pool
 from stickyproxy.core._router import NoBackendAvailable, Router, RoutingContext
 from stickyproxy.health._monitor import HealthMonitor
 from stickyproxy.health._probes import HTTPProbe, TCPProbe
@@ -32,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdminState",
     "Backend",
+    "BackendInUse",
     "ConfigError",
     "ConnectionClosed",
     "ConnectionOpened",

@@ -147,7 +147,11 @@ class IBackendPool(Interface):
     """
 
     name = Attribute("str: the pool's name in the configuration")
-    backends = Attribute("tuple[Backend, ...]: every backend, in config order")
+    backends = Attribute(
+        "tuple[Backend, ...]: every backend, in config order (then in the "
+        "order added); a new tuple whenever one is added or removed, so an "
+        "identity check tells a cache it is stale"
+    )
 
     def get(name: str) -> Backend | None:
         """
@@ -192,7 +196,37 @@ class IBackendPool(Interface):
 
     def observe(observer: Callable[[StateChange], None]) -> None:
         """
-        Call C{observer} with each change of a backend's state.
+        Call C{observer} with each change of a backend's state, and of the
+        set of backends: C{"added"}, C{"removed"} and C{"weight"}.
+        """
+
+    def add(backend: Backend, reason: str = "operator") -> None:
+        """
+        Add a backend, announced as an C{"added"} change.
+
+        :raises ValueError: the pool already has a backend of that name.
+        """
+
+    def remove(name: str, reason: str = "operator") -> Backend:
+        """
+        Remove a backend in maintenance or with no sessions, announced as a
+        C{"removed"} change.  What is open to it finishes; clients bound to
+        it are balanced again.
+
+        :returns: the removed backend.
+        :raises KeyError: no backend has that name.
+        :raises stickyproxy.BackendInUse: it holds sessions and is not in
+            maintenance (drain it first).
+        """
+
+    def set_weight(name: str, weight: int, reason: str = "operator") -> None:
+        """
+        Change a backend's weight, announced as a C{"weight"} change (when
+        it differs).  Weight 0 keeps its bound clients and gives it no new
+        ones.
+
+        :raises KeyError: no backend has that name.
+        :raises ValueError: C{weight} is not an integer >= 0.
         """
 
 
@@ -212,6 +246,14 @@ class IBalancer(Interface):
         :param key: bytes identifying the client (its address for L4), used
             by hashing balancers and ignored by the others.
         :returns: one of C{candidates}, or C{None} when it is empty.
+        """
+
+    def backend_changed(change: StateChange) -> None:
+        """
+        Follow a change in the pool (the pool calls this before its other
+        observers): a balancer that keeps something per backend drops or
+        resets it when a backend is C{"added"}, C{"removed"} or changes
+        C{"weight"}.
         """
 
 

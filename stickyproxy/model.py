@@ -94,8 +94,9 @@ class StateChange:
     """
     One change of a backend's state, as observers receive it.
 
-    :ivar kind: C{"health"} or C{"admin"} (more kinds come with runtime
-        changes to a pool: a backend added, removed, or re-weighted).
+    :ivar kind: C{"health"} or C{"admin"}; or a change to the pool's set of
+        backends: C{"added"}, C{"removed"} (old and new are C{"absent"} and
+        C{"present"}) or C{"weight"} (the weights, as text).
     :ivar old: the state's value before, e.g. C{"up"} or C{"ready"}.
     :ivar new: its value after.
     :ivar reason: why, in words (a probe's result, "operator", ...).

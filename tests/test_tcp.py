@@ -9,6 +9,7 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from stickyproxy import AdminState
 from stickyproxy.core._balancers import RoundRobin
 from stickyproxy.core._pool import Pool
 from stickyproxy.core._proxyheader import v1_header, v2_header
@@ -524,3 +525,28 @@ class OnDownTests(TestCase):
         client_transport, _ = self.splice()
         self.pool.set_health(self.pool.get("a"), Health.DOWN, "test")
         self.assertFalse(client_transport.disconnecting)
+
+    def test_removed_close(self):
+        """
+        With C{on_down = "close"}, removing a backend (from maintenance)
+        closes its open connections, as its going down would.
+        """
+        self.pool.on_down = "close"
+        client_transport, backend_transport = self.splice()
+        self.pool.set_admin_state("a", AdminState.MAINT)
+        self.assertFalse(client_transport.disconnecting)
+        self.pool.remove("a")
+        self.assertTrue(client_transport.disconnecting)
+        self.assertTrue(backend_transport.disconnected)
+        self.assertEqual(self.factory._open, {})
+
+    def test_removed_keep(self):
+        """
+        With C{on_down = "keep"}, they run on to their end, and the frontend
+        keeps nothing for the removed backend.
+        """
+        client_transport, _ = self.splice()
+        self.pool.set_admin_state("a", AdminState.MAINT)
+        self.pool.remove("a")
+        self.assertFalse(client_transport.disconnecting)
+        self.assertEqual(self.factory._open, {})

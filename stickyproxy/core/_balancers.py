@@ -3,7 +3,8 @@ Balancers: the first pick for a client with no binding.
 
 All four take the candidate list the router allows (backends accepting new
 clients, minus those that already failed this client), so none of them
-knows about health or persistence.
+knows about health or persistence.  Each follows the pool's changes
+(L{IBalancer.backend_changed}); only round-robin keeps anything per backend.
 """
 
 from __future__ import annotations
@@ -17,7 +18,20 @@ import attrs
 from zope.interface import implementer
 
 from stickyproxy.interfaces import IBalancer
-from stickyproxy.model import Backend
+from stickyproxy.model import Backend, StateChange
+
+#: The pool changes after which a balancer's per-backend state is stale.
+SET_CHANGES = frozenset({"added", "removed", "weight"})
+
+
+class _Stateless:
+    """
+    A balancer that keeps nothing per backend: each pick reads the
+    candidates it is given, so a change in the pool needs no following.
+    """
+
+    def backend_changed(self, change: StateChange) -> None:
+        pass
 
 
 def _unit_hash(key: bytes, name: str) -> float:
@@ -73,6 +87,13 @@ class RoundRobin:
             current[best.name] = best_current - total
         return best
 
+    def backend_changed(self, change: StateChange) -> None:
+        # The current values balance out over the old set and weights: a
+        # new cycle starts, so a new backend gets its share from the next
+        # pick, and a removed one leaves nothing behind.
+        if change.kind in SET_CHANGES:
+            self._current.clear()
+
 
 def _load(backend: Backend) -> float:
     weight = backend.effective_weight
@@ -81,7 +102,7 @@ def _load(backend: Backend) -> float:
 
 @implementer(IBalancer)
 @attrs.define(eq=False)
-class LeastConnections:
+class LeastConnections(_Stateless):
     """
     The backend with the fewest open connections per unit of weight; ties
     go round-robin so that an idle pool still spreads clients.
@@ -102,7 +123,7 @@ class LeastConnections:
 
 @implementer(IBalancer)
 @attrs.define(eq=False)
-class PowerOfTwoChoices:
+class PowerOfTwoChoices(_Stateless):
     """
     Two backends drawn at random (by weight), the less loaded one wins: near
     least-connections quality without scanning, and no herd on one backend.
@@ -121,7 +142,7 @@ class PowerOfTwoChoices:
 
 @implementer(IBalancer)
 @attrs.define(eq=False)
-class ConsistentHash:
+class ConsistentHash(_Stateless):
     """
     Weighted rendezvous hashing of the client key, optionally with bounded
     load: with C{balance_factor} c, a backend already holding more than c

@@ -6,11 +6,17 @@ thresholds count) comes from health tracking; its administrative state
 (ready, drain, maint) from the operator, as in HAProxy.  The pool turns the
 two into the two lists the router needs: backends that may keep their
 bound clients, and backends that may take new ones.  Every change is an
-event that observers (the L4 frontends, an admin view) receive.
+event that observers (the balancer, the frontends, the health monitor, the
+event stream) receive.
+
+The set of backends changes at runtime too: L{Pool.add}, L{Pool.remove}
+and L{Pool.set_weight} announce C{"added"}, C{"removed"} and C{"weight"}
+changes, which whoever keeps something per backend follows.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -28,6 +34,14 @@ from stickyproxy.model import AdminState, Backend, Health, StateChange
 
 StateObserver = Callable[[StateChange], None]
 SessionSource = Callable[[str], int]
+
+
+class BackendInUse(Exception):
+    """
+    A backend cannot be removed yet: it still holds sessions and is not in
+    maintenance.  Drain it first (L{Pool.drain}, with a deadline to bound
+    the wait), or put it in maintenance to cut its sessions over.
+    """
 
 
 @implementer(IBackendPool)
@@ -70,11 +84,14 @@ class Pool:
     _serving: list[Backend] | None = attrs.field(init=False, default=None)
     _accepting: list[Backend] | None = attrs.field(init=False, default=None)
     _drains: dict[str, IDelayedCall] = attrs.field(init=False, factory=dict)
+    _announcing: deque[StateChange] | None = attrs.field(init=False, default=None)
 
     log = Logger()
 
     def __attrs_post_init__(self) -> None:
         self._by_name = {backend.name: backend for backend in self.backends}
+        # The balancer follows the set first: the others may ask it to pick.
+        self.observe(self.balancer.backend_changed)
 
     def get(self, name: str) -> Backend | None:
         return self._by_name.get(name)
@@ -102,8 +119,11 @@ class Pool:
         )
 
     def serves_bound(self, backend: Backend) -> bool:
-        return backend.admin_state is not AdminState.MAINT and (
-            backend.healthy or self.panic
+        # A removed backend serves nobody, whoever still holds it.
+        return (
+            backend.admin_state is not AdminState.MAINT
+            and (backend.healthy or self.panic)
+            and self._by_name.get(backend.name) is backend
         )
 
     def serving_bound(self) -> Sequence[Backend]:
@@ -146,6 +166,65 @@ class Pool:
         return max(
             [backend.active] + [source(name) for source in self._session_sources]
         )
+
+    # Changes to the set of backends
+
+    def add(self, backend: Backend, reason: str = "operator") -> None:
+        """
+        Add a backend, in the state it carries (give it C{health} DOWN, or
+        let the health monitor's C{init_state} do so, to have it wait for a
+        probe).  It takes new clients at once when ready and up.
+
+        :raises ValueError: the pool already has a backend of that name.
+        """
+        if backend.name in self._by_name:
+            raise ValueError(f"pool {self.name} already has a backend {backend.name!r}")
+        self.backends = (*self.backends, backend)
+        self._by_name[backend.name] = backend
+        self._changed(backend, "added", "absent", "present", reason)
+
+    def remove(self, name: str, reason: str = "operator") -> Backend:
+        """
+        Remove a backend that no longer holds anyone: one in maintenance, or
+        one with no sessions (see L{sessions}).  Requests and connections
+        already open to it finish; nothing new reaches it, and clients bound
+        to it are balanced again.
+
+        :returns: the removed backend.
+        :raises KeyError: no backend has that name.
+        :raises BackendInUse: it holds sessions and is not in maintenance.
+        """
+        backend = self[name]
+        if backend.admin_state is not AdminState.MAINT:
+            sessions = self.sessions(name)
+            if sessions:
+                raise BackendInUse(
+                    f"backend {self.name}/{name} holds {sessions} sessions and is "
+                    f"{backend.admin_state.value}: drain it, or put it in maint, "
+                    "before removing it"
+                )
+        self._cancel_drain(name)
+        self.backends = tuple(b for b in self.backends if b is not backend)
+        del self._by_name[name]
+        self._changed(backend, "removed", "present", "absent", reason)
+        return backend
+
+    def set_weight(self, name: str, weight: int, reason: str = "operator") -> None:
+        """
+        Change a backend's share of new clients.  Weight 0 keeps the clients
+        bound to it and sends it no new ones.
+
+        :raises KeyError: no backend has that name.
+        :raises ValueError: C{weight} is negative (or not an integer).
+        """
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
+            raise ValueError(f"weight: expected an integer >= 0, got {weight!r}")
+        backend = self[name]
+        if backend.weight != weight:
+            old, backend.weight = backend.weight, weight
+            self._changed(backend, "weight", str(old), str(weight), reason)
+
+    # States
 
     def set_admin_state(
         self, name: str, state: AdminState, reason: str = "operator"
@@ -230,8 +309,20 @@ class Pool:
             new=new,
             reason=reason,
         )
-        for observer in list(self._observers):
-            observer(change)
+        # An observer may change state in turn (the health monitor sets a
+        # new backend's init_state): that change waits until every observer
+        # has seen this one, so all see the changes in the same order.
+        if self._announcing is not None:
+            self._announcing.append(change)
+            return
+        self._announcing = deque([change])
+        try:
+            while self._announcing:
+                change = self._announcing.popleft()
+                for observer in list(self._observers):
+                    observer(change)
+        finally:
+            self._announcing = None
 
     def report_connect_failure(self, backend: Backend, reason: str) -> None:
         """

@@ -3,8 +3,9 @@ Health tracking: active probes on a schedule, passive signals from live
 traffic, and the thresholds that turn both into a backend's state.
 
 One L{HealthMonitor} service per pool.  It owns the state machine; the
-pool only stores the resulting L{Health} and tells its observers.  All
-timing goes through the injected clock.
+pool only stores the resulting L{Health} and tells its observers.  It
+follows the pool's set of backends: one added is tracked (and probed), one
+removed is forgotten.  All timing goes through the injected clock.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from stickyproxy.config._settings import HealthSettings
 from stickyproxy.core._events import EventStream
 from stickyproxy.core._pool import Pool
 from stickyproxy.interfaces import IHealthProbe, IPassiveHealth
-from stickyproxy.model import Backend, Health, ProbeRan
+from stickyproxy.model import Backend, Health, ProbeRan, StateChange
 
 
 @attrs.define
@@ -78,14 +79,33 @@ class HealthMonitor(Service):
         self.probe = probe
         self.settings = settings if settings is not None else HealthSettings()
         self._uniform = random_source or random.Random().uniform
-        self._tracks = {backend.name: _Track() for backend in pool.backends}
+        self._tracks: dict[Backend, _Track] = {}
+        for backend in pool.backends:
+            self._track(backend)
         pool.passive = self
+        pool.observe(self._backend_changed)
+
+    def _track(self, backend: Backend) -> None:
+        """
+        Start tracking a backend, in C{init_state}.
+        """
+        track = self._tracks[backend] = _Track()
         if self.settings.init_state is not Health.UP:
-            for backend in pool.backends:
-                self._tracks[backend.name].initial = True
-                pool.set_health(
-                    backend, self.settings.init_state, "init_state: waiting for a probe"
-                )
+            track.initial = True
+            self.pool.set_health(
+                backend, self.settings.init_state, "init_state: waiting for a probe"
+            )
+
+    def _backend_changed(self, change: StateChange) -> None:
+        backend = change.backend
+        if change.kind == "added":
+            self._track(backend)
+            if self.running:
+                self._first_probe(backend)
+        elif change.kind == "removed":
+            track = self._tracks.pop(backend, None)
+            if track is not None:
+                self._stop(track)
 
     # The schedule
 
@@ -94,22 +114,31 @@ class HealthMonitor(Service):
         if self.probe is None:
             return
         for backend in self.pool.backends:
+            self._first_probe(backend)
+
+    def _first_probe(self, backend: Backend) -> None:
+        if self.probe is not None:
             # Spread the first probes over one interval.
-            first = self._uniform(0.0, self.settings.interval)
-            self._schedule(backend, first)
+            self._schedule(backend, self._uniform(0.0, self.settings.interval))
 
     def stopService(self) -> None:
         super().stopService()
         for track in self._tracks.values():
-            for call in (track.next_probe, track.cooldown, track.ramp):
-                if call is not None and call.active():
-                    call.cancel()
-            track.next_probe = track.cooldown = track.ramp = None
-            if track.probing is not None:
-                track.probing.cancel()
+            self._stop(track)
+
+    def _stop(self, track: _Track) -> None:
+        """
+        Cancel a track's timers and its probe in flight.
+        """
+        for call in (track.next_probe, track.cooldown, track.ramp):
+            if call is not None and call.active():
+                call.cancel()
+        track.next_probe = track.cooldown = track.ramp = None
+        if track.probing is not None:
+            track.probing.cancel()
 
     def _schedule(self, backend: Backend, delay: float) -> None:
-        track = self._tracks[backend.name]
+        track = self._tracks[backend]
         # Clamped: a random source is injected, and may stray below zero.
         track.next_probe = self.clock.callLater(
             max(0.0, delay), self._run_probe, backend
@@ -133,7 +162,7 @@ class HealthMonitor(Service):
         return base + self._uniform(-spread, spread)
 
     def _run_probe(self, backend: Backend) -> None:
-        track = self._tracks[backend.name]
+        track = self._tracks[backend]
         track.next_probe = None
         assert self.probe is not None
         started = self.clock.seconds()
@@ -165,13 +194,15 @@ class HealthMonitor(Service):
                 "health tracking of {backend}", f, backend=backend.name
             )
         )
-        probing.addBoth(lambda _: self._probe_done(backend))
+        probing.addBoth(lambda _: self._probe_done(backend, track))
 
     def _probe_failed(
         self, backend: Backend, failure: Failure, timed_out: bool, started: float
     ) -> None:
-        if not self.running:
-            return  # cancelled because the monitor stopped: not the backend's fault
+        if not self.running or backend not in self._tracks:
+            # Cancelled because the monitor stopped or the backend left the
+            # pool: not the backend's fault.
+            return
         if timed_out:
             reason = f"probe timed out after {self.settings.timeout:g}s"
         else:
@@ -189,10 +220,9 @@ class HealthMonitor(Service):
             )
         self.record(backend, ok, reason)
 
-    def _probe_done(self, backend: Backend) -> None:
-        track = self._tracks[backend.name]
+    def _probe_done(self, backend: Backend, track: _Track) -> None:
         track.probing = None
-        if self.running:
+        if self.running and self._tracks.get(backend) is track:
             self._schedule(backend, self.next_delay(backend))
 
     # The state machine
@@ -204,7 +234,7 @@ class HealthMonitor(Service):
         """
         settings, track, health = (
             self.settings,
-            self._tracks[backend.name],
+            self._tracks[backend],
             backend.health,
         )
         if ok:
@@ -232,13 +262,13 @@ class HealthMonitor(Service):
 
     def _set(self, backend: Backend, health: Health, reason: str) -> None:
         if health is Health.DOWN:
-            track = self._tracks[backend.name]
+            track = self._tracks[backend]
             track.successes = 0
             self._stop_ramp(backend)
         self.pool.set_health(backend, health, reason)
 
     def _came_up(self, backend: Backend, reason: str) -> None:
-        track = self._tracks[backend.name]
+        track = self._tracks[backend]
         track.successes = track.failures = 0
         track.passive_failures = track.status_failures = 0
         if self.settings.slow_start > 0 and not track.initial:
@@ -250,7 +280,7 @@ class HealthMonitor(Service):
     # Slow start
 
     def _ramp(self, backend: Backend) -> None:
-        track = self._tracks[backend.name]
+        track = self._tracks[backend]
         elapsed = self.clock.seconds() - track.ramp_started
         share = elapsed / self.settings.slow_start
         if share >= 1.0:
@@ -262,7 +292,7 @@ class HealthMonitor(Service):
         track.ramp = self.clock.callLater(step, self._ramp, backend)
 
     def _stop_ramp(self, backend: Backend) -> None:
-        track = self._tracks[backend.name]
+        track = self._tracks[backend]
         if track.ramp is not None and track.ramp.active():
             track.ramp.cancel()
         track.ramp = None
@@ -274,12 +304,16 @@ class HealthMonitor(Service):
         self._passive_failure(backend, f"connect failed: {reason}")
 
     def connect_succeeded(self, backend: Backend) -> None:
-        self._tracks[backend.name].passive_failures = 0
+        track = self._tracks.get(backend)
+        if track is not None:
+            track.passive_failures = 0
 
     def response_status(self, backend: Backend, status: int) -> None:
         # Counted apart from connect failures: a request that gets a 500
         # connected fine, and must not reset the count of 500s.
-        track = self._tracks[backend.name]
+        track = self._tracks.get(backend)
+        if track is None:
+            return  # a request still open to a removed backend
         statuses = self.settings.passive_status
         if statuses is not None and status in statuses:
             track.status_failures += 1
@@ -292,7 +326,9 @@ class HealthMonitor(Service):
     def _passive_failure(
         self, backend: Backend, reason: str, count: int | None = None
     ) -> None:
-        track = self._tracks[backend.name]
+        track = self._tracks.get(backend)
+        if track is None:
+            return  # a request still open to a removed backend
         if count is None:
             track.passive_failures += 1
             count = track.passive_failures
@@ -306,7 +342,7 @@ class HealthMonitor(Service):
             )
 
     def _cooled_down(self, backend: Backend) -> None:
-        self._tracks[backend.name].cooldown = None
+        self._tracks[backend].cooldown = None
         self._came_up(
             backend, f"passive_cooldown of {self.settings.passive_cooldown:g}s over"
         )

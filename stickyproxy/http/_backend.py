@@ -260,6 +260,7 @@ class BackendConnections:
         self.idle_timeout = idle_timeout
         self._idle: deque[BackendHTTP] = deque()  # oldest first
         self._sweep: IDelayedCall | None = None
+        self.closed = False  # the backend left its pool: keep nothing idle
 
     def acquire(self) -> Deferred[Any]:
         """
@@ -292,6 +293,7 @@ class BackendConnections:
         if (
             not (connection.reusable and connection.connected_)
             or len(self._idle) >= self.max_idle
+            or self.closed
         ):
             if connection.transport is not None:
                 connection.transport.loseConnection()
@@ -335,6 +337,14 @@ class BackendConnections:
             connection = self._idle.pop()
             if connection.transport is not None:
                 connection.transport.loseConnection()
+
+    def close(self) -> None:
+        """
+        The backend left its pool: close the idle connections now, and each
+        busy one when its exchange is over.
+        """
+        self.closed = True
+        self.close_idle()
 
     def __len__(self) -> int:
         return len(self._idle)

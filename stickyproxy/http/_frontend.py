@@ -1048,25 +1048,36 @@ class HTTPProxyFactory(Factory):
         self.clock = clock
         self.settings = settings
         self.events = events if events is not None else EventStream()
-        pool = router.pool
-        self.connections = {
-            backend: BackendConnections(
-                backend,
-                clock,
-                pool.keepalive,
-                pool.keepalive_timeout,
-                send_proxy=pool.send_proxy is not None,
-                max_head=settings.max_header_size * 2,
-            )
-            for backend in pool.backends
-        }
-        pool.observe(self._backend_changed)
+        self.connections: dict[Backend, BackendConnections] = {}
+        for backend in router.pool.backends:
+            self._add_connections(backend)
+        router.pool.observe(self._backend_changed)
+
+    def _add_connections(self, backend: Backend) -> None:
+        pool = self.router.pool
+        self.connections[backend] = BackendConnections(
+            backend,
+            self.clock,
+            pool.keepalive,
+            pool.keepalive_timeout,
+            send_proxy=pool.send_proxy is not None,
+            max_head=self.settings.max_header_size * 2,
+        )
 
     def _backend_changed(self, change: StateChange) -> None:
-        # Idle connections to a backend that went down would only fail the
-        # next request sent on them.
-        if not change.backend.healthy:
-            self.connections[change.backend].close_idle()
+        backend = change.backend
+        if change.kind == "added":
+            self._add_connections(backend)
+        elif change.kind == "removed":
+            # Requests in flight finish on their connections, which are
+            # closed when they come back.
+            removed = self.connections.pop(backend, None)
+            if removed is not None:
+                removed.close()
+        elif not backend.healthy:
+            # Idle connections to a backend that went down would only fail
+            # the next request sent on them.
+            self.connections[backend].close_idle()
 
     def buildProtocol(self, addr: IAddress | None) -> HTTPProxyProtocol:  # type: ignore[override]
         return HTTPProxyProtocol(self)

@@ -302,15 +302,25 @@ class TCPProxyFactory(Factory):
 
     def _backend_changed(self, change: StateChange) -> None:
         backend = change.backend
-        if backend.healthy or self.router.pool.on_down != "close":
+        if change.kind == "removed":
+            state = "removed"
+        elif not backend.healthy:
+            state = "down"
+        else:
             return
+        # Untracked from now on: with on_down = "keep" they run on until
+        # they end, and nothing is kept for a backend that left the pool.
         doomed = self._open.pop(backend, set())
+        if self.router.pool.on_down != "close":
+            return
         if doomed:
             self.log.info(
-                "{frontend}: closing {count} connections to {backend}, which is down",
+                "{frontend}: closing {count} connections to {backend}, "
+                "which is {state}",
                 frontend=self.name,
                 count=len(doomed),
                 backend=backend.name,
+                state=state,
             )
         for protocol in doomed:
             protocol.close()

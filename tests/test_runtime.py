@@ -1,0 +1,436 @@
+"""
+Tests for a pool whose set of backends changes at runtime (L{Pool.add},
+L{Pool.remove}, L{Pool.set_weight}), and for everything that follows it:
+the balancers, the HTTP keep-alive connections and the health monitor (the
+L4 frontend's tests are in L{tests.test_tcp.OnDownTests}).
+"""
+
+from collections import Counter
+
+from twisted.internet.task import Clock
+
+from stickyproxy import AdminState, BackendInUse, Health, Outcome, Pool, Router
+from stickyproxy.config._settings import HealthSettings
+from stickyproxy.core._balancers import BALANCERS, RoundRobin, make_balancer
+from stickyproxy.health._monitor import HealthMonitor
+from stickyproxy.persistence._sourceip import source_ip
+from stickyproxy.testing import make_backend, make_pool, routing_context, tcp_backend
+
+from tests._base import TestCase
+from tests.test_health import ScriptedProbe
+from tests.test_http import HTTPTestCase
+
+
+def _names(backends):
+    return [backend.name for backend in backends]
+
+
+class PoolChangeTests(TestCase):
+    """
+    The pool's own operations, and the events they announce.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.pool = make_pool("a", "b")
+        self.pool.clock = self.clock
+        self.changes = []
+        self.pool.observe(self.changes.append)
+
+    def _seen(self):
+        return [(c.backend.name, c.kind, c.old, c.new) for c in self.changes]
+
+    def test_add(self):
+        """
+        An added backend joins the pool (a new tuple: readers iterating the
+        old one are undisturbed), takes new clients at once (the cached
+        lists are recomputed), and is announced as C{"added"}.
+        """
+        before = self.pool.backends
+        self.assertEqual(_names(self.pool.accepting_new()), ["a", "b"])
+        c = make_backend("c")
+        self.pool.add(c, "reload")
+        self.assertEqual(_names(before), ["a", "b"])
+        self.assertEqual(_names(self.pool.backends), ["a", "b", "c"])
+        self.assertIs(self.pool.get("c"), c)
+        self.assertEqual(_names(self.pool.accepting_new()), ["a", "b", "c"])
+        self.assertEqual(_names(self.pool.serving_bound()), ["a", "b", "c"])
+        self.assertEqual(self._seen(), [("c", "added", "absent", "present")])
+        self.assertEqual(self.changes[0].reason, "reload")
+
+    def test_add_duplicate(self):
+        """
+        A second backend of the same name is refused, and nothing changes.
+        """
+        error = self.assertRaises(ValueError, self.pool.add, make_backend("a"))
+        self.assertIn("already has a backend 'a'", str(error))
+        self.assertEqual(len(self.pool.backends), 2)
+        self.assertEqual(self.changes, [])
+
+    def test_remove_without_sessions(self):
+        """
+        A backend that holds no session may be removed in any state: it
+        leaves the pool and both lists, and is announced as C{"removed"}.
+        """
+        self.assertEqual(_names(self.pool.serving_bound()), ["a", "b"])
+        b = self.pool.get("b")
+        self.assertIs(self.pool.remove("b"), b)
+        self.assertEqual(_names(self.pool.backends), ["a"])
+        self.assertIsNone(self.pool.get("b"))
+        self.assertEqual(_names(self.pool.accepting_new()), ["a"])
+        self.assertEqual(_names(self.pool.serving_bound()), ["a"])
+        self.assertEqual(self._seen(), [("b", "removed", "present", "absent")])
+        self.assertRaises(KeyError, self.pool.remove, "b")
+
+    def test_remove_refused_with_sessions(self):
+        """
+        A backend that still holds sessions (open connections, or live
+        bindings a strategy keeps) and is not in maintenance is not removed:
+        the error says why and what to do, and nothing changes.
+        """
+        strategy = source_ip.build({"mode": "table"}, self.pool, self.clock, "p")
+        strategy.persist(routing_context("10.0.0.1"), self.pool.get("b"))
+        for state in (AdminState.READY, AdminState.DRAIN):
+            self.pool.set_admin_state("b", state)
+            error = self.assertRaises(BackendInUse, self.pool.remove, "b")
+            self.assertIn("pool/b holds 1 sessions", str(error))
+            self.assertIn("drain it", str(error))
+            self.assertEqual(_names(self.pool.backends), ["a", "b"])
+        self.assertNotIn("removed", [c.kind for c in self.changes])
+
+    def test_remove_in_maint(self):
+        """
+        A backend in maintenance may be removed even with sessions left (its
+        clients are moved anyway).
+        """
+        self.pool.get("b").active = 2
+        self.pool.set_admin_state("b", AdminState.MAINT)
+        self.pool.remove("b")
+        self.assertEqual(_names(self.pool.backends), ["a"])
+
+    def test_remove_after_drain(self):
+        """
+        The way to remove a busy backend: drain it with a deadline; once it
+        is in maintenance, it may go.  Removing it mid-drain, once it holds
+        nothing, cancels the drain's timer.
+        """
+        self.pool.get("b").active = 1
+        self.pool.drain("b", deadline=60)
+        self.assertRaises(BackendInUse, self.pool.remove, "b")
+        self.clock.advance(60)
+        self.assertIs(self.pool.get("b").admin_state, AdminState.MAINT)
+        self.pool.remove("b")
+
+        self.pool.get("a").active = 1
+        self.pool.drain("a", deadline=60)
+        self.pool.get("a").active = 0
+        self.pool.remove("a")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_removed_backend_serves_nobody(self):
+        """
+        A removed backend that something still holds (a strategy's stale
+        answer) may not keep its bound clients: the router moves them.
+        """
+        pool = make_pool("a", "b")
+        b = pool.get("b")
+
+        class Stale:
+            name = "stale"
+
+            def lookup(self, context):
+                return b
+
+            def persist(self, context, backend):
+                pass
+
+            def release(self, context, backend):
+                pass
+
+        router = Router(pool, [Stale()], self.clock)
+        self.assertIs(router.choose(routing_context("10.0.0.1")).backend, b)
+        pool.remove("b")
+        decision = router.choose(routing_context("10.0.0.1"))
+        self.assertIs(decision.backend, pool.get("a"))
+        self.assertIs(decision.outcome, Outcome.REDISPATCH)
+
+    def test_set_weight(self):
+        """
+        A new weight is announced as C{"weight"} (only when it differs);
+        weight 0 keeps the backend's bound clients and gives it no new ones.
+        """
+        self.pool.set_weight("b", 3)
+        self.pool.set_weight("b", 3)
+        self.assertEqual(self.pool.get("b").weight, 3)
+        self.assertEqual(_names(self.pool.accepting_new()), ["a", "b"])
+        self.pool.set_weight("b", 0)
+        self.assertEqual(
+            self._seen(), [("b", "weight", "1", "3"), ("b", "weight", "3", "0")]
+        )
+        self.assertEqual(_names(self.pool.accepting_new()), ["a"])
+        self.assertEqual(_names(self.pool.serving_bound()), ["a", "b"])
+
+        strategy = source_ip.build({"mode": "table"}, self.pool, self.clock, "p")
+        router = Router(self.pool, [strategy], self.clock)
+        bound = routing_context("10.0.0.1")
+        strategy.persist(bound, self.pool.get("b"))
+        self.assertEqual(router.choose(bound).outcome, Outcome.HIT)
+        self.assertEqual(router.choose(bound).backend.name, "b")
+        for i in range(10):
+            fresh = router.choose(routing_context(f"10.0.1.{i}"))
+            self.assertEqual(fresh.backend.name, "a")
+
+    def test_set_weight_invalid(self):
+        """
+        A weight that is not an integer >= 0 is refused with what was
+        expected; an unknown backend names the ones there are.
+        """
+        for weight in (-1, 1.5, True, "2"):
+            error = self.assertRaises(ValueError, self.pool.set_weight, "a", weight)
+            self.assertIn("expected an integer >= 0", str(error))
+        error = self.assertRaises(KeyError, self.pool.set_weight, "z", 1)
+        self.assertIn("a, b", str(error))
+        self.assertEqual(self.changes, [])
+
+    def test_changes_in_order(self):
+        """
+        A change an observer makes while the pool announces another (the
+        health monitor puts a new backend in its C{init_state}) reaches
+        every observer after the first one, never before.
+        """
+        pool = make_pool("a")
+
+        def down_when_added(change):
+            if change.kind == "added":
+                pool.set_health(change.backend, Health.DOWN, "init_state")
+
+        seen = []
+        pool.observe(down_when_added)
+        pool.observe(lambda change: seen.append((change.kind, change.new)))
+        pool.add(make_backend("b"))
+        self.assertEqual(seen, [("added", "present"), ("health", "down")])
+        self.assertIs(pool.get("b").health, Health.DOWN)
+
+
+class BalancerFollowsTests(TestCase):
+    """
+    Every balancer, fed by the pool as the router feeds it, gives a new
+    backend its share, a removed one nothing, and honours a new weight.
+    """
+
+    def _picks(self, pool, count):
+        """
+        Route C{count} new clients; each keeps its connection open (so that
+        load-aware balancers see load), then all close.
+        """
+        router = Router(pool, [], Clock())
+        chosen = []
+        for i in range(count):
+            backend = router.choose(routing_context(f"10.{i // 256}.{i % 256}.1"))
+            backend = backend.backend
+            backend.active += 1
+            chosen.append(backend)
+        for backend in chosen:
+            backend.active -= 1
+        return Counter(backend.name for backend in chosen)
+
+    def test_balancers_follow(self):
+        """
+        After C{add}, the new backend gets about its share; after
+        C{remove}, the removed one gets none; after C{set_weight}, the
+        shares follow the new weights.
+        """
+        for name in BALANCERS:
+            pool = Pool(
+                "p", (make_backend("a"), make_backend("b")), make_balancer(name)
+            )
+            self.assertEqual(set(self._picks(pool, 300)), {"a", "b"}, name)
+            pool.add(make_backend("c"))
+            counts = self._picks(pool, 3000)
+            self.assertGreater(counts["c"], 700, (name, counts))
+            pool.remove("a")
+            counts = self._picks(pool, 3000)
+            self.assertEqual(set(counts), {"b", "c"}, name)
+            pool.set_weight("c", 3)
+            counts = self._picks(pool, 4000)
+            self.assertGreater(counts["c"], 2 * counts["b"], (name, counts))
+            pool.set_weight("c", 0)
+            self.assertEqual(set(self._picks(pool, 300)), {"b"}, name)
+
+    def test_round_robin_starts_a_new_cycle(self):
+        """
+        Smooth round-robin keeps a running value per backend; after the set
+        or a weight changes it starts afresh, so the new set gets nginx's
+        smooth sequence from the next pick, and a removed backend leaves
+        nothing behind.
+        """
+        balancer = RoundRobin()
+        pool = Pool("p", (make_backend("a", weight=5), make_backend("b")), balancer)
+        for _ in range(3):
+            balancer.choose(pool.accepting_new(), b"")
+        pool.add(make_backend("c"))
+        picks = [balancer.choose(pool.accepting_new(), b"").name for _ in range(7)]
+        self.assertEqual(picks, ["a", "a", "b", "a", "c", "a", "a"])
+
+        balancer.choose(pool.accepting_new(), b"")
+        pool.set_weight("b", 2)
+        fresh = RoundRobin()
+        for _ in range(8):
+            self.assertIs(
+                balancer.choose(pool.accepting_new(), b""),
+                fresh.choose(pool.accepting_new(), b""),
+            )
+
+        pool.remove("c")
+        self.assertNotIn("c", balancer._current)
+
+
+class ConnectionsFollowTests(HTTPTestCase):
+    """
+    The HTTP frontend's keep-alive connections follow the pool's set.
+    """
+
+    GET = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: who=%s\r\n\r\n"
+    OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+    def test_added_backend_gets_connections(self):
+        """
+        A backend added at runtime gets its own keep-alive connections: a
+        request bound to it reaches it, and its connection is kept for the
+        next one.
+        """
+        c = tcp_backend(self.reactor, "c", 9003)
+        self.pool.add(c)
+        _, answer, client = self.exchange(self.GET % b"c", self.OK)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK"))
+        self.assertEqual(self.backends[-1][0], 9003)
+        self.assertEqual(len(self.factory.connections[c]), 1)
+        self.exchange(self.GET % b"c", self.OK, client)
+        self.assertEqual(len(self.reactor.tcpClients), 1)  # reused
+
+    def test_removed_backend_idle_closed(self):
+        """
+        When a backend is removed, its idle connections are closed and its
+        connections' pool dropped.
+        """
+        b = self.pool.get("b")
+        self.exchange(self.GET % b"b", self.OK)
+        _, _, backend_transport = self.backends[-1]
+        self.assertEqual(len(self.factory.connections[b]), 1)
+        self.pool.remove("b")
+        self.assertTrue(backend_transport.disconnecting)
+        self.assertNotIn(b, self.factory.connections)
+
+    def test_removed_backend_in_flight_finishes(self):
+        """
+        A request in flight to a backend removed meanwhile (from
+        maintenance) gets its whole response; its connection is then
+        closed, not kept.
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(self.GET % b"b")
+        backend, backend_transport = self.accept()
+        self.pool.set_admin_state("b", AdminState.MAINT)
+        self.pool.remove("b")
+        self.assertFalse(backend_transport.disconnecting)
+        backend.dataReceived(self.OK)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))
+        self.assertTrue(transport.value().endswith(b"\r\n\r\nok"))
+        self.assertTrue(backend_transport.disconnecting)
+
+
+def _middle(low, high):
+    return (low + high) / 2
+
+
+class MonitorFollowsTests(TestCase):
+    """
+    The health monitor tracks and probes an added backend, and forgets a
+    removed one.
+    """
+
+    settings = HealthSettings(interval=2.0, timeout=1.0, rise=2, fall=3)
+
+    def monitor(self, settings=None):
+        self.clock = Clock()
+        self.pool = make_pool("a", "b")
+        self.pool.clock = self.clock
+        self.probe = ScriptedProbe()
+        monitor = HealthMonitor(
+            self.pool,
+            self.clock,
+            self.probe,
+            settings or self.settings,
+            random_source=_middle,
+        )
+        monitor.startService()
+        self.addCleanup(monitor.stopService)
+        return monitor
+
+    def test_added_backend_probed(self):
+        """
+        An added backend is probed on the normal schedule: first within one
+        interval (here its middle), and its results move its state.
+        """
+        self.monitor()
+        self.pool.add(make_backend("c"))
+        self.clock.advance(0.9)
+        self.assertEqual(self.probe.pending("c"), [])
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.probe.pending("c")), 1)
+        for _ in range(3):
+            self.probe.answer("c", ok=False)
+            self.clock.advance(2.0)
+        self.assertIs(self.pool.get("c").health, Health.DOWN)
+
+    def test_added_backend_init_state(self):
+        """
+        With C{init_state = "down"}, an added backend waits for its first
+        good probe; observers hear it was added before it went down.
+        """
+        settings = HealthSettings(interval=2.0, init_state=Health.DOWN)
+        self.monitor(settings)
+        seen = []
+        self.pool.observe(lambda change: seen.append((change.kind, change.new)))
+        self.pool.add(make_backend("c"))
+        self.assertEqual(seen, [("added", "present"), ("health", "down")])
+        self.assertEqual(_names(self.pool.accepting_new()), [])
+        self.clock.advance(1.0)
+        self.probe.answer("c")
+        self.assertIs(self.pool.get("c").health, Health.UP)
+
+    def test_removed_backend_not_probed(self):
+        """
+        A removed backend's probe in flight is cancelled without counting
+        against anyone, its next probe never runs, and late passive signals
+        about it are ignored.
+        """
+        monitor = self.monitor()
+        self.clock.advance(1.0)
+        b = self.pool.get("b")
+        self.assertEqual(len(self.probe.pending("b")), 1)
+        self.pool.remove("b")
+        self.assertIn(("cancelled", "b"), self.probe.checks)
+        checks = len(self.probe.checks)
+        self.clock.advance(60)
+        self.assertEqual(
+            [entry for entry in self.probe.checks[checks:] if entry[0] == "b"], []
+        )
+        for _ in range(5):
+            monitor.connect_failed(b, "refused")
+            monitor.response_status(b, 500)
+        monitor.connect_succeeded(b)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertIs(b.health, Health.UP)
+
+    def test_removed_backend_timers_cancelled(self):
+        """
+        Removing a backend between probes cancels its next probe.
+        """
+        self.monitor()
+        self.clock.advance(1.0)
+        self.probe.answer("a")
+        self.probe.answer("b")
+        before = len(self.clock.getDelayedCalls())
+        self.pool.remove("b")
+        self.assertEqual(len(self.clock.getDelayedCalls()), before - 1)

@@ -718,6 +718,16 @@ class CookieOptionTests(TestCase):
             ("domain", {"mode": "prefix", "keys": [KEY], "domain": "x"}, "unknown key"),
             ("timeout", {"mode": "prefix", "keys": [KEY], "timeout": 5}, "unknown key"),
             ("keys", {"mode": "prefix", "keys": []}, "non-empty array"),
+            ("param", {"param": "a b"}, "cookie or header name"),
+            ("param_in", {"mode": "learn", "param_in": ["body"]}, '"path"'),
+            ("param_in", {"param_in": ["path", "path"]}, "at most once"),
+            ("param_in", {"mode": "learn", "param_in": "path"}, "array"),
+            ("param", {"mode": "prefix", "keys": [KEY], "param": "x"}, "cookie"),
+            (
+                "param_in",
+                {"mode": "prefix", "keys": [KEY], "param_in": []},
+                'only with mode = "follow" or "learn"',
+            ),
         ]
         for key, options, fragment in bad:
             self.assertOptionError(app_cookie, key, options, fragment)
@@ -788,6 +798,26 @@ class AppCookieFollowTests(TestCase):
             self.strategy, cookies={"JSESSIONID": "s1", "STICKY": sent.value}
         )
         self.assertIs(bound, self.b)
+
+    def test_url_rewritten_session(self):
+        """
+        A client whose application session id comes in the URL (C{;jsessionid=}
+        path parameter, or C{?jsessionid=} query) rather than its cookie is
+        still bound by the proxy cookie; with C{param_in = []} only the
+        cookie counts.
+        """
+        value = _sent(self._login(), "STICKY").value
+        for target in (b"/cart;jsessionid=s1", b"/cart?jsessionid=s1"):
+            bound, _ = _visit(self.strategy, target=target, cookies={"STICKY": value})
+            self.assertIs(bound, self.b, target)
+        self.assertIsNone(
+            _visit(self.strategy, self.b, target=b"/", cookies={"STICKY": value})[0]
+        )
+        strategy = _build(app_cookie, self.pool, self.clock, keys=[KEY], param_in=[])
+        bound, _ = _visit(
+            strategy, target=b"/cart;jsessionid=s1", cookies={"STICKY": value}
+        )
+        self.assertIsNone(bound)
 
     def test_lifetime_enforced(self):
         """
@@ -967,6 +997,68 @@ class AppCookieLearnTests(TestCase):
             _visit(self.strategy, self.b, cookies={"JSESSIONID": "xyz"})[0]
         )
         self.assertIsNone(_visit(self.strategy, self.b)[0])
+
+    def test_url_rewritten_session(self):
+        """
+        A learned session id found in the URL, as a C{;jsessionid=} path
+        parameter or a C{?jsessionid=} query parameter (clients without
+        cookies, URL rewriting), goes to its backend as the cookie does.
+        """
+        self._learn(b"abc.node1")
+        for target in [
+            b"/cart;jsessionid=abc.node1",
+            b"/a;jsessionid=abc.node1/b?x=1",
+            b"/cart?x=1&jsessionid=abc.node1",
+        ]:
+            self.assertIs(_visit(self.strategy, target=target)[0], self.b, target)
+        self.assertIsNone(_visit(self.strategy, target=b"/;jsessionid=other")[0])
+
+    def test_url_rewritten_session_refreshed_and_replaced(self):
+        """
+        Requests carrying the session id in the URL refresh its binding, and
+        a new id the application sets for it replaces the old one.
+        """
+        self._learn(b"abc")
+        for _ in range(3):
+            self.clock.advance(90)
+            bound, _ = _visit(self.strategy, target=b"/;jsessionid=abc")
+            self.assertIs(bound, self.b)
+        _visit(
+            self.strategy,
+            target=b"/;jsessionid=abc",
+            response=[(b"set-cookie", b"JSESSIONID=new")],
+        )
+        self.assertIsNone(_visit(self.strategy, self.b, target=b"/;jsessionid=abc")[0])
+        self.assertIs(_visit(self.strategy, target=b"/;jsessionid=new")[0], self.b)
+
+    def test_url_options(self):
+        """
+        C{param} names the URL parameter, and C{param_in} says where it is
+        looked for: C{["path"]} ignores the query, C{[]} the whole URL.
+        """
+        strategy = _build(
+            app_cookie,
+            self.pool,
+            self.clock,
+            mode="learn",
+            cookie="PHPSESSID",
+            param="PHPSESSID",
+            param_in=["query"],
+        )
+        _visit(strategy, self.b, response=[(b"set-cookie", b"PHPSESSID=p1")])
+        self.assertIs(_visit(strategy, target=b"/?PHPSESSID=p1")[0], self.b)
+        self.assertIsNone(_visit(strategy, target=b"/;PHPSESSID=p1")[0])
+        self.assertIsNone(_visit(strategy, target=b"/?jsessionid=p1")[0])
+        for places, target in [
+            ([], b"/;jsessionid=abc"),
+            (["path"], b"/?jsessionid=abc"),
+        ]:
+            strategy = _build(
+                app_cookie, self.pool, self.clock, mode="learn", param_in=places
+            )
+            _visit(strategy, self.b, response=[(b"set-cookie", b"JSESSIONID=abc")])
+            self.assertIs(_visit(strategy, cookies={"JSESSIONID": "abc"})[0], self.b)
+            self.assertIsNone(_visit(strategy, target=target)[0], places)
 
     def test_not_learned_from_requests(self):
         """
@@ -1267,6 +1359,19 @@ class RouteTests(TestCase):
         self.assertIsNone(self._route(strategy, cookies={"JSESSIONID": "x.node2"}))
         self.assertEqual(self._route(strategy, target=b"/;sid=x:node3"), "node3")
         self.assertEqual(self._route(strategy, target=b"/?sid=x:node1"), "node1")
+
+    def test_param_in(self):
+        """
+        C{param_in} says where in the URL the parameter is looked for.
+        """
+        strategy = _build(route, self.pool, param_in=["path"])
+        self.assertEqual(self._route(strategy, target=b"/;jsessionid=x.node3"), "node3")
+        self.assertIsNone(self._route(strategy, target=b"/?jsessionid=x.node3"))
+        strategy = _build(route, self.pool, param_in=[])
+        self.assertIsNone(self._route(strategy, target=b"/;jsessionid=x.node3"))
+        self.assertEqual(
+            self._route(strategy, cookies={"JSESSIONID": "x.node2"}), "node2"
+        )
 
     def test_backend_route(self):
         """

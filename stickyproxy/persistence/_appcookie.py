@@ -31,6 +31,10 @@ from stickyproxy.persistence._proxycookie import (
     read_keys,
     read_proxy_cookie,
 )
+from stickyproxy.persistence._sessionid import (
+    SessionIdReader,
+    read_session_id_options,
+)
 from stickyproxy.persistence._signing import (
     TOKEN_SIZE,
     b64decode,
@@ -50,19 +54,20 @@ class AppCookieFollow:
     cookie only when the application sets its session cookie, with the
     same lifetime (which the proxy enforces itself, since the expiry is in
     the signed value), and deletes it when the application deletes or
-    expires its cookie.  A request without the application's cookie is
-    not bound: its session is gone.  A client moved to another backend
-    gets its cookie rewritten, with the lifetime it had.
+    expires its cookie.  A request without the application's session id
+    (in its cookie, or in the URL when C{session} looks there) is not
+    bound: its session is gone.  A client moved to another backend gets
+    its cookie rewritten, with the lifetime it had.
     """
 
     cookie: ProxyCookie
-    app_cookie: str
+    session: SessionIdReader
     name = "app-cookie"
 
     def lookup(self, context: IRoutingContext) -> Backend | None:
         http = _http(context)
         found = self.cookie.lookup(http)
-        if found is None or http.cookie(self.app_cookie) is None:
+        if found is None or self.session.read(http) is None:
             return None
         return found.backend
 
@@ -71,7 +76,7 @@ class AppCookieFollow:
         now = self.cookie.clock.seconds()
         found = self.cookie.read(http, now)
         session = None if found is None else found.payload.session
-        set_cookies = http.response_cookies(self.app_cookie)
+        set_cookies = http.response_cookies(self.session.cookie)
         if set_cookies:
             app = set_cookies[-1]
             if app.deletes(now):
@@ -84,7 +89,7 @@ class AppCookieFollow:
             )
             self.cookie.issue(http, payload, backend, now)
             return
-        if found is None or http.cookie(self.app_cookie) is None:
+        if found is None or self.session.read(http) is None:
             return
         if found.backend.name != backend.name:
             payload = self.cookie.new_payload(
@@ -102,9 +107,10 @@ class AppCookieFollow:
 
 def _table_key(value: str) -> bytes:
     """
-    :returns: the stick-table key of a cookie value (decoded as latin-1).
+    :returns: the stick-table key of a session id (encoded as latin-1,
+        surrounding double quotes ignored, as L{SessionIdReader} does).
     """
-    return value.encode("latin-1", "replace")
+    return value.strip('"').encode("latin-1", "replace")
 
 
 @implementer(IPersistenceStrategy)
@@ -113,7 +119,8 @@ class AppCookieLearn:
     """
     C{app-cookie}, C{mode = "learn"}: a stick table maps the application
     cookie's value to the backend that set it (learned from the response's
-    C{Set-Cookie}), and requests carrying that value go there.
+    C{Set-Cookie}), and requests carrying that value go there, in the
+    cookie or, when C{session} looks there, in the URL (URL rewriting).
 
     Each response refreshes the binding of the session it served, so the
     idle C{timeout} counts from the last response; a known session served
@@ -124,14 +131,14 @@ class AppCookieLearn:
 
     pool: IBackendPool
     table: IStickTable
-    app_cookie: str
+    session: SessionIdReader
     clock: IReactorTime
     name = "app-cookie"
 
     def lookup(
         self, context: IRoutingContext
     ) -> Backend | None | Deferred[Backend | None]:
-        value = _http(context).cookie(self.app_cookie)
+        value = self.session.read(_http(context))
         if not value:
             return None
         return bound_backend(self.pool, self.table.get(_table_key(value)))
@@ -142,9 +149,9 @@ class AppCookieLearn:
 
     def persist(self, context: IRoutingContext, backend: Backend) -> None:
         http = _http(context)
-        value = http.cookie(self.app_cookie)
+        value = self.session.read(http)
         old = _table_key(value) if value else None
-        set_cookies = http.response_cookies(self.app_cookie)
+        set_cookies = http.response_cookies(self.session.cookie)
         if set_cookies:
             app = set_cookies[-1]
             new = None
@@ -235,22 +242,30 @@ class AppCookieFactory:
             mode = reader.string(
                 "mode", "follow", choices=("follow", "learn", "prefix")
             )
-            app_cookie = reader.token("cookie", "JSESSIONID")
-            if mode == "learn":
-                table = read_table_options(reader, reactor)
-                pool.add_session_source(table.count)
-                return AppCookieLearn(pool, table, app_cookie, reactor)
             if mode == "prefix":
+                reader.elsewhere(
+                    'expected only with mode = "follow" or "learn" (a prefixed '
+                    "session id is only ever in the cookie)",
+                    "param",
+                    "param_in",
+                )
+                app_cookie = reader.token("cookie", "JSESSIONID")
                 keys = read_keys(reader, self.name)
                 return AppCookiePrefix(
                     pool, BackendTokens(pool, keys), app_cookie, reactor
                 )
+            session = read_session_id_options(reader)
+            if mode == "learn":
+                table = read_table_options(reader, reactor)
+                pool.add_session_source(table.count)
+                return AppCookieLearn(pool, table, session, reactor)
             cookie = read_proxy_cookie(reader, pool, reactor, self.name)
-            if cookie.name == app_cookie:
+            if cookie.name == session.cookie:
                 raise reader.fail(
-                    "name", f"a cookie name other than the application's ({app_cookie})"
+                    "name",
+                    f"a cookie name other than the application's ({session.cookie})",
                 )
-            return AppCookieFollow(cookie, app_cookie)
+            return AppCookieFollow(cookie, session)
 
 
 app_cookie = AppCookieFactory()

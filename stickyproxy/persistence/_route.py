@@ -5,9 +5,7 @@ C{strategy = "route"}: the backend's route after the session id
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from urllib.parse import unquote_to_bytes
 
 import attrs
 from zope.interface import implementer
@@ -18,37 +16,16 @@ from twisted.plugin import IPlugin
 from stickyproxy.config._options import OptionReader
 from stickyproxy.interfaces import (
     IBackendPool,
-    IHTTPRoutingContext,
     IPersistenceStrategy,
     IPersistenceStrategyFactory,
     IRoutingContext,
 )
 from stickyproxy.model import Backend
 from stickyproxy.persistence._proxycookie import _http
-
-
-def _path_parameter(path: bytes, name: bytes) -> bytes | None:
-    """
-    :returns: the raw value of path parameter C{;name=} (up to the next
-        C{;} or C{/}), or C{None}.
-    """
-    needle = b";" + name + b"="
-    start = path.find(needle)
-    if start < 0:
-        return None
-    rest = path[start + len(needle) :]
-    return re.split(rb"[;/]", rest, maxsplit=1)[0]
-
-
-def _query_parameter(query: bytes, name: bytes) -> bytes | None:
-    """
-    :returns: the raw value of the first query parameter C{name}, or C{None}.
-    """
-    for item in query.split(b"&"):
-        key, _, value = item.partition(b"=")
-        if unquote_to_bytes(key.replace(b"+", b" ")) == name:
-            return value
-    return None
+from stickyproxy.persistence._sessionid import (
+    SessionIdReader,
+    read_session_id_options,
+)
 
 
 @implementer(IPersistenceStrategy)
@@ -56,36 +33,17 @@ def _query_parameter(query: bytes, name: bytes) -> bytes | None:
 class RouteStrategy:
     """
     C{route}: the session id carries the backend's route after its last
-    separator (C{JSESSIONID=abc123.node2}), in the cookie C{cookie}, or
-    else in the path parameter or query parameter C{param}
-    (C{/cart;jsessionid=abc123.node2}, C{/cart?jsessionid=abc123.node2}).
-    The application issues the routes: nothing is recorded.
+    separator (C{JSESSIONID=abc123.node2}), wherever C{session} finds it
+    (the cookie, else the URL: C{/cart;jsessionid=abc123.node2}).  The
+    application issues the routes: nothing is recorded.
     """
 
     pool: IBackendPool
-    cookie: str = "JSESSIONID"
-    param: str = "jsessionid"
+    session: SessionIdReader = SessionIdReader()
     separator: str = "."
     name = "route"
     _routes: dict[str, Backend] = attrs.field(init=False, factory=dict)
     _of: object = attrs.field(init=False, default=None)
-
-    def session_id(self, context: IHTTPRoutingContext) -> str | None:
-        """
-        :returns: the session id the request carries, or C{None}.
-        """
-        value = context.cookie(self.cookie)
-        if value:
-            return value.strip('"')
-        target: bytes = context.target
-        path, _, query = target.split(b"#", 1)[0].partition(b"?")
-        param = self.param.encode("utf-8")
-        raw = _path_parameter(path, param)
-        if raw is None:
-            raw = _query_parameter(query, param)
-        if not raw:
-            return None
-        return unquote_to_bytes(raw).decode("utf-8", "replace")
 
     def _backend(self, route: str) -> Backend | None:
         if self._of is not self.pool.backends:
@@ -96,7 +54,7 @@ class RouteStrategy:
         return self._routes.get(route)
 
     def lookup(self, context: IRoutingContext) -> Backend | None:
-        session = self.session_id(_http(context))
+        session = self.session.read(_http(context))
         if session is None or self.separator not in session:
             return None
         route = session.rpartition(self.separator)[2]
@@ -134,15 +92,14 @@ class RouteFactory:
         path: str,
     ) -> IPersistenceStrategy:
         with OptionReader(options, path) as reader:
-            cookie = reader.token("cookie", "JSESSIONID")
-            param = reader.token("param", "jsessionid")
+            session = read_session_id_options(reader)
             separator = reader.string("separator", ".")
             if not separator or any(c in separator for c in ';,=&? "\t'):
                 raise reader.fail(
                     "separator",
                     'a non-empty string without spaces or any of ;,=&?"',
                 )
-            return RouteStrategy(pool, cookie, param, separator)
+            return RouteStrategy(pool, session, separator)
 
 
 route = RouteFactory()

@@ -13,6 +13,7 @@ from stickyproxy import AdminState, Decision, NoBackendAvailable, Outcome, Route
 from stickyproxy.interfaces import IPersistenceStrategy, IStickTable
 from stickyproxy.persistence._affinity import TableAffinity
 from stickyproxy.persistence._appcookie import AppCookieLearn
+from stickyproxy.persistence._sessionid import SessionIdReader
 from stickyproxy.persistence._sourceip import SourceIPKey, source_ip
 from stickyproxy.testing import (
     SlowStickTable,
@@ -404,7 +405,9 @@ class AppCookieLearnStoreTests(TestCase):
         self.clock = Clock()
         self.pool = make_pool("a", "b")
         self.table = SlowStickTable(self.clock, latency=0.01)
-        self.strategy = AppCookieLearn(self.pool, self.table, "SID", self.clock)
+        self.strategy = AppCookieLearn(
+            self.pool, self.table, SessionIdReader("SID"), self.clock
+        )
 
     def test_provides(self):
         """

@@ -15,6 +15,7 @@ from twisted.internet.address import IPv4Address
 from stickyproxy.config._settings import HTTPSettings
 from stickyproxy.core._router import Router
 from stickyproxy.http._frontend import HTTPProxyFactory
+from stickyproxy.http._message import request_target
 from stickyproxy.interfaces import IPersistenceStrategy
 
 from tests.test_http import OK, HTTPTestCase, RecordingStrategy
@@ -415,3 +416,77 @@ class UpgradeTests(HTTPTestCase):
         protocol.dataReceived(websocket.replace(b"websocket", b"X-Custom/2"))
         _, backend_transport = self.accept()
         self.assertIn(b"upgrade: X-Custom/2\r\n", backend_transport.value())
+
+
+class RequestTargetTests(HTTPTestCase):
+    """
+    Only RFC 9112's request-target forms are forwarded; anything else gets
+    400, so the backend sees only what one reading allows.
+    """
+
+    def test_refused(self):
+        """
+        A fragment, userinfo in absolute-form, a scheme other than http(s),
+        an empty host, the asterisk-form on anything but OPTIONS, a target
+        in no form at all, and whitespace, controls or bytes above 0x7E get
+        400, and nothing reaches a backend.
+        """
+        for target in [
+            b"/a#b",
+            b"/#",
+            b"http://user@a.example/",
+            b"http://user:pw@a.example/x",
+            b"HTTPS://a@b/",
+            b"http://a.example\\@b.example/",
+            b"ftp://a.example/",
+            b"http:///x",
+            b"http://a.example:80x/",
+            b"*",
+            b"a.example/x",
+            b"/a\x80b",
+            b"/a\x7fb",
+            b"/a\x01b",
+            b"/a\tb",
+        ]:
+            protocol, transport = self.client()
+            protocol.dataReceived(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), target)
+            self.assertEqual(self.reactor.tcpClients, [], target)
+
+    def test_grammar(self):
+        """
+        L{request_target} checks every byte itself, whatever llhttp lets
+        through, and names what is wrong.
+        """
+        for target, reason in [
+            (b"/a#b", "fragment"),
+            (b"/a b", "whitespace"),
+            (b"/a\x00", "controls"),
+            (b"/\xff", "non-ASCII"),
+            (b"http://u@h/", "userinfo"),
+            (b"*", "OPTIONS"),
+            (b"h/x", "not a request-target"),
+        ]:
+            error = self.assertRaises(ValueError, request_target, b"GET", target)
+            self.assertIn(reason, str(error))
+
+    def test_accepted(self):
+        """
+        Origin-form (with the characters browsers leave unescaped in a
+        query), OPTIONS *, and http(s) absolute-form (a query with no path,
+        an IP-literal and a port) are forwarded, the absolute-form in
+        origin-form with its authority as Host.
+        """
+        for request_line, line, host in [
+            (b"GET /p/a;b?q=|{}^`&x=%20 ", b"GET /p/a;b?q=|{}^`&x=%20 ", b"a"),
+            (b"OPTIONS * ", b"OPTIONS * ", b"a"),
+            (b"GET http://b.example?x=1 ", b"GET /?x=1 ", b"b.example"),
+            (b"GET HTTPS://[::1]:8443/x ", b"GET /x ", b"[::1]:8443"),
+            (b"GET http://b.example ", b"GET / ", b"b.example"),
+        ]:
+            self.setUp()  # a fresh backend connection for each
+            forwarded, _, _ = self.exchange(
+                request_line + b"HTTP/1.1\r\nHost: a\r\n\r\n", OK
+            )
+            self.assertTrue(forwarded.startswith(line + b"HTTP/1.1\r\n"), forwarded)
+            self.assertIn(b"\r\nhost: " + host + b"\r\n", forwarded)

@@ -38,7 +38,12 @@ from stickyproxy.core._router import NoBackendAvailable, Router
 from stickyproxy.core._timers import Deadline, IdleTimer
 from stickyproxy.http._backend import BackendConnections, BackendHTTP
 from stickyproxy.http._context import HTTPRoutingContext
-from stickyproxy.http._message import HOP_BY_HOP, connection_options, split_list
+from stickyproxy.http._message import (
+    HOP_BY_HOP,
+    connection_options,
+    request_target,
+    split_list,
+)
 from stickyproxy.interfaces import IResponseReceiver
 from stickyproxy.model import (
     Backend,
@@ -786,12 +791,13 @@ class HTTPProxyProtocol(Protocol):
         hosts = [value for name, value in headers if name == b"host"]
         if len(hosts) > 1 or (version == "1.1" and not hosts):
             raise _Refuse(400, "an HTTP/1.1 request needs exactly one Host header")
-        target = self._url
-        if target[:1] != b"/" and b"://" in target[:8]:
+        try:
+            target, authority = request_target(method, self._url)
+        except ValueError as error:
+            raise _Refuse(400, str(error)) from None
+        if authority is not None:
             # Absolute form (RFC 9112 3.2.2): its authority replaces Host,
             # and the backend gets the origin form.
-            authority, _, path = target.split(b"://", 1)[1].partition(b"/")
-            target = b"/" + path
             headers = [(n, v) for n, v in headers if n != b"host"]
             headers.append((b"host", authority))
         body, length = "none", None

@@ -1,11 +1,12 @@
 """
 HTTP/1.1 message rules both sides of the L7 proxy share: which header
-fields are for one connection only, and which of them a C{Connection}
-header may never remove.
+fields are for one connection only, which of them a C{Connection} header
+may never remove, and the request-target forms of RFC 9112.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 
@@ -56,3 +57,47 @@ def connection_options(
     """
     named = frozenset(token.lower() for token in split_list(values))
     return named.difference(FRAMING, keep)
+
+
+# RFC 9110 5.5 VCHAR less "#": a fragment is never sent (RFC 9112 3.2), so
+# one means the target is not what a client meant; no whitespace, controls
+# or bytes above 0x7E either.
+_TARGET_CHARS = re.compile(rb"[\x21\x22\x24-\x7e]+")
+# RFC 9112 3.2.2: absolute-form, for http and https, authority without
+# userinfo (RFC 9110 4.2.4 forbids it): a host (reg-name, IPv4 or an
+# IP-literal) and an optional port.
+_ABSOLUTE = re.compile(
+    rb"(?i:https?)://"
+    rb"(?P<authority>(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?)"
+    rb"(?P<rest>[/?].*)?"
+)
+
+
+def request_target(method: bytes, target: bytes) -> tuple[bytes, bytes | None]:
+    """
+    Check a request-target against RFC 9112 3.2 (CONNECT's authority-form
+    aside: the frontend refuses CONNECT first).
+
+    :returns: the target to forward (origin-form, or C{*}) and, for an
+        absolute-form target, its authority, which replaces C{Host}.
+    :raises ValueError: not a request-target; the message says why.
+    """
+    if not _TARGET_CHARS.fullmatch(target):
+        if b"#" in target:
+            raise ValueError("a request-target with a fragment (#)")
+        raise ValueError("a request-target with whitespace, controls or non-ASCII")
+    if target.startswith(b"/"):
+        return target, None  # origin-form
+    if target == b"*":
+        if method != b"OPTIONS":
+            raise ValueError("the asterisk-form is for OPTIONS only")
+        return target, None
+    absolute = _ABSOLUTE.fullmatch(target)
+    if absolute is None:
+        if b"@" in target.partition(b"://")[2].split(b"/", 1)[0]:
+            raise ValueError("an absolute-form request-target with userinfo")
+        raise ValueError("not a request-target (origin-form or http(s) absolute-form)")
+    rest = absolute["rest"] or b"/"
+    if rest.startswith(b"?"):
+        rest = b"/" + rest
+    return rest, absolute["authority"]

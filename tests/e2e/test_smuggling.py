@@ -72,6 +72,31 @@ class RefusalTests(HTTPE2ETestCase):
         self.assert_no_close_wait()
         self.served()
 
+    def test_request_target_grammar(self) -> None:
+        """
+        Targets outside RFC 9112's forms -- a fragment, userinfo in
+        absolute-form, the asterisk-form on GET, no form at all -- get 400
+        and a close, and reach no backend; an absolute-form target is
+        served in origin-form.
+        """
+        for target in [
+            b"/who#frag",
+            b"http://user:pw@x/who",
+            b"*",
+            b"who",
+        ]:
+            answer = self.raw_exchange(
+                self.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            self.assertEqual(statuses(answer), [b"400"], (target, answer))
+        for name, backend in self.backends.items():
+            self.assertNotIn("/who", backend.output(), name)
+        answer = self.raw_exchange(
+            self.port,
+            b"GET http://x/abs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        self.assertEqual(statuses(answer), [b"200"], answer)
+
 
 class ConnectionHeaderTests(HTTPE2ETestCase):
     """

@@ -13,12 +13,22 @@ from stickyproxy import AdminState, BackendInUse, Health, Outcome, Pool, Router
 from stickyproxy.config._settings import HealthSettings
 from stickyproxy.core._balancers import BALANCERS, RoundRobin, make_balancer
 from stickyproxy.health._monitor import HealthMonitor
+from stickyproxy.persistence import _proxycookie
+from stickyproxy.persistence._cookie import cookie
+from stickyproxy.persistence._route import route
 from stickyproxy.persistence._sourceip import source_ip
-from stickyproxy.testing import make_backend, make_pool, routing_context, tcp_backend
+from stickyproxy.testing import (
+    http_context,
+    make_backend,
+    make_pool,
+    routing_context,
+    tcp_backend,
+)
 
 from tests._base import TestCase
 from tests.test_health import ScriptedProbe
 from tests.test_http import HTTPTestCase
+from tests.test_http_strategies import KEY, _build, _clock, _sent, _visit
 
 
 def _names(backends):
@@ -434,3 +444,156 @@ class MonitorFollowsTests(TestCase):
         before = len(self.clock.getDelayedCalls())
         self.pool.remove("b")
         self.assertEqual(len(self.clock.getDelayedCalls()), before - 1)
+
+
+class StrategiesFollowTests(TestCase):
+    """
+    The strategies' caches follow the pool's set: a backend added is
+    reachable by its cookie or route at once, and a removed backend's
+    cookies, routes and table entries no longer bind anyone, so its clients
+    are balanced afresh.  The caches notice by identity: the pool replaces
+    its C{backends} tuple on every add and remove.
+    """
+
+    def setUp(self):
+        self.clock = _clock()
+        self.pool = make_pool("a", "b")
+        self.pool.clock = self.clock
+
+    def _cookie_for(self, name, pool=None):
+        """
+        The value of the cookie a client of backend C{name} gets.
+        """
+        pool = pool or self.pool
+        strategy = _build(cookie, pool, self.clock, keys=[KEY])
+        _, ctx = _visit(strategy, pool.get(name))
+        return _sent(ctx, "STICKY").value
+
+    def test_cookie_of_added_backend(self):
+        """
+        A cookie naming a backend the pool does not have is not honoured;
+        once that backend is added, the same cookie binds the client to it
+        (and the backend's own new clients get cookies that do).
+        """
+        strategy = _build(cookie, self.pool, self.clock, keys=[KEY])
+        value = self._cookie_for("c", make_pool("a", "b", "c"))
+        ctx = http_context(cookies={"STICKY": value})
+        self.assertIsNone(strategy.lookup(ctx))
+        self.assertEqual(ctx.invalid, "cookie")
+        c = make_backend("c")
+        self.pool.add(c)
+        self.assertIs(strategy.lookup(http_context(cookies={"STICKY": value})), c)
+        _, ctx = _visit(strategy, c)
+        fresh = _sent(ctx, "STICKY").value
+        self.assertIs(strategy.lookup(http_context(cookies={"STICKY": fresh})), c)
+
+    def test_cookie_of_removed_backend(self):
+        """
+        Once its backend is removed, a cookie that bound a client is not
+        valid any more: the router balances the client afresh, and reports
+        the binding as C{invalid}.
+        """
+        strategy = _build(cookie, self.pool, self.clock, keys=[KEY])
+        router = Router(self.pool, [strategy], self.clock)
+        value = self._cookie_for("b")
+
+        def choose():
+            return router.choose(http_context(cookies={"STICKY": value}))
+
+        self.assertEqual(choose().outcome, Outcome.HIT)
+        self.pool.set_admin_state("b", AdminState.MAINT)
+        self.pool.remove("b")
+        decision = choose()
+        self.assertEqual(decision.backend.name, "a")
+        self.assertEqual(decision.persistence, "invalid")
+
+    def test_route_follows(self):
+        """
+        A route to a backend added is followed at once; a route to one
+        removed is not (and is reported invalid).
+        """
+        strategy = _build(route, self.pool)
+
+        def lookup():
+            ctx = http_context(cookies={"JSESSIONID": "abc.c"})
+            return strategy.lookup(ctx), ctx.invalid
+
+        self.assertEqual(lookup(), (None, "route"))
+        c = make_backend("c")
+        self.pool.add(c)
+        self.assertEqual(lookup(), (c, None))
+        self.pool.remove("c")
+        self.assertEqual(lookup(), (None, "route"))
+
+    def test_identity_check_is_cheap(self):
+        """
+        The cookie's tokens are made once per set of backends: lookups while
+        nothing changes reuse them; an add or a remove makes them again;
+        a change of state or weight does not.
+        """
+        made = []
+        real = _proxycookie.backend_tokens
+
+        def counting(keys, names):
+            made.append(list(names))
+            return real(keys, names)
+
+        self.patch(_proxycookie, "backend_tokens", counting)
+        strategy = _build(cookie, self.pool, self.clock, keys=[KEY])
+        value = self._cookie_for("a")
+        for _ in range(5):
+            strategy.lookup(http_context(cookies={"STICKY": value}))
+        self.pool.set_weight("a", 3)
+        self.pool.set_admin_state("b", AdminState.DRAIN)
+        strategy.lookup(http_context(cookies={"STICKY": value}))
+        self.assertEqual(made[-1], ["a", "b"])
+        count = len(made)
+        self.pool.add(make_backend("c"))
+        strategy.lookup(http_context(cookies={"STICKY": value}))
+        self.pool.remove("c")
+        strategy.lookup(http_context(cookies={"STICKY": value}))
+        self.assertEqual(made[count:], [["a", "b", "c"], ["a", "b"]])
+
+    def test_hash_follows(self):
+        """
+        Hash affinity moves only about the added backend's share of keys to
+        it, and every key of a removed backend elsewhere (the others keep
+        theirs).
+        """
+        strategy = source_ip.build({}, self.pool, self.clock, "p")
+        contexts = [routing_context(f"10.0.{i // 256}.{i % 256}") for i in range(600)]
+        before = [strategy.lookup(ctx).name for ctx in contexts]
+        self.pool.add(make_backend("c"))
+        after = [strategy.lookup(ctx).name for ctx in contexts]
+        moved = [
+            (old, new) for old, new in zip(before, after, strict=True) if old != new
+        ]
+        self.assertEqual({new for _, new in moved}, {"c"})
+        self.assertLess(abs(len(moved) - 200), 60)
+        self.pool.remove("a")
+        final = [strategy.lookup(ctx).name for ctx in contexts]
+        for old, new in zip(after, final, strict=True):
+            if old != "a":
+                self.assertEqual(new, old)
+        self.assertNotIn("a", final)
+
+    def test_table_entry_of_removed_backend(self):
+        """
+        A stick-table binding to a removed backend binds nobody: the client
+        is balanced afresh and its entry moves to its new backend, whose
+        sessions count it; the removed backend has no sessions to ask for.
+        """
+        strategy = source_ip.build({"mode": "table"}, self.pool, self.clock, "p")
+        router = Router(self.pool, [strategy], self.clock)
+        ctx = routing_context("10.0.0.1")
+        strategy.persist(ctx, self.pool.get("b"))
+        strategy.release(ctx, self.pool.get("b"))
+        self.assertEqual(router.choose(ctx).backend.name, "b")
+        self.pool.set_admin_state("b", AdminState.MAINT)
+        self.pool.remove("b")
+        decision = router.choose(ctx)
+        self.assertEqual((decision.backend.name, decision.outcome), ("a", Outcome.NEW))
+        router.bind(ctx, decision)
+        self.assertEqual(self.pool.sessions("a"), 1)
+        self.assertRaises(KeyError, self.pool.sessions, "b")
+        self.assertEqual(router.choose(ctx).outcome, Outcome.HIT)

@@ -116,7 +116,8 @@ class BackendTokens:
     _of: object = attrs.field(init=False, default=None)
 
     def _refresh(self) -> None:
-        # A pool's backends are fixed, but check cheaply in case one is not.
+        # The pool replaces its backends tuple whenever one is added or
+        # removed: one identity check per call follows that.
         if self._of is not self.pool.backends:
             self._of = self.pool.backends
             names = [backend.name for backend in self.pool.backends]
@@ -227,6 +228,7 @@ class ProxyCookie:
     # What each value seen lately proved to be (checking costs two HMACs and
     # base64 both ways; a sticky client sends the same value every time).
     _checked: dict[str, FoundCookie | None] = attrs.field(init=False, factory=dict)
+    _checked_for: object = attrs.field(init=False, default=None)  # pool.backends
 
     @property
     def name(self) -> str:
@@ -241,6 +243,10 @@ class ProxyCookie:
         if the value is ours and names a backend of the pool, else C{None}.
         """
         checked = self._checked
+        if self._checked_for is not self.pool.backends:
+            # A backend came or went: a value may name one now, or none.
+            self._checked_for = self.pool.backends
+            checked.clear()
         if value in checked:
             return checked[value]
         signed = self.signer.verify(value)

@@ -46,6 +46,8 @@ class RouteStrategy:
     _of: object = attrs.field(init=False, default=None)
 
     def _backend(self, route: str) -> Backend | None:
+        # The pool replaces its backends tuple whenever one is added or
+        # removed: one identity check per lookup follows that.
         if self._of is not self.pool.backends:
             self._of = self.pool.backends
             self._routes = {}

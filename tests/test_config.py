@@ -210,6 +210,11 @@ class ErrorTests(TestCase):
             "frontend[0].strict",
             "true or false",
         )
+        self.assertConfigError(
+            lambda d: d["frontend"][0].update(persistence_timeout=0),
+            "frontend[0].persistence_timeout",
+            "positive",
+        )
 
     def test_choices(self):
         """

@@ -3,6 +3,8 @@ Tests for L{stickyproxy.service.ProxyService} and C{twistd} glue in
 L{stickyproxy.tap}.
 """
 
+import attrs
+
 from twisted.application.service import IService, MultiService
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
@@ -137,6 +139,19 @@ class ProxyServiceTests(TestCase):
         )
         self.assertEqual([b.name for b in proxy.pools["pg"].backends], ["pg1", "pg2"])
         self.assertIs(proxy.routers["db"].pool, proxy.pools["pg"])
+
+    def test_persistence_timeout(self):
+        """
+        A frontend's routers wait 50 ms for a store by default, and
+        C{persistence_timeout} changes that.
+        """
+        config = load_config(CONFIG, REGISTRY)
+        proxy = ProxyService(config, MemoryReactorClock(), REGISTRY)
+        self.assertEqual(proxy.routers["db"].persistence_timeout, 0.05)
+        frontend = attrs.evolve(config.frontends[0], persistence_timeout=0.2)
+        config = attrs.evolve(config, frontends=(frontend, *config.frontends[1:]))
+        proxy = ProxyService(config, MemoryReactorClock(), REGISTRY)
+        self.assertEqual(proxy.routers[frontend.name].persistence_timeout, 0.2)
 
 
 class MakeServiceTests(TestCase):

@@ -4,28 +4,38 @@ standing in for one): the router waits for them a bounded time, then routes
 with what it knows, and never hangs.
 """
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 
 from stickyproxy import AdminState, Decision, NoBackendAvailable, Outcome, Router
+from stickyproxy.config._settings import HTTPSettings
+from stickyproxy.core._balancers import RoundRobin
+from stickyproxy.core._pool import Pool
+from stickyproxy.http._frontend import HTTPProxyFactory
 from stickyproxy.interfaces import IPersistenceStrategy, IStickTable
 from stickyproxy.persistence._affinity import TableAffinity
 from stickyproxy.persistence._appcookie import AppCookieLearn
 from stickyproxy.persistence._sessionid import SessionIdReader
 from stickyproxy.persistence._sourceip import SourceIPKey, source_ip
+from stickyproxy.tcp._splice import TCPProxyFactory
 from stickyproxy.testing import (
     SlowStickTable,
     http_context,
     make_pool,
     respond,
     routing_context,
+    tcp_backend,
 )
 
 from tests._base import TestCase
 
 KEY = bytes([192, 0, 2, 1])  # the source-ip key of 192.0.2.1
+CLIENT = IPv4Address("TCP", "10.0.0.1", 5555)
 
 
 class Recording:
@@ -434,3 +444,229 @@ class AppCookieLearnStoreTests(TestCase):
         ctx = respond(http_context(cookies={"SID": "forged"}), 200)
         self.strategy.persist(ctx, self.pool.get("a"))
         self.assertEqual(self.table.bindings, {})
+
+
+class SlowStoreTCPTests(TestCase):
+    """
+    The L4 frontend over a table in a slow store.
+    """
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        backends = tuple(
+            tcp_backend(self.reactor, name, port)
+            for name, port in (("a", 9001), ("b", 9002), ("c", 9003))
+        )
+        self.pool = Pool("p", backends, RoundRobin(), connect_timeout=3.0, retries=2)
+        self.table = SlowStickTable(self.reactor, latency=0.01)
+        self.table.bind(bytes([10, 0, 0, 1]), "c")
+        strategy = TableAffinity("source-ip", self.pool, self.table, SourceIPKey())
+        router = Router(self.pool, [strategy], self.reactor)
+        self.factory = TCPProxyFactory("front", router, self.reactor)
+
+    def connect_client(self):
+        protocol = self.factory.buildProtocol(CLIENT)
+        transport = StringTransport(
+            hostAddress=IPv4Address("TCP", "192.0.2.9", 7000), peerAddress=CLIENT
+        )
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def accept_backend(self):
+        host, port, factory, _, _ = self.reactor.tcpClients[-1]
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return port, transport
+
+    def refuse_backend(self):
+        factory = self.reactor.tcpClients[-1][2]
+        connector = self.reactor.connectors[-1]
+        factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+
+    def test_connects_where_the_store_says(self):
+        """
+        The backend is connected to once the store answered, and what the
+        client sent meanwhile reaches it.
+        """
+        client, client_transport = self.connect_client()
+        client.dataReceived(b"early")
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertEqual(client_transport.producerState, "paused")
+        self.reactor.advance(0.01)
+        port, backend_transport = self.accept_backend()
+        self.assertEqual(port, 9003)
+        self.assertEqual(backend_transport.value(), b"early")
+        self.assertEqual(client_transport.producerState, "producing")
+
+    def test_store_silent(self):
+        """
+        A store that never answers delays the client by the bound only: it
+        is then balanced, and its binding written.
+        """
+        self.table.latency = None
+        self.connect_client()
+        self.reactor.advance(0.05)
+        port, _ = self.accept_backend()
+        self.assertEqual(port, 9001)
+        self.assertEqual(self.table.bindings[bytes([10, 0, 0, 1])], "a")
+        self.assertEqual(self.table.pending, 0)
+
+    def test_store_fails(self):
+        """
+        A failing store does not stop the client: it is balanced.
+        """
+        self.table.error = ConnectionRefusedError("store gone")
+        with capturedLogs():
+            self.connect_client()
+            self.reactor.advance(0.01)
+        port, _ = self.accept_backend()
+        self.assertEqual(port, 9001)
+
+    def test_client_leaves_mid_lookup(self):
+        """
+        A client that leaves while the store is asked cancels the lookup;
+        no backend is ever connected to.
+        """
+        self.table.latency = None
+        client, _ = self.connect_client()
+        client.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.table.pending, 0)
+        self.reactor.advance(10)
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_refused_retried(self):
+        """
+        A refused connect to the store's backend is retried elsewhere
+        after the store is asked again.
+        """
+        self.connect_client()
+        self.reactor.advance(0.01)
+        self.refuse_backend()
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.reactor.advance(0.01)
+        port, _ = self.accept_backend()
+        self.assertEqual(port, 9001)
+        self.assertEqual(self.pool.get("c").active, 0)
+
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
+class SlowStoreHTTPTests(TestCase):
+    """
+    The L7 frontend over C{app-cookie} C{learn} in a slow store.
+    """
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        backends = tuple(
+            tcp_backend(self.reactor, name, port)
+            for name, port in (("a", 9001), ("b", 9002))
+        )
+        self.pool = Pool("p", backends, RoundRobin(), retries=1)
+        self.table = SlowStickTable(self.reactor, latency=0.01)
+        self.table.bind(b"s1", "b")
+        strategy = AppCookieLearn(self.pool, self.table, "SID", self.reactor)
+        router = Router(self.pool, [strategy], self.reactor)
+        settings = HTTPSettings(
+            timeout_request=10, timeout_response=30, timeout_keepalive=60
+        )
+        self.factory = HTTPProxyFactory("web", router, self.reactor, settings)
+
+    def client(self):
+        protocol = self.factory.buildProtocol(CLIENT)
+        transport = StringTransport(
+            peerAddress=CLIENT, hostAddress=IPv4Address("TCP", "192.0.2.1", 80)
+        )
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def accept(self):
+        host, port, factory, _, _ = self.reactor.tcpClients[-1]
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return port, protocol, transport
+
+    def test_request_waits_for_the_store(self):
+        """
+        A request goes to the backend the store names, once it answered,
+        with its body; the response reaches the client.
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(
+            b"POST / HTTP/1.1\r\nHost: a\r\nCookie: SID=s1\r\n"
+            b"Content-Length: 4\r\n\r\nbody"
+        )
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.reactor.advance(0.01)
+        port, backend, backend_transport = self.accept()
+        self.assertEqual(port, 9002)
+        self.assertTrue(backend_transport.value().endswith(b"\r\n\r\nbody"))
+        backend.dataReceived(OK)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))
+
+    def test_store_silent(self):
+        """
+        A store that never answers delays a request by the bound only: it
+        is then balanced and served.
+        """
+        self.table.latency = None
+        protocol, transport = self.client()
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: SID=s1\r\n\r\n")
+        self.reactor.advance(0.05)
+        port, backend, _ = self.accept()
+        self.assertEqual(port, 9001)
+        backend.dataReceived(OK)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))
+        self.assertEqual(self.table.pending, 0)
+
+    def test_store_fails(self):
+        """
+        A failing store does not fail the request: it is balanced and
+        served.
+        """
+        self.table.error = ConnectionRefusedError("store gone")
+        protocol, transport = self.client()
+        with capturedLogs():
+            protocol.dataReceived(
+                b"GET / HTTP/1.1\r\nHost: a\r\nCookie: SID=s1\r\n\r\n"
+            )
+            self.reactor.advance(0.01)
+        port, backend, _ = self.accept()
+        backend.dataReceived(OK)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))
+
+    def test_client_leaves_mid_lookup(self):
+        """
+        A client that leaves while the store is asked cancels the lookup;
+        no backend is connected to, and no timer is left behind.
+        """
+        self.table.latency = None
+        protocol, _ = self.client()
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: SID=s1\r\n\r\n")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.table.pending, 0)
+        self.reactor.advance(100)
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_refused_retried(self):
+        """
+        A refused connect to the store's backend is retried on the other
+        one, and the request served there.
+        """
+        protocol, transport = self.client()
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: SID=s1\r\n\r\n")
+        self.reactor.advance(0.01)
+        factory = self.reactor.tcpClients[-1][2]
+        factory.clientConnectionFailed(
+            self.reactor.connectors[-1], Failure(ConnectionRefusedError())
+        )
+        self.reactor.advance(0.01)
+        port, backend, _ = self.accept()
+        self.assertEqual(port, 9001)
+        backend.dataReceived(OK)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))

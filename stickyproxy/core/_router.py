@@ -99,20 +99,23 @@ class Router:
             context.tried = skipped
         found: Backend | None = None
         finder: IPersistenceStrategy | None = None
-        for index, strategy in enumerate(self.strategies):
+        for strategy in self.strategies:
             # Every strategy of a chain looks, even after one knew the
             # client: looking is also where a strategy takes its own data
             # (its cookie, a route prefix) off the request.
             bound = strategy.lookup(context)
             if bound is None:
                 continue
-            if isinstance(bound, Deferred):
+            # Not isinstance(bound, Deferred): Deferred's ABCMeta makes that
+            # check slow, and this is the hot path.
+            if isinstance(bound, Backend):
                 if finder is None:
-                    return _PendingChoice(self, context, tried).start(index, bound)
+                    found, finder = bound, strategy
+            elif finder is None:
+                return _PendingChoice(self, context, tried).start(strategy, bound)
+            else:
                 bound.addErrback(_ignore)
                 bound.cancel()  # an earlier strategy knew the client
-            elif finder is None:
-                found, finder = bound, strategy
         return self._decide(context, tried, finder, found)
 
     def _decide(
@@ -173,13 +176,13 @@ class Router:
         for _ in self.pool.backends:
             context.tried = excluded
             candidate = strategy.lookup(context)
-            if isinstance(candidate, Deferred):
+            if candidate is None or candidate in excluded:
+                break
+            if not isinstance(candidate, Backend):
                 # Only a table answers late, and a table remembers: it
                 # would name the same backend again.
                 candidate.addErrback(_ignore)
                 candidate.cancel()
-                break
-            if candidate is None or candidate in excluded:
                 break
             if candidate in accepting:
                 choice = Decision(candidate, Outcome.REDISPATCH, strategy.name, bound)
@@ -304,11 +307,11 @@ class _Dispatch(Generic[_T]):
         """
         Try the decided backend, once the decision is in.
         """
-        if isinstance(decision, Deferred):
+        if isinstance(decision, Decision):
+            self._try(decision)
+        else:
             self.choosing = decision
             decision.addCallbacks(self._chosen, self._not_chosen)
-        else:
-            self._try(decision)
 
     def _chosen(self, decision: Decision) -> None:
         self.choosing = None
@@ -418,15 +421,17 @@ class _PendingChoice:
         self.done = False
 
     def start(
-        self, index: int, pending: Deferred[Backend | None]
+        self, strategy: IPersistenceStrategy, pending: Deferred[Backend | None]
     ) -> Deferred[Decision]:
         """
-        Wait for C{pending}, the answer of strategy C{index}, after asking
-        the strategies that follow it (they take their data off the
-        request now, whatever the answer).
+        Wait for C{pending}, the answer of C{strategy}, after asking the
+        strategies that follow it (they take their data off the request
+        now, whatever the answer).
         """
         router = self.router
-        self.strategies = router.strategies[index:]
+        strategies = router.strategies
+        index = next(i for i, s in enumerate(strategies) if s is strategy)
+        self.strategies = strategies[index:]
         self.answers = [pending]
         self.answers.extend(
             strategy.lookup(self.context) for strategy in self.strategies[1:]

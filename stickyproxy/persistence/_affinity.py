@@ -83,7 +83,10 @@ class TableAffinity:
         self, context: IRoutingContext
     ) -> Backend | None | Deferred[Backend | None]:
         key = self.key(context)
-        return None if key is None else bound_backend(self.pool, self.table.get(key))
+        name = None if key is None else self.table.get(key)
+        if isinstance(name, str):
+            return self.pool.get(name)
+        return None if name is None else late_backend(self.pool, name)
 
     def persist(self, context: IRoutingContext, backend: Backend) -> None:
         key = self.key(context)
@@ -96,17 +99,14 @@ class TableAffinity:
             self.table.release(key)
 
 
-def bound_backend(
-    pool: IBackendPool, name: str | None | Deferred[str | None]
-) -> Backend | None | Deferred[Backend | None]:
+def late_backend(
+    pool: IBackendPool, name: Deferred[str | None]
+) -> Deferred[Backend | None]:
     """
-    The backend of C{pool} that a stick table's answer names (at once, or
-    later when the table asks its store); C{None} for no name, or a name
-    no backend has.
+    The backend of C{pool} that a stick table names once its store
+    answered; C{None} for no name, or a name no backend has.
     """
-    if isinstance(name, Deferred):
-        return name.addCallback(lambda late: bound_backend(pool, late))
-    return pool.get(name) if name else None
+    return name.addCallback(lambda late: None if late is None else pool.get(late))
 
 
 def read_affinity(

@@ -23,7 +23,7 @@ from stickyproxy.interfaces import (
     IStickTable,
 )
 from stickyproxy.model import Backend
-from stickyproxy.persistence._affinity import bound_backend, read_table_options
+from stickyproxy.persistence._affinity import late_backend, read_table_options
 from stickyproxy.persistence._proxycookie import (
     BackendTokens,
     ProxyCookie,
@@ -141,7 +141,10 @@ class AppCookieLearn:
         value = self.session.read(_http(context))
         if not value:
             return None
-        return bound_backend(self.pool, self.table.get(_table_key(value)))
+        name = self.table.get(_table_key(value))
+        if isinstance(name, str):
+            return self.pool.get(name)
+        return None if name is None else late_backend(self.pool, name)
 
     def _touch(self, key: bytes, backend: str) -> None:
         self.table.bind(key, backend)

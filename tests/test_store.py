@@ -568,7 +568,9 @@ class SlowStoreHTTPTests(TestCase):
         self.pool = Pool("p", backends, RoundRobin(), retries=1)
         self.table = SlowStickTable(self.reactor, latency=0.01)
         self.table.bind(b"s1", "b")
-        strategy = AppCookieLearn(self.pool, self.table, "SID", self.reactor)
+        strategy = AppCookieLearn(
+            self.pool, self.table, SessionIdReader("SID"), self.reactor
+        )
         router = Router(self.pool, [strategy], self.reactor)
         settings = HTTPSettings(
             timeout_request=10, timeout_response=30, timeout_keepalive=60

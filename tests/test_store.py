@@ -672,3 +672,26 @@ class SlowStoreHTTPTests(TestCase):
         self.assertEqual(port, 9001)
         backend.dataReceived(OK)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))
+
+
+class BrokenBalancerTests(TestCase):
+    def test_late_choice_never_hangs(self):
+        """
+        When deciding after a late lookup raises something unexpected (a
+        broken balancer), the choice fails with it instead of never firing.
+        """
+        clock = Clock()
+        pool = make_pool("a", balancer=Broken())
+        router = Router(pool, [Recording(Deferred())], clock)
+        decision = router.choose(routing_context("192.0.2.1"))
+        clock.advance(0.05)
+        self.failureResultOf(decision, RuntimeError)
+
+
+class Broken(RoundRobin):
+    """
+    A balancer that raises.
+    """
+
+    def choose(self, candidates, key):
+        raise RuntimeError("broken balancer")

@@ -500,7 +500,7 @@ class _PendingChoice:
         self._stop()
         try:
             decision = self.router._decide(self.context, self.tried, strategy, bound)
-        except NoBackendAvailable:
+        except Exception:  # NoBackendAvailable, or a bug: never leave it hanging
             self.result.errback()
         else:
             self.result.callback(decision)

@@ -13,10 +13,8 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from stickyproxy import AdminState, Decision, NoBackendAvailable, Outcome, Router
-from stickyproxy.config._settings import HTTPSettings
 from stickyproxy.core._balancers import RoundRobin
 from stickyproxy.core._pool import Pool
-from stickyproxy.http._frontend import HTTPProxyFactory
 from stickyproxy.interfaces import IPersistenceStrategy, IStickTable
 from stickyproxy.persistence._affinity import TableAffinity
 from stickyproxy.persistence._appcookie import AppCookieLearn
@@ -33,6 +31,7 @@ from stickyproxy.testing import (
 )
 
 from tests._base import TestCase
+from tests.test_http import OK, HTTPTestCase
 
 KEY = bytes([192, 0, 2, 1])  # the source-ip key of 192.0.2.1
 CLIENT = IPv4Address("TCP", "10.0.0.1", 5555)
@@ -551,41 +550,23 @@ class SlowStoreTCPTests(TestCase):
         self.assertEqual(self.pool.get("c").active, 0)
 
 
-OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-
-
-class SlowStoreHTTPTests(TestCase):
+class SlowStoreHTTPTests(HTTPTestCase):
     """
     The L7 frontend over C{app-cookie} C{learn} in a slow store.
     """
 
     def setUp(self):
-        self.reactor = MemoryReactorClock()
-        backends = tuple(
-            tcp_backend(self.reactor, name, port)
-            for name, port in (("a", 9001), ("b", 9002))
-        )
-        self.pool = Pool("p", backends, RoundRobin(), retries=1)
+        super().setUp()
         self.table = SlowStickTable(self.reactor, latency=0.01)
         self.table.bind(b"s1", "b")
-        strategy = AppCookieLearn(
-            self.pool, self.table, SessionIdReader("SID"), self.reactor
-        )
-        router = Router(self.pool, [strategy], self.reactor)
-        settings = HTTPSettings(
-            timeout_request=10, timeout_response=30, timeout_keepalive=60
-        )
-        self.factory = HTTPProxyFactory("web", router, self.reactor, settings)
-
-    def client(self):
-        protocol = self.factory.buildProtocol(CLIENT)
-        transport = StringTransport(
-            peerAddress=CLIENT, hostAddress=IPv4Address("TCP", "192.0.2.1", 80)
-        )
-        protocol.makeConnection(transport)
-        return protocol, transport
+        self.router.strategies = [
+            AppCookieLearn(self.pool, self.table, SessionIdReader("SID"), self.reactor)
+        ]
 
     def accept(self):
+        """
+        Complete the newest backend connect (earlier ones were refused).
+        """
         host, port, factory, _, _ = self.reactor.tcpClients[-1]
         protocol = factory.buildProtocol(None)
         transport = StringTransport()

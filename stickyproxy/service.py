@@ -35,6 +35,7 @@ from stickyproxy.core._events import EventStream
 from stickyproxy.core._pool import Pool
 from stickyproxy.core._proxyheader import ProxyHeaderWrappingFactory
 from stickyproxy.core._router import Router
+from stickyproxy.core._tls import TLSListeningReactor
 from stickyproxy.health._monitor import HealthMonitor
 from stickyproxy.health._probes import HTTPProbe, TCPProbe, treq_client
 from stickyproxy.http._accesslog import AccessLog
@@ -54,7 +55,9 @@ class ListenerService(Service):
     L{bind} may be called early (C{twistd} does, so a port in use is
     reported before anything starts).  A C{haproxy:} prefix means clients
     come through a load balancer that sends the PROXY protocol, within
-    C{timeout_proxy_header} seconds.
+    C{timeout_proxy_header} seconds.  TLS listeners (C{ssl:}) negotiate the
+    factory's ALPN protocols and log failed handshakes: see
+    L{TLSListeningReactor}.
     """
 
     log = Logger()
@@ -76,8 +79,9 @@ class ListenerService(Service):
             self._factory = ProxyHeaderWrappingFactory(
                 factory, reactor, timeout_proxy_header
             )
+        listening = TLSListeningReactor(reactor, lambda: self.name or self.path)
         try:
-            self._endpoint = serverFromString(reactor, description)
+            self._endpoint = serverFromString(listening, description)
         except Exception as error:
             # Parsers do more than parse (ssl: reads its key files), so any
             # error here is the string's fault.
@@ -287,6 +291,7 @@ class ProxyService(MultiService):
                     reactor,
                     frontend.idle_timeout,
                     self.events,
+                    frontend.alpn,
                 )
             listener = ListenerService(
                 reactor,

@@ -9,6 +9,7 @@ running objects, with the same L{ConfigError} and key paths.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -125,6 +126,7 @@ class FrontendConfig:
     pool: str
     persistence: tuple[PersistenceConfig, ...] = ()
     idle_timeout: float | None = None
+    alpn: tuple[bytes, ...] = ()
     timeout_proxy_header: float = 10.0
     strict: bool = False
     persistence_timeout: float = PERSISTENCE_TIMEOUT
@@ -368,6 +370,24 @@ def _http_settings(reader: OptionReader) -> HTTPSettings:
     )
 
 
+_ALPN_NAME = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def _alpn(reader: OptionReader) -> tuple[bytes, ...]:
+    """
+    Read C{alpn}: the ALPN protocol names a TLS listener offers, most
+    preferred first.
+    """
+    names = reader.strings("alpn", ())
+    if len(set(names)) != len(names) or not all(map(_ALPN_NAME.fullmatch, names)):
+        raise reader.fail(
+            "alpn",
+            "an array of distinct ALPN protocol names (1 to 255 printable "
+            'ASCII characters each, e.g. ["imap", "h2"])',
+        )
+    return tuple(name.encode("ascii") for name in names)
+
+
 def _frontend(
     reader: OptionReader,
     index: int,
@@ -389,6 +409,11 @@ def _frontend(
         )
     if mode == "http":
         reader.elsewhere('expected only on mode = "tcp" frontends', "idle_timeout")
+        reader.elsewhere(
+            'expected only on mode = "tcp" frontends (HTTP frontends always '
+            'negotiate "http/1.1")',
+            "alpn",
+        )
     else:
         reader.elsewhere('expected only on mode = "http" frontends', *HTTP_KEYS)
     listen = reader.string("listen")
@@ -403,6 +428,7 @@ def _frontend(
         pool=pool,
         persistence=persistence,
         idle_timeout=reader.optional_number("idle_timeout") if mode == "tcp" else None,
+        alpn=_alpn(reader) if mode == "tcp" else (),
         timeout_proxy_header=(
             reader.number("timeout_proxy_header", 10.0, positive=True)
             if listen.startswith("haproxy:")

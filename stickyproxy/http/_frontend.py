@@ -24,7 +24,12 @@ from httptools import (
 from zope.interface import implementer
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IAddress, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IProtocolNegotiationFactory,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -1025,10 +1030,12 @@ class HTTPProxyProtocol(Protocol):
         self._exchanges.clear()
 
 
+@implementer(IProtocolNegotiationFactory)
 class HTTPProxyFactory(Factory):
     """
     Builds the L7 protocol for one frontend, and keeps its keep-alive
-    connections to each backend.
+    connections to each backend.  Over TLS it speaks C{http/1.1}, which
+    is what it offers in ALPN.
     """
 
     protocol = HTTPProxyProtocol  # type: ignore[assignment]
@@ -1036,6 +1043,9 @@ class HTTPProxyFactory(Factory):
 
     def logPrefix(self) -> str:
         return f"stickyproxy HTTP frontend {self.name!r}"
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return [b"http/1.1"]
 
     def __init__(
         self,

@@ -9,6 +9,7 @@ and when one side ends, the other is closed cleanly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from zope.interface import implementer
@@ -17,6 +18,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
+    IProtocolNegotiationFactory,
     IReactorTime,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -253,6 +255,7 @@ class TCPProxyProtocol(Protocol):
             self._backend.loseConnection()
 
 
+@implementer(IProtocolNegotiationFactory)
 class TCPProxyFactory(Factory):
     """
     Builds the L4 protocol for one frontend.
@@ -262,6 +265,8 @@ class TCPProxyFactory(Factory):
         are closed, or C{None} for never.
     :ivar events: where connections opened and closed are published
         (nowhere by default).
+    :ivar alpn: the protocols a TLS listener offers in ALPN, most preferred
+        first; none: the handshake completes without ALPN.
     """
 
     protocol = TCPProxyProtocol  # type: ignore[assignment]
@@ -271,6 +276,9 @@ class TCPProxyFactory(Factory):
     def logPrefix(self) -> str:
         return f"stickyproxy TCP frontend {self.name!r}"
 
+    def acceptableProtocols(self) -> list[bytes]:
+        return list(self.alpn)
+
     def __init__(
         self,
         name: str,
@@ -278,12 +286,14 @@ class TCPProxyFactory(Factory):
         clock: IReactorTime,
         idle_timeout: float | None = None,
         events: EventStream | None = None,
+        alpn: Sequence[bytes] = (),
     ) -> None:
         self.name = name
         self.router = router
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.events = events if events is not None else EventStream()
+        self.alpn = tuple(alpn)
         self._open: dict[Backend, set[TCPProxyProtocol]] = {}
         router.pool.observe(self._backend_changed)
 

@@ -954,12 +954,15 @@ class E2ETestCase(TestCase):
 
         return self.wait(search, timeout, f"a line matching {pattern!r}", process)
 
-    def start_browser(self, name: str = "chromium") -> Browser:
+    def start_browser(
+        self, name: str = "chromium", options: Sequence[str] = ()
+    ) -> Browser:
         """
         Start a headless Chromium with a fresh profile of its own, and open
         a DevTools session with its page; cleanups close the session and
         stop the browser by PID.
 
+        :param options: more command-line options, after L{CHROMIUM_OPTIONS}.
         :raises SkipTest: Chromium is not installed.
         """
         from websockets.sync.client import connect as websocket_connect
@@ -967,7 +970,7 @@ class E2ETestCase(TestCase):
         executable = require_chromium()
         profile = self.workdir / f"{name}-profile"
         profile.mkdir()
-        argv = [executable, *CHROMIUM_OPTIONS, f"--user-data-dir={profile}"]
+        argv = [executable, *CHROMIUM_OPTIONS, *options, f"--user-data-dir={profile}"]
         process = self.start_process(name, [*argv, "about:blank"])
         active_port = profile / "DevToolsActivePort"
 

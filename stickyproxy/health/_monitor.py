@@ -2,8 +2,10 @@
 Health tracking: active probes on a schedule, passive signals from live
 traffic, and the thresholds that turn both into a backend's state.
 
-One L{HealthMonitor} service per pool.  It owns the state machine; the
-pool only stores the resulting L{Health} and tells its observers.  It
+One L{HealthMonitor} service per pool.  It runs the probes and timers and
+feeds their results to each backend's L{RiseFallTracker} (the thresholds,
+with no reactor); the pool stores the resulting L{Health} and tells its
+observers.  It
 follows the pool's set of backends: one added is tracked (and probed), one
 removed is forgotten.  All timing goes through the injected clock.
 """
@@ -28,6 +30,7 @@ from twisted.python.failure import Failure
 from stickyproxy.config._settings import HealthSettings
 from stickyproxy.core._events import EventStream
 from stickyproxy.core._pool import Pool
+from stickyproxy.health._tracker import RiseFallTracker, Verdict
 from stickyproxy.interfaces import IHealthProbe, IPassiveHealth
 from stickyproxy.model import Backend, Health, ProbeRan, StateChange
 
@@ -35,19 +38,16 @@ from stickyproxy.model import Backend, Health, ProbeRan, StateChange
 @attrs.define
 class _Track:
     """
-    What the monitor remembers of one backend.
+    What the monitor remembers of one backend: its thresholds, and its
+    timers.
     """
 
-    successes: int = 0
-    failures: int = 0
-    passive_failures: int = 0  # connect failures in a row
-    status_failures: int = 0  # passive_status answers in a row
+    tracker: RiseFallTracker
     next_probe: IDelayedCall | None = None
     probing: Deferred[None] | None = None
     cooldown: IDelayedCall | None = None
     ramp: IDelayedCall | None = None
     ramp_started: float = 0.0
-    initial: bool = False  # down by init_state: the first good probe is enough
 
 
 @implementer(IPassiveHealth)
@@ -89,9 +89,9 @@ class HealthMonitor(Service):
         """
         Start tracking a backend, in C{init_state}.
         """
-        track = self._tracks[backend] = _Track()
-        if self.settings.init_state is not Health.UP:
-            track.initial = True
+        waiting = self.settings.init_state is not Health.UP
+        self._tracks[backend] = _Track(RiseFallTracker(self.settings, waiting))
+        if waiting:
             self.pool.set_health(
                 backend, self.settings.init_state, "init_state: waiting for a probe"
             )
@@ -232,50 +232,22 @@ class HealthMonitor(Service):
         Count one probe result and move the backend's state if a threshold
         is reached.
         """
-        settings, track, health = (
-            self.settings,
-            self._tracks[backend],
-            backend.health,
-        )
-        if ok:
-            track.failures = 0
-            if health is Health.GOING_DOWN:
-                self._set(backend, Health.UP, reason)
-            elif health is not Health.UP:
-                track.successes += 1
-                counted = f"{reason} ({track.successes}/{settings.rise})"
-                if track.successes >= settings.rise or track.initial:
-                    self._came_up(backend, counted)
-                else:
-                    self._set(backend, Health.GOING_UP, counted)
+        tracker = self._tracks[backend].tracker
+        self._apply(backend, tracker.probed(backend.health, ok, reason))
+
+    def _apply(self, backend: Backend, verdict: Verdict | None) -> None:
+        """
+        Give the pool the state the tracker reached: down stops a slow
+        start, coming up (not from C{init_state}) begins one.
+        """
+        if verdict is None:
             return
-        track.successes = 0
-        if health is Health.GOING_UP:
-            self._set(backend, Health.DOWN, reason)
-        elif health is not Health.DOWN:
-            track.failures += 1
-            counted = f"{reason} ({track.failures}/{settings.fall})"
-            if track.failures >= settings.fall:
-                self._set(backend, Health.DOWN, counted)
-            else:
-                self._set(backend, Health.GOING_DOWN, counted)
-
-    def _set(self, backend: Backend, health: Health, reason: str) -> None:
-        if health is Health.DOWN:
-            track = self._tracks[backend]
-            track.successes = 0
+        if verdict.health is Health.DOWN:
             self._stop_ramp(backend)
-        self.pool.set_health(backend, health, reason)
-
-    def _came_up(self, backend: Backend, reason: str) -> None:
-        track = self._tracks[backend]
-        track.successes = track.failures = 0
-        track.passive_failures = track.status_failures = 0
-        if self.settings.slow_start > 0 and not track.initial:
-            track.ramp_started = self.clock.seconds()
+        elif verdict.rose and self.settings.slow_start > 0:
+            self._tracks[backend].ramp_started = self.clock.seconds()
             self._ramp(backend)
-        track.initial = False
-        self.pool.set_health(backend, Health.UP, reason)
+        self.pool.set_health(backend, verdict.health, verdict.reason)
 
     # Slow start
 
@@ -301,48 +273,38 @@ class HealthMonitor(Service):
     # Passive signals (IPassiveHealth)
 
     def connect_failed(self, backend: Backend, reason: str) -> None:
-        self._passive_failure(backend, f"connect failed: {reason}")
+        track = self._tracks.get(backend)
+        if track is not None:  # else a request still open to a removed backend
+            self._passive_failure(
+                backend, track, track.tracker.connect_failed(backend.health, reason)
+            )
 
     def connect_succeeded(self, backend: Backend) -> None:
         track = self._tracks.get(backend)
         if track is not None:
-            track.passive_failures = 0
+            track.tracker.connect_succeeded()
 
     def response_status(self, backend: Backend, status: int) -> None:
-        # Counted apart from connect failures: a request that gets a 500
-        # connected fine, and must not reset the count of 500s.
         track = self._tracks.get(backend)
-        if track is None:
-            return  # a request still open to a removed backend
-        statuses = self.settings.passive_status
-        if statuses is not None and status in statuses:
-            track.status_failures += 1
+        if track is not None:
             self._passive_failure(
-                backend, f"answered HTTP {status}", track.status_failures
+                backend, track, track.tracker.answered(backend.health, status)
             )
-        else:
-            track.status_failures = 0
 
     def _passive_failure(
-        self, backend: Backend, reason: str, count: int | None = None
+        self, backend: Backend, track: _Track, verdict: Verdict | None
     ) -> None:
-        track = self._tracks.get(backend)
-        if track is None:
-            return  # a request still open to a removed backend
-        if count is None:
-            track.passive_failures += 1
-            count = track.passive_failures
-        if count < self.settings.passive_fall or not backend.healthy:
+        if verdict is None:
             return
-        track.failures = self.settings.fall
-        self._set(backend, Health.DOWN, f"{reason} ({count} in a row)")
+        self._apply(backend, verdict)
         if self.probe is None and self.running:
+            # No probe will bring it back: a cooldown does.
             track.cooldown = self.clock.callLater(
                 self.settings.passive_cooldown, self._cooled_down, backend
             )
 
     def _cooled_down(self, backend: Backend) -> None:
-        self._tracks[backend].cooldown = None
-        self._came_up(
-            backend, f"passive_cooldown of {self.settings.passive_cooldown:g}s over"
-        )
+        track = self._tracks[backend]
+        track.cooldown = None
+        reason = f"passive_cooldown of {self.settings.passive_cooldown:g}s over"
+        self._apply(backend, track.tracker.came_up(reason))

@@ -137,6 +137,36 @@ class PoolChangeTests(TestCase):
         self.pool.remove("a")
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_remove_when_drained(self):
+        """
+        An observer may remove a backend as the change that puts it in
+        maintenance is announced (as the operations guide shows): the other
+        observers hear of the maintenance first, then of the removal.
+        """
+        pool = self.pool
+        pool.get("b").active = 1
+
+        def removed_when_drained(change):
+            if (change.backend.name, change.kind, change.new) == (
+                "b",
+                "admin",
+                "maint",
+            ):
+                pool.remove("b")
+
+        pool.observe(removed_when_drained)
+        later = []
+        pool.observe(lambda change: later.append((change.kind, change.new)))
+        pool.drain("b", deadline=30)
+        self.clock.advance(10)
+        pool.get("b").active = 0
+        self.clock.advance(1)
+        self.assertIsNone(pool.get("b"))
+        self.assertEqual(
+            later, [("admin", "drain"), ("admin", "maint"), ("removed", "absent")]
+        )
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_removed_backend_serves_nobody(self):
         """
         A removed backend that something still holds (a strategy's stale

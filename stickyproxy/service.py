@@ -181,6 +181,7 @@ def build_pool(config: PoolConfig, reactor: Any) -> Pool:
         retries=config.retries,
         send_proxy=config.send_proxy,
         fail_open=config.fail_open,
+        passive_panic=config.passive_panic,
         keepalive=config.keepalive,
         keepalive_timeout=config.keepalive_timeout,
         on_down=config.health.on_down,

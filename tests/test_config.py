@@ -18,7 +18,7 @@ from stickyproxy.model import Health
 from stickyproxy.persistence._affinity import HashAffinity
 from stickyproxy.persistence._registry import StrategyRegistry
 from stickyproxy.persistence._sourceip import source_ip
-from stickyproxy.service import ProxyService
+from stickyproxy.service import ProxyService, build_pool
 
 from tests._base import TestCase
 
@@ -594,6 +594,17 @@ class HealthConfigTests(TestCase):
         self.assertEqual((settings.jitter, settings.passive_fall), (0.1, 3))
         self.assertEqual(settings.init_state, Health.UP)
         self.assertEqual((health.on_down, pool.fail_open), ("keep", False))
+        self.assertTrue(pool.passive_panic)
+
+    def test_passive_panic(self):
+        """
+        C{passive_panic} is a pool key, on by default, that the live pool
+        follows.
+        """
+        pool = self.health({}, passive_panic=False)
+        self.assertFalse(pool.passive_panic)
+        self.assertFalse(build_pool(pool, MemoryReactorClock()).passive_panic)
+        self.assertTrue(build_pool(self.health({}), MemoryReactorClock()).passive_panic)
 
     def test_http(self):
         """

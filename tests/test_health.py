@@ -365,6 +365,140 @@ class PassiveTests(TestCase):
         self.assertEqual(self.a.health, Health.UP)
 
 
+class PassivePanicTests(TestCase):
+    """
+    A pool that passive checks alone emptied keeps trying its backends
+    (issue 8, defect 5).
+    """
+
+    def make(self, probe=None, **settings):
+        self.clock = Clock()
+        self.pool = make_pool("a", "b", "c")
+        self.pool.clock = self.clock
+        self.router = Router(self.pool, [], self.clock)
+        settings.setdefault("passive_fall", 1)
+        self.monitor = HealthMonitor(
+            self.pool, self.clock, probe, HealthSettings(**settings), _fixed
+        )
+        self.monitor.startService()
+        self.addCleanup(self.monitor.stopService)
+
+    def fail(self, *names):
+        for name in names:
+            self.pool.report_connect_failure(self.pool.get(name), "refused")
+
+    def chosen(self, host="192.0.2.1"):
+        return self.router.choose(routing_context(host)).backend.name
+
+    def test_least_recently_failed_first(self):
+        """
+        With every backend down by connect failures alone, new clients are
+        not refused: each goes to the backend that failed least recently,
+        and one that fails again goes to the back of the line.
+        """
+        self.make()
+        self.fail("b", "a", "c")
+        self.assertTrue(all(b.health is Health.DOWN for b in self.pool.backends))
+        self.assertEqual([self.chosen(f"192.0.2.{i}") for i in range(3)], ["b"] * 3)
+        self.fail("b")
+        self.assertEqual(self.chosen(), "a")
+        self.fail("a")
+        self.assertEqual(self.chosen(), "c")
+
+    def test_back_at_once(self):
+        """
+        A backend tried that way and found answering is up at once, not
+        after C{passive_cooldown}; the others still wait for theirs.
+        """
+        self.make(passive_cooldown=30.0)
+        self.fail("a", "b", "c")
+        self.pool.report_connect_success(self.pool.get("a"))
+        self.assertEqual(
+            [b.health for b in self.pool.backends],
+            [Health.UP, Health.DOWN, Health.DOWN],
+        )
+        self.assertFalse(self.pool.panic)
+        self.assertEqual({self.chosen(f"192.0.2.{i}") for i in range(5)}, {"a"})
+
+    def test_bound_clients_try_their_backend(self):
+        """
+        A bound client is sent to its own backend, down though it is.
+        """
+        self.make()
+        self.fail("a", "b", "c")
+        self.assertTrue(self.pool.serves_bound(self.pool.get("c")))
+
+    def test_not_while_one_is_up(self):
+        """
+        While any backend is up, the passively downed ones get nobody.
+        """
+        self.make()
+        self.fail("a", "b")
+        self.assertFalse(self.pool.panic)
+        self.assertEqual({self.chosen(f"192.0.2.{i}") for i in range(5)}, {"c"})
+
+    def test_probe_verdict_ends_it(self):
+        """
+        A backend a failed probe confirms down is down for good: once one
+        is, the pool refuses clients again (unless C{fail_open}).
+        """
+        probe = ScriptedProbe()
+        self.make(probe, interval=5.0)
+        self.fail("a", "b", "c")
+        self.assertTrue(self.pool.panic)
+        self.clock.advance(5.0)
+        probe.answer("a", ok=False)
+        self.assertFalse(self.pool.panic)
+        self.assertRaises(
+            NoBackendAvailable, self.router.choose, routing_context("192.0.2.1")
+        )
+
+    def test_off(self):
+        """
+        With C{passive_panic} off, such a pool refuses every client until
+        C{passive_cooldown} is over (HAProxy's behaviour).
+        """
+        self.make()
+        self.pool.passive_panic = False
+        self.fail("a", "b", "c")
+        self.assertRaises(
+            NoBackendAvailable, self.router.choose, routing_context("192.0.2.1")
+        )
+
+    def test_statuses(self):
+        """
+        A backend down by failing HTTP answers (C{passive_status}) is tried
+        too; connecting to it proves nothing, a good answer brings it back.
+        """
+        self.make(passive_status=StatusRanges.parse("500-599"))
+        for backend in self.pool.backends:
+            self.pool.report_status(backend, 503)
+        self.assertEqual(self.chosen(), "a")
+        self.pool.report_connect_success(self.pool.get("a"))
+        self.assertIs(self.pool.get("a").health, Health.DOWN)
+        self.pool.report_status(self.pool.get("a"), 500)
+        self.assertEqual(self.chosen(), "b")
+        self.pool.report_status(self.pool.get("b"), 200)
+        self.assertIs(self.pool.get("b").health, Health.UP)
+
+    def test_logged_once_each_way(self):
+        """
+        Entering and leaving that state is logged once each, however many
+        failures happen in between.
+        """
+        self.make()
+        with capturedLogs() as events:
+            self.fail("a", "b", "c")
+            self.fail("a", "b", "c", "a")
+            self.pool.report_connect_success(self.pool.get("b"))
+            self.pool.report_connect_success(self.pool.get("c"))
+        panics = [e for e in events if "panic" in e["log_format"]]
+        self.assertEqual(len(panics), 2, panics)
+        self.assertIn("passive checks alone", panics[0]["log_format"])
+        self.assertEqual(panics[0]["pool"], "pool")
+        self.assertIn("is over", panics[1]["log_format"])
+
+
 class InitStateAndSlowStartTests(TestCase):
     def test_init_down(self):
         """

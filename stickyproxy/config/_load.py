@@ -77,6 +77,7 @@ class PoolConfig:
     retries: int = 2
     send_proxy: str | None = None
     fail_open: bool = False
+    passive_panic: bool = True
     keepalive: int = 32
     keepalive_timeout: float = 30.0
     health: HealthConfig = attrs.field(factory=lambda: HealthConfig())
@@ -206,6 +207,7 @@ def _pool(name: str, reader: OptionReader) -> PoolConfig:
         retries=reader.integer("retries", 2, minimum=0, maximum=100),
         send_proxy=reader.optional_string("send_proxy"),
         fail_open=reader.boolean("fail_open", False),
+        passive_panic=reader.boolean("passive_panic", True),
         keepalive=reader.integer("keepalive", 32, minimum=0, maximum=10000),
         keepalive_timeout=reader.number("keepalive_timeout", 30.0, positive=True),
         health=_health(reader.table("health")),

@@ -57,6 +57,9 @@ class Pool:
         header sent to backends.
     :ivar fail_open: when no backend is up, use them all regardless of
         health (Envoy's panic mode) rather than refusing clients.
+    :ivar passive_panic: when passive checks alone took every backend
+        down, keep trying them, least recently failed first (nginx's and
+        Envoy's behaviour), rather than refusing clients until a cooldown.
     :ivar on_down: C{"keep"} or C{"close"}: what happens to a backend's
         open L4 connections when it goes down.
     :ivar keepalive: how many idle HTTP connections to keep per backend.
@@ -73,6 +76,7 @@ class Pool:
     retries: int = 2
     send_proxy: str | None = None
     fail_open: bool = False
+    passive_panic: bool = True
     on_down: str = "keep"
     keepalive: int = 32
     keepalive_timeout: float = 30.0
@@ -85,6 +89,11 @@ class Pool:
     _accepting: list[Backend] | None = attrs.field(init=False, default=None)
     _drains: dict[str, IDelayedCall] = attrs.field(init=False, factory=dict)
     _announcing: deque[StateChange] | None = attrs.field(init=False, default=None)
+    # Backends down by passive marks alone, with when they last failed (a
+    # count of marks, so that the least recently failed is tried first).
+    _passive_marks: dict[Backend, int] = attrs.field(init=False, factory=dict)
+    _marks: int = attrs.field(init=False, default=0)
+    _panicking: str | None = attrs.field(init=False, default=None)
 
     log = Logger()
 
@@ -111,12 +120,37 @@ class Pool:
     @property
     def panic(self) -> bool:
         """
-        :returns: whether C{fail_open} is in force: no backend outside
-            maintenance is up, so health is ignored.
+        :returns: whether health is ignored, because no backend outside
+            maintenance is up and C{fail_open} or C{passive_panic} says to
+            try them anyway.
         """
-        return self.fail_open and not any(
-            b.healthy and b.admin_state is not AdminState.MAINT for b in self.backends
-        )
+        return self._panic_kind() is not None
+
+    def _panic_kind(self) -> str | None:
+        """
+        :returns: C{"passive"} when passive checks alone took down every
+            backend outside maintenance (and C{passive_panic} is on),
+            C{"fail_open"} when none is up otherwise and C{fail_open} is
+            on, else C{None}.
+        """
+        left = [b for b in self.backends if b.admin_state is not AdminState.MAINT]
+        if any(b.healthy for b in left):
+            return None
+        marks = self._passive_marks
+        if self.passive_panic and left and all(b in marks for b in left):
+            return "passive"
+        return "fail_open" if self.fail_open else None
+
+    def choose(self, candidates: Sequence[Backend], key: bytes) -> Backend | None:
+        """
+        The backend for a new client, among C{candidates} (those of
+        L{accepting_new} not tried yet): the balancer's choice, or, while
+        passive checks alone have every backend down, the one that failed
+        least recently (the likeliest to be back).
+        """
+        if candidates and self._panic_kind() == "passive":
+            return min(candidates, key=lambda b: self._passive_marks.get(b, 0))
+        return self.balancer.choose(candidates, key)
 
     def serves_bound(self, backend: Backend) -> bool:
         # A removed backend serves nobody, whoever still holds it.
@@ -206,6 +240,7 @@ class Pool:
         self._cancel_drain(name)
         self.backends = tuple(b for b in self.backends if b is not backend)
         del self._by_name[name]
+        self._passive_marks.pop(backend, None)
         self._changed(backend, "removed", "present", "absent", reason)
         return backend
 
@@ -277,13 +312,29 @@ class Pool:
         if pending is not None and pending.active():
             pending.cancel()
 
-    def set_health(self, backend: Backend, health: Health, reason: str) -> None:
+    def set_health(
+        self, backend: Backend, health: Health, reason: str, passive: bool = False
+    ) -> None:
         """
         Record the operational state health tracking reached.
+
+        :param passive: passive checks alone took the backend down (or
+            saw it fail again since): it is still worth a try when every
+            backend is so (C{passive_panic}).  Any other verdict clears that.
         """
+        marks = self._passive_marks
+        was_marked = backend in marks
+        if passive and health is Health.DOWN:
+            self._marks += 1
+            marks[backend] = self._marks
+        else:
+            marks.pop(backend, None)
         if backend.health is not health:
             old, backend.health = backend.health, health
             self._changed(backend, "health", old.value, health.value, reason)
+        elif was_marked != (backend in marks):
+            self._serving = self._accepting = None
+            self._check_panic()
 
     def set_ramp(self, backend: Backend, ramp: float) -> None:
         """
@@ -309,6 +360,7 @@ class Pool:
             new=new,
             reason=reason,
         )
+        self._check_panic()
         # An observer may change state in turn (the health monitor sets a
         # new backend's init_state): that change waits until every observer
         # has seen this one, so all see the changes in the same order.
@@ -323,6 +375,34 @@ class Pool:
                     observer(change)
         finally:
             self._announcing = None
+
+    def _check_panic(self) -> None:
+        """
+        Log, once each way, when the pool starts and stops ignoring health.
+        """
+        kind = self._panic_kind()
+        if kind == self._panicking:
+            return
+        was, self._panicking = self._panicking, kind
+        if kind == "passive":
+            self.log.warn(
+                "pool {pool}: every backend is down by passive checks alone; "
+                "trying them anyway, least recently failed first, until one "
+                "answers (passive_panic)",
+                pool=self.name,
+            )
+        elif kind == "fail_open":
+            self.log.warn(
+                "pool {pool}: no backend is up; using them all regardless of "
+                "health (fail_open)",
+                pool=self.name,
+            )
+        else:
+            self.log.info(
+                "pool {pool}: panic routing ({panic}) is over; health decides again",
+                pool=self.name,
+                panic=was,
+            )
 
     def report_connect_failure(self, backend: Backend, reason: str) -> None:
         """

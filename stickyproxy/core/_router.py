@@ -149,7 +149,7 @@ class Router:
                 return moved
             previous = bound
         candidates = [b for b in self.pool.accepting_new() if b not in tried]
-        backend = self.pool.balancer.choose(candidates, context.client_host.encode())
+        backend = self.pool.choose(candidates, context.client_host.encode())
         if backend is None:
             raise NoBackendAvailable(f"no usable backend in pool {self.pool.name}")
         if previous is not None and strategy is not None:

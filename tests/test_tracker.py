@@ -110,7 +110,8 @@ class PassiveTests(TestCase):
         walk.tracker.connect_succeeded()
         self.assertIsNone(walk.refused())
         self.assertEqual(
-            walk.refused(), Verdict(Health.DOWN, "connect failed: refused (2 in a row)")
+            walk.refused(),
+            Verdict(Health.DOWN, "connect failed: refused (2 in a row)", passive=True),
         )
 
     def test_statuses(self):
@@ -122,7 +123,8 @@ class PassiveTests(TestCase):
         self.assertIsNone(walk.answered(503))
         walk.tracker.connect_succeeded()
         self.assertEqual(
-            walk.answered(500), Verdict(Health.DOWN, "answered HTTP 500 (2 in a row)")
+            walk.answered(500),
+            Verdict(Health.DOWN, "answered HTTP 500 (2 in a row)", passive=True),
         )
         walk = Walk()
         walk.answered(500)
@@ -159,3 +161,70 @@ class PassiveTests(TestCase):
             Verdict(Health.UP, "cooldown over", rose=True),
         )
         self.assertIsNone(walk.refused())
+
+
+class PassiveDownTests(TestCase):
+    """
+    What passive checks alone decided, live traffic may undo (issue 8,
+    defect 5): the rules behind C{passive_panic}.
+    """
+
+    def test_connect_brings_back(self):
+        """
+        A backend that failed connects alone took down is up again at its
+        first connect that works, with every count started again.
+        """
+        walk = Walk()
+        walk.refused()
+        walk.refused()
+        self.assertEqual(walk.health, Health.DOWN)
+        self.assertEqual(
+            walk.step(walk.tracker.connect_succeeded()),
+            Verdict(Health.UP, "a connection to it succeeded", rose=True),
+        )
+        self.assertIsNone(walk.refused())
+
+    def test_failing_again_is_a_verdict(self):
+        """
+        Tried again while so down, and failing, it is marked down again
+        (so it goes to the back of the line).
+        """
+        walk = Walk()
+        walk.refused()
+        walk.refused()
+        self.assertEqual(
+            walk.refused(),
+            Verdict(Health.DOWN, "connect failed: refused", passive=True),
+        )
+
+    def test_status_needs_an_answer(self):
+        """
+        A backend failing answers took down comes back with an answer
+        outside C{passive_status}; a connect that works proves nothing.
+        """
+        walk = Walk()
+        walk.answered(500)
+        walk.answered(500)
+        self.assertIsNone(walk.tracker.connect_succeeded())
+        self.assertEqual(walk.answered(200).health, Health.UP)
+
+    def test_probe_confirms(self):
+        """
+        A failed probe confirms the passive verdict: the backend is down by
+        a probe's word from then on, and live traffic no longer undoes it.
+        """
+        walk = Walk()
+        walk.refused()
+        walk.refused()
+        self.assertEqual(walk.probe(False), Verdict(Health.DOWN, "probe"))
+        self.assertIsNone(walk.tracker.connect_succeeded())
+        self.assertIsNone(walk.probe(False))
+
+    def test_probe_verdicts_not_passive(self):
+        """
+        Probes take a backend down without the passive mark.
+        """
+        walk = Walk()
+        for _ in range(2):
+            walk.probe(False)
+        self.assertFalse(walk.probe(False).passive)

@@ -242,12 +242,17 @@ class HealthMonitor(Service):
         """
         if verdict is None:
             return
+        track = self._tracks[backend]
         if verdict.health is Health.DOWN:
             self._stop_ramp(backend)
-        elif verdict.rose and self.settings.slow_start > 0:
-            self._tracks[backend].ramp_started = self.clock.seconds()
-            self._ramp(backend)
-        self.pool.set_health(backend, verdict.health, verdict.reason)
+        else:
+            if track.cooldown is not None and track.cooldown.active():
+                track.cooldown.cancel()  # back before its cooldown was over
+            track.cooldown = None
+            if verdict.rose and self.settings.slow_start > 0:
+                track.ramp_started = self.clock.seconds()
+                self._ramp(backend)
+        self.pool.set_health(backend, verdict.health, verdict.reason, verdict.passive)
 
     # Slow start
 
@@ -282,7 +287,7 @@ class HealthMonitor(Service):
     def connect_succeeded(self, backend: Backend) -> None:
         track = self._tracks.get(backend)
         if track is not None:
-            track.tracker.connect_succeeded()
+            self._apply(backend, track.tracker.connect_succeeded())
 
     def response_status(self, backend: Backend, status: int) -> None:
         track = self._tracks.get(backend)
@@ -297,7 +302,12 @@ class HealthMonitor(Service):
         if verdict is None:
             return
         self._apply(backend, verdict)
-        if self.probe is None and self.running:
+        if (
+            verdict.health is Health.DOWN
+            and track.cooldown is None
+            and self.probe is None
+            and self.running
+        ):
             # No probe will bring it back: a cooldown does.
             track.cooldown = self.clock.callLater(
                 self.settings.passive_cooldown, self._cooled_down, backend

@@ -26,11 +26,14 @@ class Verdict:
     :ivar rose: it came up by counting (or at the end of a passive
         cooldown), rather than by its first probe after C{init_state}: a
         slow start applies.
+    :ivar passive: passive checks alone took it down (or saw it fail again
+        since): no probe confirms it (see C{Pool.set_health}).
     """
 
     health: Health
     reason: str
     rose: bool = False
+    passive: bool = False
 
 
 @attrs.define
@@ -41,6 +44,9 @@ class RiseFallTracker:
 
     :ivar initial: the backend waits in C{init_state}: its first good probe
         brings it up.
+    :ivar passive_down: C{"connect"} or C{"status"} while the backend is
+        down by passive checks alone, of connects or of HTTP answers: live
+        traffic that contradicts them is enough to bring it back.
     """
 
     settings: HealthSettings
@@ -49,6 +55,7 @@ class RiseFallTracker:
     failures: int = 0
     passive_failures: int = 0  # connect failures in a row
     status_failures: int = 0  # passive_status answers in a row
+    passive_down: str | None = None
 
     def probed(self, health: Health, ok: bool, reason: str) -> Verdict | None:
         """
@@ -68,12 +75,14 @@ class RiseFallTracker:
             counted = f"{reason} ({self.successes}/{settings.rise})"
             if self.successes >= settings.rise or self.initial:
                 return self.came_up(counted)
+            self.passive_down = None
             return Verdict(Health.GOING_UP, counted)
         self.successes = 0
         if health is Health.GOING_UP:
             return self._down(reason)
         if health is Health.DOWN:
-            return None
+            # A probe confirms what passive checks said: a verdict now.
+            return self._down(reason) if self.passive_down else None
         self.failures += 1
         counted = f"{reason} ({self.failures}/{settings.fall})"
         if self.failures >= settings.fall:
@@ -87,13 +96,20 @@ class RiseFallTracker:
         :returns: C{DOWN} at C{passive_fall} in a row, else C{None}.
         """
         self.passive_failures += 1
-        return self._passive(health, f"connect failed: {reason}", self.passive_failures)
+        return self._passive(
+            health, f"connect failed: {reason}", self.passive_failures, "connect"
+        )
 
-    def connect_succeeded(self) -> None:
+    def connect_succeeded(self) -> Verdict | None:
         """
         Passive signal: a connect to the backend worked.
+
+        :returns: C{UP} if failed connects alone had taken it down.
         """
         self.passive_failures = 0
+        if self.passive_down == "connect":
+            return self.came_up("a connection to it succeeded")
+        return None
 
     def answered(self, health: Health, status: int) -> Verdict | None:
         """
@@ -102,14 +118,19 @@ class RiseFallTracker:
         connected fine, and must not reset the count of 500s.
 
         :returns: C{DOWN} at C{passive_fall} answers in C{passive_status}
-            in a row, else C{None}.
+            in a row; C{UP} for any other answer from a backend passive
+            checks alone had taken down; else C{None}.
         """
         statuses = self.settings.passive_status
         if statuses is None or status not in statuses:
             self.status_failures = 0
+            if self.passive_down is not None:
+                return self.came_up(f"answered HTTP {status}")
             return None
         self.status_failures += 1
-        return self._passive(health, f"answered HTTP {status}", self.status_failures)
+        return self._passive(
+            health, f"answered HTTP {status}", self.status_failures, "status"
+        )
 
     def came_up(self, reason: str) -> Verdict:
         """
@@ -118,17 +139,27 @@ class RiseFallTracker:
         """
         self.successes = self.failures = 0
         self.passive_failures = self.status_failures = 0
+        self.passive_down = None
         rose, self.initial = not self.initial, False
         return Verdict(Health.UP, reason, rose)
 
-    def _passive(self, health: Health, reason: str, count: int) -> Verdict | None:
-        if count < self.settings.passive_fall or not health.serving:
+    def _passive(
+        self, health: Health, reason: str, count: int, kind: str
+    ) -> Verdict | None:
+        if not health.serving:
+            if self.passive_down is None:
+                return None
+            # Tried anyway (every backend down: passive_panic), and failed:
+            # to the back of the line.
+            return self._down(reason, self.passive_down)
+        if count < self.settings.passive_fall:
             return None
         # As many failures as a probe would have needed: it takes rise
         # good probes to come back.
         self.failures = self.settings.fall
-        return self._down(f"{reason} ({count} in a row)")
+        return self._down(f"{reason} ({count} in a row)", kind)
 
-    def _down(self, reason: str) -> Verdict:
+    def _down(self, reason: str, passive: str | None = None) -> Verdict:
         self.successes = 0
-        return Verdict(Health.DOWN, reason)
+        self.passive_down = passive
+        return Verdict(Health.DOWN, reason, passive=passive is not None)

@@ -255,7 +255,8 @@ class ConnectionHeaderTests(HTTPTestCase):
     def test_other_transfer_codings_refused(self):
         """
         A transfer coding other than chunked would be lost when the body is
-        re-chunked: a request with one gets 400, a response 502.
+        re-chunked: a request with one gets 400, a response 502 (also with
+        chunked twice).
         """
         protocol, transport = self.client()
         protocol.dataReceived(
@@ -263,11 +264,29 @@ class ConnectionHeaderTests(HTTPTestCase):
         )
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "))
         self.assertEqual(self.reactor.tcpClients, [])
-        _, answer, _ = self.exchange(
-            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        for coding in [
+            b"gzip, chunked",
+            b"identity",
+            b"chunked\r\nTransfer-Encoding: chunked",
+        ]:
+            self.setUp()
+            _, answer, _ = self.exchange(
+                b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: "
+                + coding
+                + b"\r\n\r\n0\r\n\r\n",
+            )
+            self.assertTrue(answer.startswith(b"HTTP/1.1 502 "), coding)
+
+    def test_http10_without_host(self):
+        """
+        An HTTP/1.0 request without Host goes on as HTTP/1.1 with an empty
+        Host (RFC 9112 3.2), not as an HTTP/1.1 request without one.
+        """
+        forwarded, _, _ = self.exchange(b"GET / HTTP/1.0\r\n\r\n", OK)
+        self.assertTrue(
+            forwarded.startswith(b"GET / HTTP/1.1\r\nhost: \r\n"), forwarded
         )
-        self.assertTrue(answer.startswith(b"HTTP/1.1 502 "))
 
 
 H2C = (

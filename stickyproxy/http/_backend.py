@@ -142,9 +142,10 @@ class BackendHTTP(Protocol):
                 self._framing.add(name)
             self._headers.append((name, value))
         elif name == b"transfer-encoding":
-            if value.strip().lower() != b"chunked":
-                # Another coding would be lost when the body is re-chunked.
-                raise ValueError("a transfer coding other than chunked")
+            if value.strip().lower() != b"chunked" or name in self._framing:
+                # Another coding (or chunked twice) would be lost when the
+                # body is re-chunked.
+                raise ValueError("a transfer coding other than chunked, once")
             self._framing.add(name)
         elif name == b"connection":
             self._connection.append(value)

@@ -805,6 +805,10 @@ class HTTPProxyProtocol(Protocol):
             # and the backend gets the origin form.
             headers = [(n, v) for n, v in headers if n != b"host"]
             headers.append((b"host", authority))
+        elif not hosts:
+            # HTTP/1.0 without Host, forwarded as HTTP/1.1: RFC 9112 3.2
+            # has an HTTP/1.1 client send an empty one.
+            headers.append((b"host", b""))
         body, length = "none", None
         for name, value in headers:
             if name == b"transfer-encoding":

@@ -573,6 +573,142 @@ class OptionReaderTests(TestCase):
         self.assertEqual(error.path, "t.n")
 
 
+class BoundsTests(TestCase):
+    """
+    Every duration and count has a sane range, refused outside it with the
+    key and the range (issue 8, defect 11).
+    """
+
+    def assertOutOfBounds(self, change, path, expected):
+        error = self.assertRaises(ConfigError, load_config, _with(change), REGISTRY)
+        self.assertEqual(error.path, path)
+        self.assertIn(f"expected {expected}, got", error.message)
+
+    def test_probe_storm(self):
+        """
+        A probe interval of a microsecond is refused, naming the key and
+        the range.
+        """
+        error = self.assertRaises(
+            ConfigError,
+            load_config,
+            _with(lambda d: d["pool"]["pg"].update(health={"interval": 0.000001})),
+            REGISTRY,
+        )
+        self.assertEqual(
+            str(error),
+            "pool.pg.health.interval: expected a positive number from 0.1 to "
+            "86400, got a number (1e-06)",
+        )
+
+    def test_each_kind(self):
+        """
+        Durations, rates and counts of every table, too small or too
+        large, each named with its range.
+        """
+        pool = lambda **keys: lambda d: d["pool"]["pg"].update(**keys)  # noqa: E731
+        health = lambda **keys: pool(health=keys)  # noqa: E731
+        frontend = lambda **keys: lambda d: d["frontend"][0].update(**keys)  # noqa: E731
+        http = lambda **keys: frontend(mode="http", persistence=[], **keys)  # noqa: E731
+        timeout = "a positive number from 0.01 to 2592000"
+        for change, path, expected in [
+            (pool(connect_timeout=0.001), "pool.pg.connect_timeout", timeout),
+            (pool(keepalive_timeout=1e9), "pool.pg.keepalive_timeout", timeout),
+            (pool(keepalive=10001), "pool.pg.keepalive", "an integer from 0 to 10000"),
+            (health(timeout=0.001), "pool.pg.health.timeout", timeout),
+            (
+                health(fast_interval=0.01),
+                "pool.pg.health.fast_interval",
+                "a positive number from 0.1 to 86400",
+            ),
+            (
+                health(passive_cooldown=0.01),
+                "pool.pg.health.passive_cooldown",
+                "a positive number from 0.1 to 2592000",
+            ),
+            (
+                health(slow_start=0.5),
+                "pool.pg.health.slow_start",
+                "0 (off) or a positive number from 1 to 86400",
+            ),
+            (frontend(idle_timeout=0.001), "frontend[0].idle_timeout", timeout),
+            (
+                frontend(persistence_timeout=60),
+                "frontend[0].persistence_timeout",
+                "a positive number from 0.001 to 10",
+            ),
+            (http(timeout_request=0.001), "frontend[0].timeout_request", timeout),
+            (http(timeout_tunnel=1e8), "frontend[0].timeout_tunnel", timeout),
+            (
+                http(body_min_rate=0.5),
+                "frontend[0].body_min_rate",
+                "0 (off) or a positive number from 1 to 1000000000",
+            ),
+            (
+                http(max_header_size=1 << 24),
+                "frontend[0].max_header_size",
+                "an integer from 1024 to 1048576",
+            ),
+            (
+                http(retry_after=100000),
+                "frontend[0].retry_after",
+                "an integer from 0 to 86400",
+            ),
+        ]:
+            self.assertOutOfBounds(change, path, expected)
+
+    def test_edges_and_off(self):
+        """
+        The ends of each range are accepted, and C{0} where it means off.
+        """
+        data = _with(
+            lambda d: (
+                d["pool"]["pg"].update(
+                    connect_timeout=0.01,
+                    health={"interval": 0.1, "slow_start": 0, "jitter": 0.5},
+                ),
+                d["frontend"][0].update(
+                    mode="http",
+                    persistence=[],
+                    body_min_rate=0,
+                    max_body_size=0,
+                    timeout_tunnel=30 * 86400,
+                ),
+            )
+        )
+        config = load_config(data, REGISTRY)
+        self.assertEqual(config.pools["pg"].health.settings.interval, 0.1)
+        self.assertEqual(config.frontends[0].http.body_min_rate, 0.0)
+
+    def test_strategy_tables(self):
+        """
+        Strategy options have their ranges too: a stick table's idle
+        timeout and size.
+        """
+        table = {"strategy": "source-ip", "mode": "table"}
+        for option, path, expected in [
+            ({"timeout": 0.5}, "timeout", "a positive number from 1 to 31536000"),
+            ({"size": 0}, "size", "an integer of at least 1"),
+            ({"mask": 33}, "mask", "an integer from 0 to 32"),
+        ]:
+            error = self.assertRaises(
+                ConfigError,
+                ProxyService,
+                load_config(
+                    _with(
+                        lambda d, o=option: d["frontend"][0].update(
+                            persistence={**table, **o}
+                        )
+                    ),
+                    REGISTRY,
+                ),
+                MemoryReactorClock(),
+                REGISTRY,
+            )
+            self.assertEqual(error.path, f"frontend[0].persistence.{path}")
+            self.assertIn(f"expected {expected}, got", error.message)
+
+
 class HealthConfigTests(TestCase):
     def health(self, table, **pool):
         data = _with(lambda d: d["pool"]["pg"].update(health=table, **pool))

@@ -1424,6 +1424,25 @@ class RouteTests(TestCase):
             self.assertIn(fragment, error.message)
 
 
+class CookieLifetimeBoundsTests(TestCase):
+    def test_lifetimes_bounded(self):
+        """
+        C{max_age}, C{max_idle} and C{max_life} are refused below a second
+        and above the 400 days browsers keep a cookie, naming the key and
+        the range.
+        """
+        pool = make_pool("a")
+        for key in ("max_age", "max_idle", "max_life"):
+            for value in (0.5, 401 * 86400):
+                error = self.assertRaises(
+                    ConfigError, _build, cookie, pool, keys=[KEY], **{key: value}
+                )
+                self.assertEqual(error.path, f"{PATH}.{key}")
+                self.assertIn(
+                    "expected a positive number from 1 to 34560000", error.message
+                )
+
+
 class HeaderTests(TestCase):
     """
     C{strategy = "header"}.

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from stickyproxy.config import _bounds as bounds
 from stickyproxy.config._options import ConfigError, OptionReader, join_path
 from stickyproxy.config._settings import HealthSettings, HTTPSettings, StatusRanges
 from stickyproxy.core._balancers import BALANCERS
@@ -160,7 +161,7 @@ def _backend(reader: OptionReader, default_name: str) -> BackendConfig:
     backend = BackendConfig(
         name=name,
         address=reader.string("address"),
-        weight=reader.integer("weight", 1, minimum=0, maximum=256),
+        weight=reader.integer("weight", 1, bounds=bounds.WEIGHT),
         admin_state=AdminState(
             reader.string("admin_state", "ready", choices=[s.value for s in AdminState])
         ),
@@ -203,13 +204,15 @@ def _pool(name: str, reader: OptionReader) -> PoolConfig:
         backends=backends,
         balance=balance,
         balance_factor=factor,
-        connect_timeout=reader.number("connect_timeout", 3.0, positive=True),
-        retries=reader.integer("retries", 2, minimum=0, maximum=100),
+        connect_timeout=reader.number("connect_timeout", 3.0, bounds=bounds.TIMEOUT),
+        retries=reader.integer("retries", 2, bounds=bounds.RETRIES),
         send_proxy=reader.optional_string("send_proxy"),
         fail_open=reader.boolean("fail_open", False),
         passive_panic=reader.boolean("passive_panic", True),
-        keepalive=reader.integer("keepalive", 32, minimum=0, maximum=10000),
-        keepalive_timeout=reader.number("keepalive_timeout", 30.0, positive=True),
+        keepalive=reader.integer("keepalive", 32, bounds=bounds.KEEPALIVE),
+        keepalive_timeout=reader.number(
+            "keepalive_timeout", 30.0, bounds=bounds.TIMEOUT
+        ),
         health=_health(reader.table("health")),
         path=reader.path,
     )
@@ -242,24 +245,30 @@ def _optional_bytes(reader: OptionReader, name: str) -> bytes | None:
 
 
 def _health(reader: OptionReader) -> HealthConfig:
-    interval = reader.number("interval", 2.0, positive=True)
+    interval = reader.number("interval", 2.0, bounds=bounds.PROBE_INTERVAL)
     settings = HealthSettings(
         interval=interval,
-        timeout=reader.number("timeout", 1.0, positive=True),
-        rise=reader.integer("rise", 2, minimum=1, maximum=100),
-        fall=reader.integer("fall", 3, minimum=1, maximum=100),
-        jitter=reader.number("jitter", 0.1, minimum=0.0, maximum=0.5),
-        fast_interval=reader.optional_number("fast_interval"),
-        down_interval=reader.optional_number("down_interval"),
-        passive_fall=reader.integer("passive_fall", 3, minimum=1, maximum=1000),
-        passive_cooldown=reader.number("passive_cooldown", 10.0, positive=True),
+        timeout=reader.number("timeout", 1.0, bounds=bounds.TIMEOUT),
+        rise=reader.integer("rise", 2, bounds=bounds.THRESHOLD),
+        fall=reader.integer("fall", 3, bounds=bounds.THRESHOLD),
+        jitter=reader.number("jitter", 0.1, bounds=bounds.JITTER),
+        fast_interval=reader.optional_number(
+            "fast_interval", bounds=bounds.PROBE_INTERVAL
+        ),
+        down_interval=reader.optional_number(
+            "down_interval", bounds=bounds.PROBE_INTERVAL
+        ),
+        passive_fall=reader.integer("passive_fall", 3, bounds=bounds.PASSIVE_FALL),
+        passive_cooldown=reader.number(
+            "passive_cooldown", 10.0, bounds=bounds.PASSIVE_COOLDOWN
+        ),
         passive_status=(
             _statuses(reader, "passive_status")
             if reader.has("passive_status")
             else None
         ),
         init_state=Health(reader.string("init_state", "up", choices=("up", "down"))),
-        slow_start=reader.number("slow_start", 0.0, minimum=0.0),
+        slow_start=reader.number("slow_start", 0.0, bounds=bounds.SLOW_START),
     )
     kind = reader.optional_string("type")
     health = HealthConfig(
@@ -348,27 +357,33 @@ HTTP_KEYS = (
 
 def _http_settings(reader: OptionReader) -> HTTPSettings:
     networks = reader.networks("trusted_proxies")
-    max_body = reader.integer("max_body_size", 0, minimum=0)
+    max_body = reader.integer("max_body_size", 0, bounds=bounds.MAX_BODY_SIZE)
     return HTTPSettings(
         trusted_proxies=networks,
         forwarded=reader.boolean("forwarded", False),
         redispatch_header=_header_name(reader, "redispatch_header"),
         debug_header=_header_name(reader, "debug_header"),
         access_log=reader.boolean("access_log", False),
-        timeout_request=reader.number("timeout_request", 10.0, positive=True),
-        timeout_body=reader.number("timeout_body", 30.0, positive=True),
-        body_min_rate=reader.number("body_min_rate", 500.0, minimum=0.0),
-        timeout_keepalive=reader.number("timeout_keepalive", 60.0, positive=True),
-        timeout_response=reader.number("timeout_response", 60.0, positive=True),
-        timeout_tunnel=reader.number("timeout_tunnel", 3600.0, positive=True),
+        timeout_request=reader.number("timeout_request", 10.0, bounds=bounds.TIMEOUT),
+        timeout_body=reader.number("timeout_body", 30.0, bounds=bounds.TIMEOUT),
+        body_min_rate=reader.number(
+            "body_min_rate", 500.0, bounds=bounds.BODY_MIN_RATE
+        ),
+        timeout_keepalive=reader.number(
+            "timeout_keepalive", 60.0, bounds=bounds.TIMEOUT
+        ),
+        timeout_response=reader.number("timeout_response", 60.0, bounds=bounds.TIMEOUT),
+        timeout_tunnel=reader.number("timeout_tunnel", 3600.0, bounds=bounds.TIMEOUT),
         upgrades=frozenset(
             name.lower().encode("ascii")
             for name in reader.tokens("upgrades", ("websocket",))
         ),
-        max_header_size=reader.integer("max_header_size", 32768, minimum=1024),
-        max_headers=reader.integer("max_headers", 100, minimum=1),
+        max_header_size=reader.integer(
+            "max_header_size", 32768, bounds=bounds.MAX_HEADER_SIZE
+        ),
+        max_headers=reader.integer("max_headers", 100, bounds=bounds.MAX_HEADERS),
         max_body_size=max_body or None,
-        retry_after=reader.integer("retry_after", 5, minimum=0),
+        retry_after=reader.integer("retry_after", 5, bounds=bounds.RETRY_AFTER),
     )
 
 
@@ -429,16 +444,22 @@ def _frontend(
         listen=listen,
         pool=pool,
         persistence=persistence,
-        idle_timeout=reader.optional_number("idle_timeout") if mode == "tcp" else None,
+        idle_timeout=(
+            reader.optional_number("idle_timeout", bounds=bounds.TIMEOUT)
+            if mode == "tcp"
+            else None
+        ),
         alpn=_alpn(reader) if mode == "tcp" else (),
         timeout_proxy_header=(
-            reader.number("timeout_proxy_header", 10.0, positive=True)
+            reader.number("timeout_proxy_header", 10.0, bounds=bounds.TIMEOUT)
             if listen.startswith("haproxy:")
             else 10.0
         ),
         strict=reader.boolean("strict", False),
         persistence_timeout=reader.number(
-            "persistence_timeout", PERSISTENCE_TIMEOUT, positive=True
+            "persistence_timeout",
+            PERSISTENCE_TIMEOUT,
+            bounds=bounds.PERSISTENCE_TIMEOUT,
         ),
         http=_http_settings(reader) if mode == "http" else None,
         path=reader.path,

@@ -25,6 +25,36 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _MISSING: object = object()
 
 
+@attrs.frozen
+class Bounds:
+    """
+    The sane range of a duration or count (see L{stickyproxy.config._bounds},
+    where every one is kept).
+
+    :ivar off: C{0} is accepted too, meaning "off" or "no limit".
+    """
+
+    minimum: float
+    maximum: float | None = None
+    off: bool = False
+
+    def allows(self, value: float) -> bool:
+        """
+        :returns: whether C{value} is within the range (or 0, if C{off}).
+        """
+        if self.off and value == 0:
+            return True
+        return self.minimum <= value and (self.maximum is None or value <= self.maximum)
+
+    def describe(self, kind: str) -> str:
+        """
+        Say what is expected: C{"an integer from 1 to 100"}, C{"0 (off) or a
+        number of at least 1"}.
+        """
+        text = kind + _bounds(self.minimum, self.maximum)
+        return "0 (off) or " + text if self.off else text
+
+
 class ConfigError(Exception):
     """
     A configuration mistake, with the key path it was found at.
@@ -203,18 +233,21 @@ class OptionReader:
         default: object = _MISSING,
         minimum: int | None = None,
         maximum: int | None = None,
+        bounds: Bounds | None = None,
     ) -> int:
         """
-        Read an integer within C{minimum}..C{maximum} (inclusive).
+        Read an integer within C{minimum}..C{maximum} (inclusive), or
+        C{bounds}.
         """
         value = self._get(name, default)
+        if bounds is None:
+            bounds = Bounds(-math.inf if minimum is None else minimum, maximum)
         if (
             not isinstance(value, int)
             or isinstance(value, bool)
-            or (minimum is not None and value < minimum)
-            or (maximum is not None and value > maximum)
+            or not bounds.allows(value)
         ):
-            raise self.fail(name, "an integer" + _bounds(minimum, maximum))
+            raise self.fail(name, bounds.describe("an integer"))
         return value
 
     def number(
@@ -224,29 +257,38 @@ class OptionReader:
         minimum: float | None = None,
         maximum: float | None = None,
         positive: bool = False,
+        bounds: Bounds | None = None,
     ) -> float:
         """
-        Read a number (integer or float); C{positive} excludes zero.
+        Read a number (integer or float) within C{minimum}..C{maximum}
+        (inclusive), or C{bounds}; C{positive} excludes zero.
         """
         value = self._get(name, default)
+        if bounds is None:
+            bounds = Bounds(-math.inf if minimum is None else minimum, maximum)
+        kind = "a positive number" if positive or bounds.minimum > 0 else "a number"
         if (
             not isinstance(value, int | float)
             or isinstance(value, bool)
             or not math.isfinite(value)
             or (positive and value <= 0)
-            or (minimum is not None and value < minimum)
-            or (maximum is not None and value > maximum)
+            or not bounds.allows(value)
         ):
-            expected = "a positive number" if positive else "a number"
-            raise self.fail(name, expected + _bounds(minimum, maximum))
+            raise self.fail(name, bounds.describe(kind))
         return float(value)
 
-    def optional_number(self, name: str, positive: bool = True) -> float | None:
+    def optional_number(
+        self, name: str, positive: bool = True, bounds: Bounds | None = None
+    ) -> float | None:
         """
         Read a number that may be absent (absent means "off").
         """
         self._seen.add(name)
-        return self.number(name, positive=positive) if self.has(name) else None
+        if not self.has(name):
+            return None
+        if bounds is not None:
+            return self.number(name, bounds=bounds)
+        return self.number(name, positive=positive)
 
     def token(self, name: str, default: object = _MISSING) -> str:
         """
@@ -353,10 +395,19 @@ class OptionReader:
 
 
 def _bounds(minimum: float | None, maximum: float | None) -> str:
+    if minimum == -math.inf:
+        minimum = None
     if minimum is not None and maximum is not None:
-        return f" from {minimum:g} to {maximum:g}"
+        return f" from {_plain(minimum)} to {_plain(maximum)}"
     if minimum is not None:
-        return f" of at least {minimum:g}"
+        return f" of at least {_plain(minimum)}"
     if maximum is not None:
-        return f" of at most {maximum:g}"
+        return f" of at most {_plain(maximum)}"
     return ""
+
+
+def _plain(value: float) -> str:
+    """
+    A bound as people write it: C{2592000}, not C{2.592e+06}; C{0.01}.
+    """
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

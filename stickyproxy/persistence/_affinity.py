@@ -13,6 +13,7 @@ from zope.interface import implementer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from stickyproxy.config import _bounds as bounds
 from stickyproxy.config._options import OptionReader
 from stickyproxy.core._balancers import rendezvous_order
 from stickyproxy.interfaces import (
@@ -132,6 +133,6 @@ def read_table_options(reader: OptionReader, clock: IReactorTime) -> StickTable:
     Read the stick-table options every table-backed strategy shares:
     C{timeout} (idle seconds, default 1800) and C{size} (default 100000).
     """
-    timeout = reader.number("timeout", 1800.0, positive=True)
-    size = reader.integer("size", 100_000, minimum=1)
+    timeout = reader.number("timeout", 1800.0, bounds=bounds.TABLE_TIMEOUT)
+    size = reader.integer("size", 100_000, bounds=bounds.TABLE_SIZE)
     return StickTable(clock=clock, timeout=timeout, size=size)

@@ -14,6 +14,7 @@ from zope.interface import implementer
 from twisted.internet.interfaces import IReactorTime
 from twisted.plugin import IPlugin
 
+from stickyproxy.config import _bounds as bounds
 from stickyproxy.config._options import OptionReader
 from stickyproxy.interfaces import (
     IBackendPool,
@@ -124,9 +125,10 @@ class CookieFactory:
         path: str,
     ) -> IPersistenceStrategy:
         with OptionReader(options, path) as reader:
-            max_age = reader.optional_number("max_age")
-            max_idle = reader.optional_number("max_idle")
-            max_life = reader.optional_number("max_life")
+            max_age, max_idle, max_life = (
+                reader.optional_number(name, bounds=bounds.COOKIE_LIFETIME)
+                for name in ("max_age", "max_idle", "max_life")
+            )
             cookie = read_proxy_cookie(
                 reader, pool, reactor, self.name, max_idle=max_idle, max_life=max_life
             )

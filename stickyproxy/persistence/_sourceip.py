@@ -14,6 +14,7 @@ from zope.interface import implementer
 from twisted.internet.interfaces import IReactorTime
 from twisted.plugin import IPlugin
 
+from stickyproxy.config import _bounds as bounds
 from stickyproxy.config._options import OptionReader
 from stickyproxy.core._addresses import IPNetwork, client_ip, forwarded_client
 from stickyproxy.interfaces import (
@@ -96,8 +97,8 @@ class SourceIPFactory:
     ) -> IPersistenceStrategy:
         with OptionReader(options, path) as reader:
             key = SourceIPKey(
-                mask=reader.integer("mask", 32, minimum=0, maximum=32),
-                mask6=reader.integer("mask6", 64, minimum=0, maximum=128),
+                mask=reader.integer("mask", 32, bounds=bounds.IPV4_MASK),
+                mask6=reader.integer("mask6", 64, bounds=bounds.IPV6_MASK),
                 trusted=reader.networks("trusted_proxies"),
             )
             return read_affinity(self.name, reader, pool, reactor, key)

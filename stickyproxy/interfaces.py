@@ -405,6 +405,54 @@ class IPersistenceStrategyFactory(Interface):
         """
 
 
+class IProxySecrets(Interface):
+    """
+    The proxy's own secret, from which strategies derive the keys they
+    sign with when the configuration gives them none.
+
+    L{stickyproxy.service.ProxyService} keeps it in a state file, made once
+    and read on every later start, so that values signed with it survive
+    restarts, and every proxy that shares the file agrees.
+    """
+
+    location = Attribute("str: where the secret is kept, for messages")
+
+    def key(purpose: bytes) -> bytes:
+        """
+        A key for one purpose (a strategy and its cookie, say
+        C{b"cookie\0STICKY"}): the same for the same purpose on every
+        start and every proxy sharing the secret; unrelated to the key of
+        any other purpose, so two strategies never share a signing key.
+
+        :returns: 32 bytes.
+        :raises stickyproxy.ConfigError: the secret cannot be read or made
+            (the error names its file and what was expected).
+        """
+
+
+class IKeyedStrategyFactory(IPersistenceStrategyFactory):
+    """
+    An L{IPersistenceStrategyFactory} whose strategies sign or key what
+    they issue, and so need a secret even when their options give none.
+
+    L{stickyproxy.service.ProxyService} calls L{build_keyed} instead of
+    C{build} on factories that provide this; C{build} stays, for callers
+    that have no proxy secrets (its values then last one process).
+    """
+
+    def build_keyed(
+        options: Mapping[str, object],
+        pool: IBackendPool,
+        reactor: IReactorTime,
+        path: str,
+        secrets: IProxySecrets,
+    ) -> IPersistenceStrategy:
+        """
+        Like C{build}, with the proxy's secrets to derive keys from when the
+        options configure none.
+        """
+
+
 class IPassiveHealth(Interface):
     """
     What a pool tells health tracking about live traffic.

@@ -12,6 +12,7 @@ for embedding in any other Twisted program::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,9 +41,15 @@ from stickyproxy.health._monitor import HealthMonitor
 from stickyproxy.health._probes import HTTPProbe, TCPProbe, treq_client
 from stickyproxy.http._accesslog import AccessLog
 from stickyproxy.http._frontend import HTTPProxyFactory
-from stickyproxy.interfaces import IHealthProbe, IPersistenceStrategy
+from stickyproxy.interfaces import (
+    IHealthProbe,
+    IKeyedStrategyFactory,
+    IPersistenceStrategy,
+    IProxySecrets,
+)
 from stickyproxy.model import Backend
 from stickyproxy.persistence._registry import StrategyRegistry
+from stickyproxy.persistence._secrets import KEY_FILE, FileSecrets
 from stickyproxy.tcp._splice import TCPProxyFactory
 
 
@@ -228,6 +235,9 @@ class ProxyService(MultiService):
     :ivar routers: each frontend's router, by frontend name.
     :ivar listeners: each frontend's listener, by frontend name.
     :ivar events: everything that happens, for subscribers (L{IProxyEvents}).
+    :ivar secrets: the proxy's secret, kept in C{stickyproxy.key} in the
+        config's C{state_dir}, from which strategies without C{keys} derive
+        theirs (L{IKeyedStrategyFactory}); read or made only if one does.
     """
 
     log = Logger()
@@ -243,11 +253,15 @@ class ProxyService(MultiService):
 
         :param registry: where strategy names are found; all installed
             plugins when C{None}.
-        :raises ConfigError: an endpoint or strategy option is wrong.
+        :raises ConfigError: an endpoint or strategy option is wrong, or
+            the secret file in C{config.state_dir} cannot be read or made.
         """
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self.secrets: IProxySecrets = FileSecrets(
+            os.path.join(config.state_dir, KEY_FILE)
+        )
         registry = registry if registry is not None else StrategyRegistry.from_plugins()
         self.events = EventStream()
         self.pools: Mapping[str, Pool] = {
@@ -316,9 +330,11 @@ class ProxyService(MultiService):
             factory = registry.get(
                 persistence.strategy, join_path(persistence.path, "strategy")
             )
-            strategies.append(
-                factory.build(persistence.options, pool, self.reactor, persistence.path)
-            )
+            arguments = (persistence.options, pool, self.reactor, persistence.path)
+            if IKeyedStrategyFactory.providedBy(factory):
+                strategies.append(factory.build_keyed(*arguments, self.secrets))
+            else:
+                strategies.append(factory.build(*arguments))
         return Router(
             pool=pool,
             strategies=tuple(strategies),

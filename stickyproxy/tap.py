@@ -4,7 +4,10 @@ C{twistd stickyproxy}: command-line options and L{makeService}.
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+import attrs
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -71,6 +74,13 @@ class Options(usage.Options):
             _balance,
         ],
         ["admin", None, None, "Admin listener endpoint string."],
+        [
+            "state-dir",
+            None,
+            None,
+            "Where the proxy keeps its cookie key when none is configured "
+            "(overrides state_dir; default: twistd's run directory).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -121,6 +131,8 @@ class Options(usage.Options):
             )
         if self["backends"] and not self["listen"]:
             raise usage.UsageError("--listen ENDPOINT is required with --backend")
+        if self["state-dir"] == "":
+            raise usage.UsageError("--state-dir: expected a directory, got ''")
         if self["cookie-name"] and self["persistence"] != "cookie":
             raise usage.UsageError(
                 "--cookie-name names the cookie of --persistence cookie; for "
@@ -161,6 +173,18 @@ class Options(usage.Options):
         return data
 
 
+def _state_dir(options: Options, config: ProxyConfig) -> str:
+    """
+    The state directory: C{--state-dir}, else the config's C{state_dir}, as
+    an absolute path; a relative one is relative to twistd's run directory
+    (C{--rundir}), which twistd changes into only after this has run.
+    """
+    parent = getattr(options, "parent", None)
+    rundir = (parent.get("rundir") if parent is not None else None) or "."
+    chosen = options["state-dir"] or config.state_dir
+    return os.path.abspath(os.path.join(rundir, chosen))
+
+
 def _makeService(options: Options, reactor: Any) -> ProxyService:
     """
     Build (and bind) the proxy an option set describes, on C{reactor}.
@@ -184,6 +208,7 @@ def _makeService(options: Options, reactor: Any) -> ProxyService:
         config = read_config_file(options["config"], registry)
     else:
         config = load_config(options.config_data(), registry)
+    config = attrs.evolve(config, state_dir=_state_dir(options, config))
     proxy = ProxyService(config, reactor, registry)
     if demo_ports is not None:
         DemoService(demo_ports, proxy).setServiceParent(proxy)

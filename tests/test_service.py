@@ -3,6 +3,8 @@ Tests for L{stickyproxy.service.ProxyService} and C{twistd} glue in
 L{stickyproxy.tap}.
 """
 
+import os
+
 import attrs
 
 from twisted.application.service import IService, MultiService
@@ -277,11 +279,15 @@ class MakeServiceTests(TestCase):
         example command line), and the keys never show in reprs, which
         logs could print.
         """
+        state = self.mktemp()
+        os.mkdir(state)
         proxy = _makeService(
             _options(
                 *"--mode http --listen tcp:8080 --backend a=127.0.0.1:9001 "
                 "--backend b=127.0.0.1:9002 --persistence cookie "
-                "--cookie-name SRV".split()
+                "--cookie-name SRV".split(),
+                "--state-dir",
+                state,
             ),
             MemoryReactorClock(),
         )

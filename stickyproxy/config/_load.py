@@ -149,11 +149,16 @@ class AdminConfig:
 class ProxyConfig:
     """
     The whole configuration.
+
+    :ivar state_dir: where the proxy keeps what must outlive it (the
+        secret that signs cookies without configured keys); a relative
+        path is relative to the working directory.
     """
 
     frontends: tuple[FrontendConfig, ...]
     pools: Mapping[str, PoolConfig] = attrs.field(converter=_frozen_mapping)
     admin: AdminConfig | None = None
+    state_dir: str = "."
 
 
 def _backend(reader: OptionReader, default_name: str) -> BackendConfig:
@@ -497,8 +502,13 @@ def load_config(data: Mapping[str, object], registry: StrategyRegistry) -> Proxy
         admin_reader = top.table("admin")
         admin = AdminConfig(listen=admin_reader.string("listen"))
         admin_reader.finish()
+    state_dir = top.string("state_dir", ".")
+    if not state_dir or "\0" in state_dir:
+        raise top.fail("state_dir", "a directory path")
     top.finish()
-    return ProxyConfig(frontends=frontends, pools=pools, admin=admin)
+    return ProxyConfig(
+        frontends=frontends, pools=pools, admin=admin, state_dir=state_dir
+    )
 
 
 def _named_tables(reader: OptionReader, name: str) -> dict[str, Mapping[str, object]]:

@@ -17,8 +17,9 @@ from twisted.plugin import IPlugin
 from stickyproxy.config._options import OptionReader
 from stickyproxy.interfaces import (
     IBackendPool,
+    IKeyedStrategyFactory,
     IPersistenceStrategy,
-    IPersistenceStrategyFactory,
+    IProxySecrets,
     IRoutingContext,
     IStickTable,
 )
@@ -31,6 +32,7 @@ from stickyproxy.persistence._proxycookie import (
     read_keys,
     read_proxy_cookie,
 )
+from stickyproxy.persistence._secrets import KeyedFactory
 from stickyproxy.persistence._sessionid import (
     SessionIdReader,
     read_session_id_options,
@@ -220,9 +222,9 @@ class AppCookiePrefix:
         pass
 
 
-@implementer(IPlugin, IPersistenceStrategyFactory)
+@implementer(IPlugin, IKeyedStrategyFactory)
 @attrs.frozen
-class AppCookieFactory:
+class AppCookieFactory(KeyedFactory):
     """
     C{strategy = "app-cookie"}: persistence that follows the application's
     session cookie.
@@ -234,12 +236,13 @@ class AppCookieFactory:
         "the application's session cookie: followed, learned, or prefixed"
     )
 
-    def build(
+    def build_keyed(
         self,
         options: Mapping[str, object],
         pool: IBackendPool,
         reactor: IReactorTime,
         path: str,
+        secrets: IProxySecrets,
     ) -> IPersistenceStrategy:
         with OptionReader(options, path) as reader:
             mode = reader.string(
@@ -253,7 +256,8 @@ class AppCookieFactory:
                     "param_in",
                 )
                 app_cookie = reader.token("cookie", "JSESSIONID")
-                keys = read_keys(reader, self.name)
+                purpose = f"{self.name} prefix\0{app_cookie}".encode()
+                keys = read_keys(reader, self.name, secrets, purpose)
                 return AppCookiePrefix(
                     pool, BackendTokens(pool, keys), app_cookie, reactor
                 )
@@ -262,7 +266,7 @@ class AppCookieFactory:
                 table = read_table_options(reader, reactor)
                 pool.add_session_source(table.count)
                 return AppCookieLearn(pool, table, session, reactor)
-            cookie = read_proxy_cookie(reader, pool, reactor, self.name)
+            cookie = read_proxy_cookie(reader, pool, reactor, self.name, secrets)
             if cookie.name == session.cookie:
                 raise reader.fail(
                     "name",

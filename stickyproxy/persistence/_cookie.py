@@ -18,8 +18,9 @@ from stickyproxy.config import _bounds as bounds
 from stickyproxy.config._options import OptionReader
 from stickyproxy.interfaces import (
     IBackendPool,
+    IKeyedStrategyFactory,
     IPersistenceStrategy,
-    IPersistenceStrategyFactory,
+    IProxySecrets,
     IRoutingContext,
 )
 from stickyproxy.model import Backend
@@ -29,6 +30,7 @@ from stickyproxy.persistence._proxycookie import (
     _http,
     read_proxy_cookie,
 )
+from stickyproxy.persistence._secrets import KeyedFactory
 
 
 @implementer(IPersistenceStrategy)
@@ -106,9 +108,9 @@ class CookieInsert:
         pass
 
 
-@implementer(IPlugin, IPersistenceStrategyFactory)
+@implementer(IPlugin, IKeyedStrategyFactory)
 @attrs.frozen
-class CookieFactory:
+class CookieFactory(KeyedFactory):
     """
     C{strategy = "cookie"}: a signed cookie the proxy inserts.
     """
@@ -117,12 +119,13 @@ class CookieFactory:
     modes: frozenset[str] = frozenset({"http"})
     description: str = "a signed cookie the proxy inserts, naming the backend"
 
-    def build(
+    def build_keyed(
         self,
         options: Mapping[str, object],
         pool: IBackendPool,
         reactor: IReactorTime,
         path: str,
+        secrets: IProxySecrets,
     ) -> IPersistenceStrategy:
         with OptionReader(options, path) as reader:
             max_age, max_idle, max_life = (
@@ -130,7 +133,13 @@ class CookieFactory:
                 for name in ("max_age", "max_idle", "max_life")
             )
             cookie = read_proxy_cookie(
-                reader, pool, reactor, self.name, max_idle=max_idle, max_life=max_life
+                reader,
+                pool,
+                reactor,
+                self.name,
+                secrets,
+                max_idle=max_idle,
+                max_life=max_life,
             )
             return CookieInsert(cookie, max_age)
 

@@ -40,6 +40,7 @@ from stickyproxy.core._cookies import SetCookie, delete_cookie, make_set_cookie
 from stickyproxy.interfaces import (
     IBackendPool,
     IHTTPRoutingContext,
+    IProxySecrets,
     IRoutingContext,
     IStickTable,
 )
@@ -449,22 +450,16 @@ def read_cookie_attributes(reader: OptionReader, name: str) -> CookieAttributes:
     return attributes
 
 
-def read_keys(reader: OptionReader, strategy: str) -> tuple[bytes, ...]:
+def read_keys(
+    reader: OptionReader, strategy: str, secrets: IProxySecrets, purpose: bytes
+) -> tuple[bytes, ...]:
     """
     Read C{keys}, the secrets that sign (the first) and verify (all); when
-    absent, generate one and warn that proxies will then disagree.
+    absent, the key of C{purpose} derived from the proxy's C{secrets}.
     """
     if not reader.has("keys"):
         reader.strings("keys", ())
-        log.warn(
-            "{strategy} strategy at {path} has no keys: a random key was "
-            "generated, so its cookies are lost when the proxy restarts and "
-            "several proxies do not recognise each other's; set keys = [...] "
-            "to the same secret on every proxy",
-            strategy=strategy,
-            path=reader.path,
-        )
-        return (os.urandom(32),)
+        return (secrets.key(purpose),)
     keys = reader.strings("keys")
     if not keys or not all(keys):
         raise reader.fail("keys", "a non-empty array of non-empty strings")
@@ -483,15 +478,19 @@ def read_proxy_cookie(
     pool: IBackendPool,
     reactor: IReactorTime,
     strategy: str,
+    secrets: IProxySecrets,
     max_idle: float | None = None,
     max_life: float | None = None,
 ) -> ProxyCookie:
     """
     Read everything about the proxy's own cookie (attributes, C{keys},
     C{indirect}, C{nocache}) and register its session count with the pool.
+    Without C{keys}, its key is derived from C{secrets} for the strategy
+    and the cookie's name.
     """
     attributes = read_cookie_attributes(reader, "STICKY")
-    keys = read_keys(reader, strategy)
+    purpose = f"{strategy}\0{attributes.name}".encode()
+    keys = read_keys(reader, strategy, secrets, purpose)
     sessions = StickTable(
         clock=reactor,
         timeout=max_idle if max_idle is not None else SESSION_TABLE_TIMEOUT,

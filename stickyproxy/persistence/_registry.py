@@ -19,6 +19,7 @@ from twisted.plugin import getPlugins
 
 from stickyproxy.config._options import ConfigError
 from stickyproxy.interfaces import (
+    IKeyedStrategyFactory,
     IPersistenceStrategyFactory,
 )
 
@@ -70,6 +71,8 @@ class StrategyRegistry:
         origin = _origin(factory)
         try:
             verifyObject(IPersistenceStrategyFactory, factory)
+            if IKeyedStrategyFactory.providedBy(factory):
+                verifyObject(IKeyedStrategyFactory, factory)
             if not (isinstance(factory.name, str) and factory.name):
                 raise Invalid("its name is not a non-empty string")
             if factory.name != factory.name.lower():

@@ -39,6 +39,8 @@ REFUSALS = [
     ),
     (b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
     (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 2000 + b"\r\n\r\n", 431),
+    (b"GET /a#b HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # a fragment
+    (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 400),
     (b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n", 501),
     (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
     (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),

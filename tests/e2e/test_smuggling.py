@@ -29,6 +29,25 @@ def statuses(data: bytes) -> list[bytes]:
     return re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
 
 
+def assert_not_smuggled(test: HTTPE2ETestCase, headers: bytes) -> None:
+    """
+    Send, in one write, a POST with C{headers} whose body is a request of
+    its own, then a last request: the client gets two responses, and no
+    backend ever serves the request hidden in the body.
+    """
+    hidden = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    request = (
+        b"POST / HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n"
+        % (headers, len(hidden))
+        + hidden
+        + b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    answer = test.raw_exchange(test.port, request)
+    test.assertEqual(statuses(answer), [b"200", b"200"], answer)
+    for name, backend in test.backends.items():
+        test.assertNotIn("/smuggled", backend.output(), name)
+
+
 class RefusalTests(HTTPE2ETestCase):
     """
     A refused request is answered after the requests before it, and the
@@ -71,6 +90,25 @@ class RefusalTests(HTTPE2ETestCase):
                 sock.sendall(good + b"GARBAGE\r\n\r\n")
         self.assert_no_close_wait()
         self.served()
+
+    def test_smuggler_clte_probe(self) -> None:
+        """
+        The probe with which defparam/smuggler reported "Potential CLTE"
+        against the proxy: a POST whose Content-Length (4) stops inside a
+        chunked body, so that C{0} and an empty line follow it in the same
+        write.  The proxy answers the POST, then 400 for what follows, at
+        once, instead of hanging until the scanner's timeout.
+        """
+        probe = (
+            b"POST /?cb=1 HTTP/1.1\r\nTransfer-Encoding : chunked\r\nHost: x\r\n"
+            b"Content-type: application/x-www-form-urlencoded; charset=UTF-8\r\n"
+            b"Content-Length: 4\r\n\r\n1\r\nZ\r\n0\r\n\r\n"
+        )
+        answer = self.raw_exchange(self.port, probe)
+        self.assertIn(statuses(answer), [[b"400"], [b"200", b"400"]], answer)
+        probe = probe.replace(b"Transfer-Encoding : chunked", b"X-Pad: chunked")
+        answer = self.raw_exchange(self.port, probe)
+        self.assertEqual(statuses(answer), [b"200", b"400"], answer)
 
     def test_request_target_grammar(self) -> None:
         """
@@ -115,18 +153,7 @@ class ConnectionHeaderTests(HTTPE2ETestCase):
         its body: the backend never serves the request hidden in it, and
         the client gets one response for each of its two requests.
         """
-        hidden = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
-        request = (
-            b"POST / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Content-Length\r\n"
-            b"Content-Length: %d\r\n\r\n"
-            % len(hidden)
-            + hidden
-            + b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        answer = self.raw_exchange(self.port, request)
-        self.assertEqual(statuses(answer), [b"200", b"200"], answer)
-        for name, backend in self.backends.items():
-            self.assertNotIn("/smuggled", backend.output(), name)
+        assert_not_smuggled(self, b"Connection: keep-alive, Content-Length\r\n")
 
     def test_response_not_unframed(self) -> None:
         """
@@ -171,17 +198,8 @@ class UpgradeTests(HTTPE2ETestCase):
         same write: the body reaches the backend as the body and the next
         request as a request, each answered.
         """
-        hidden = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
-        request = (
-            b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
-            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
-            b"Content-Length: %d\r\n\r\n"
-            % len(hidden)
-            + hidden
-            + b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        assert_not_smuggled(
+            self,
+            b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n",
         )
-        answer = self.raw_exchange(self.port, request)
-        self.assertEqual(statuses(answer), [b"200", b"200"], answer)
-        self.assertNotIn(b"HTTP/1.1 101", answer)
-        for name, backend in self.backends.items():
-            self.assertNotIn("/smuggled", backend.output(), name)

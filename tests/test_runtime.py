@@ -7,7 +7,9 @@ L4 frontend's tests are in L{tests.test_tcp.OnDownTests}).
 
 from collections import Counter
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from stickyproxy import AdminState, BackendInUse, Health, Outcome, Pool, Router
 from stickyproxy.config._settings import HealthSettings
@@ -377,6 +379,28 @@ class ConnectionsFollowTests(HTTPTestCase):
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))
         self.assertTrue(transport.value().endswith(b"\r\n\r\nok"))
         self.assertTrue(backend_transport.disconnecting)
+
+    def test_stale_request_to_removed_backend(self):
+        """
+        A request sent on a reused keep-alive connection to a backend
+        removed meanwhile, and lost because that connection was stale
+        (closed before any byte of a response), goes again where the client
+        would go now: the removed backend has no connections left to send
+        it on.
+        """
+        b = self.pool.get("b")
+        _, _, client = self.exchange(self.GET % b"b", self.OK)
+        protocol, transport = client
+        protocol.dataReceived(self.GET % b"b")  # on the idle connection
+        self.pool.set_admin_state("b", AdminState.MAINT)
+        self.pool.remove("b")
+        self.backends[-1][1].connectionLost(Failure(ConnectionDone()))
+        fresh, fresh_transport = self.accept()
+        self.assertEqual(self.backends[-1][0], 9001)
+        self.assertIn(b"GET / HTTP/1.1", fresh_transport.value())
+        fresh.dataReceived(self.OK)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))
+        self.assertEqual([b.active, self.pool.get("a").active], [0, 0])
 
 
 def _middle(low, high):

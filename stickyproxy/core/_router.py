@@ -233,7 +233,10 @@ class Router:
         same backend on a fresh connection: it went out on a reused
         keep-alive connection that closed before any byte of a response,
         most likely closed by the backend while idle, which says nothing
-        about its health.  Any other failure is reported to passive health.
+        about its health.  If that backend no longer serves bound clients
+        (removed, down, in maintenance), the request goes where the client
+        would go now instead.  Any other failure is reported to passive
+        health.
 
         :param resend: given only for such a request: opens a fresh
             connection to a backend (so the request cannot be stale twice).
@@ -241,12 +244,22 @@ class Router:
             backend's C{active} count for the client; or C{None}: the caller
             answers the client and L{release}s as usual.
         """
+        backend = decision.backend
         if resend is None:
-            self.pool.report_connect_failure(decision.backend, reason)
+            self.pool.report_connect_failure(backend, reason)
             return None
-        decision.backend.active -= 1  # the new attempt counts the client
+        backend.active -= 1  # the new attempt counts the client
         dispatch = _Dispatch(self, context, resend)
-        dispatch.route(decision)
+        if self.pool.serves_bound(backend):
+            dispatch.route(decision)
+        else:
+            # It left the pool, went down or into maintenance meanwhile:
+            # the request goes where the client would go now.
+            dispatch.tried.append(backend)
+            try:
+                dispatch.route(self.choose(context, dispatch.tried))
+            except NoBackendAvailable:
+                return fail()
         return dispatch.result
 
     def report_status(self, backend: Backend, status: int) -> None:

@@ -499,6 +499,30 @@ class MonitorFollowsTests(TestCase):
         self.pool.remove("b")
         self.assertEqual(len(self.clock.getDelayedCalls()), before - 1)
 
+    def test_removed_when_passive_checks_take_it_down(self):
+        """
+        A backend that an observer removes as passive checks take it down
+        (with no probe, so a cooldown would bring it back) gets no
+        cooldown: nothing is left scheduled for it, and no error follows.
+        """
+        self.clock = Clock()
+        self.pool = make_pool("a", "b")
+        settings = HealthSettings(passive_fall=1, passive_cooldown=10.0)
+        monitor = HealthMonitor(self.pool, self.clock, None, settings)
+        monitor.startService()
+        self.addCleanup(monitor.stopService)
+
+        def remove_down(change):
+            if change.kind == "health" and change.new == "down":
+                self.pool.remove(change.backend.name, "down: removed")
+
+        self.pool.observe(remove_down)
+        monitor.connect_failed(self.pool.get("b"), "refused")
+        self.assertEqual(_names(self.pool.backends), ["a"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10.0)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
 
 class StrategiesFollowTests(TestCase):
     """

@@ -304,6 +304,7 @@ class HealthMonitor(Service):
         self._apply(backend, verdict)
         if (
             verdict.health is Health.DOWN
+            and self._tracks.get(backend) is track  # an observer may remove it
             and track.cooldown is None
             and self.probe is None
             and self.running

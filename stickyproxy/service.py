@@ -79,6 +79,8 @@ class ListenerService(Service):
     ) -> None:
         self.description = description
         self.path = path
+        #: The frontend's own factory (unwrapped by any C{haproxy:} reader).
+        self.factory = factory
         self._factory = factory
         if description.startswith("haproxy:"):
             # Ours rather than Twisted's haproxy: wrapper: see ProxyHeaderReceiver.

@@ -194,9 +194,9 @@ class ServiceEventsTests(SynchronousTestCase):
                 {"name": "l4", "listen": "tcp:0", "pool": "p"},
             ]
         )
-        streams = [
-            listener._factory.events for listener in proxy.listeners.values()
-        ] + [monitor.events for monitor in proxy.monitors.values()]
+        streams = [listener.factory.events for listener in proxy.listeners.values()] + [
+            monitor.events for monitor in proxy.monitors.values()
+        ]
         self.assertEqual(len(streams), 3)
         for stream in streams:
             self.assertIs(stream, proxy.events)

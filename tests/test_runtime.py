@@ -70,6 +70,27 @@ class PoolChangeTests(TestCase):
         self.assertEqual(self._seen(), [("c", "added", "absent", "present")])
         self.assertEqual(self.changes[0].reason, "reload")
 
+    def test_failing_observer_hides_nothing(self):
+        """
+        An observer that raises is logged, and the observers after it still
+        see the change, and the changes queued after it.
+        """
+
+        def broken(change):
+            raise RuntimeError("observer bug")
+
+        later = []
+        pool = make_pool("a", "b")
+        pool.observe(broken)
+        pool.observe(later.append)
+        pool.set_weight("a", 3)
+        pool.set_weight("b", 0)
+        self.assertEqual(
+            [(c.backend.name, c.kind) for c in later],
+            [("a", "weight"), ("b", "weight")],
+        )
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
     def test_add_duplicate(self):
         """
         A second backend of the same name is refused, and nothing changes.
@@ -349,6 +370,17 @@ class ConnectionsFollowTests(HTTPTestCase):
         self.assertEqual(len(self.factory.connections[c]), 1)
         self.exchange(self.GET % b"c", self.OK, client)
         self.assertEqual(len(self.reactor.tcpClients), 1)  # reused
+
+    def test_health_of_removed_backend_ignored(self):
+        """
+        A health change announced for a backend no longer in the pool (its
+        connections already dropped) is ignored by the HTTP frontend.
+        """
+        b = self.pool.get("b")
+        self.pool.set_admin_state("b", AdminState.MAINT)
+        self.pool.remove("b")
+        self.pool.set_health(b, Health.DOWN, "late probe")
+        self.assertNotIn(b, self.factory.connections)
 
     def test_removed_backend_idle_closed(self):
         """

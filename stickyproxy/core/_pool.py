@@ -372,7 +372,18 @@ class Pool:
             while self._announcing:
                 change = self._announcing.popleft()
                 for observer in list(self._observers):
-                    observer(change)
+                    # One observer's bug must not hide the change (or the
+                    # changes queued after it) from the others.
+                    try:
+                        observer(change)
+                    except Exception:
+                        self.log.failure(
+                            "observer {observer!r} failed on a change of "
+                            "{pool}/{backend}",
+                            observer=observer,
+                            pool=self.name,
+                            backend=change.backend.name,
+                        )
         finally:
             self._announcing = None
 

@@ -45,6 +45,7 @@ from stickyproxy.http._backend import BackendConnections, BackendHTTP
 from stickyproxy.http._context import HTTPRoutingContext
 from stickyproxy.http._message import (
     HOP_BY_HOP,
+    NO_OPTIONS,
     connection_options,
     request_target,
     split_list,
@@ -222,9 +223,11 @@ class _Exchange:
         # Connection removes neither what frames the request nor what the
         # proxy read it by: what routing consulted, and the forwarding
         # headers, which the proxy rewrites by its own rules.
-        named = connection_options(
-            (value for name, value in ctx.request_headers if name == b"connection"),
-            ctx.consulted | _ADDED_BY_US,
+        connection = [v for n, v in ctx.request_headers if n == b"connection"]
+        named = (
+            connection_options(connection, ctx.consulted | _ADDED_BY_US)
+            if connection
+            else NO_OPTIONS
         )
         lines = [ctx.method, b" ", ctx.target, b" HTTP/1.1\r\n"]
         trusted = self.client.peer_trusted
@@ -1097,7 +1100,9 @@ class HTTPProxyFactory(Factory):
         elif not backend.healthy:
             # Idle connections to a backend that went down would only fail
             # the next request sent on them.
-            self.connections[backend].close_idle()
+            connections = self.connections.get(backend)
+            if connections is not None:
+                connections.close_idle()
 
     def buildProtocol(self, addr: IAddress | None) -> HTTPProxyProtocol:  # type: ignore[override]
         return HTTPProxyProtocol(self)

@@ -7,7 +7,7 @@ may never remove, and the request-target forms of RFC 9112.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 
 # RFC 9110 7.6.1, RFC 2616 13.5.1 and RFC 7540 3.2.1: meaningful for one
@@ -44,8 +44,12 @@ def split_list(values: Iterable[bytes]) -> list[bytes]:
     ]
 
 
+#: What a message without a C{Connection} header names.
+NO_OPTIONS: frozenset[bytes] = frozenset()
+
+
 def connection_options(
-    values: Iterable[bytes], keep: AbstractSet[bytes] = frozenset()
+    values: Sequence[bytes], keep: AbstractSet[bytes] = NO_OPTIONS
 ) -> frozenset[bytes]:
     """
     The header fields that C{Connection} header values name, and which are
@@ -55,6 +59,8 @@ def connection_options(
     :param values: the values of every C{Connection} header of a message.
     :param keep: lowercase names that stay whatever C{Connection} says.
     """
+    if not values:  # most messages: nothing to take apart, nothing to build
+        return NO_OPTIONS
     named = frozenset(token.lower() for token in split_list(values))
     return named.difference(FRAMING, keep)
 

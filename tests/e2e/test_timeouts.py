@@ -126,3 +126,46 @@ class ProxyHeaderTimeoutTests(E2ETestCase):
             with sock:
                 self.assertEqual(sock.recv(1), b"")  # closed, with nothing said
         self.assertLess(time.monotonic() - start, 1.0 + SLACK)
+
+
+class IdleSweepTests(E2ETestCase):
+    def test_idle_backend_connections_swept_after_a_burst(self) -> None:
+        """
+        After a burst of keep-alive traffic (issue 8, defect 9: the sweep of
+        idle backend connections once died on a negative delay and was never
+        rescheduled), every pooled backend connection is closed by the
+        proxy within C{keepalive_timeout}, and the proxy logs nothing
+        critical or unhandled.
+        """
+        backend = self.start_http_backend("b1", "--log-connections")
+        port = free_port()
+        config = http_config(
+            port, {"b1": backend.port}, pool={"keepalive_timeout": 1.0}
+        )
+        proxy = self.start_proxy_with_config(config, port)
+
+        def burst(_: int) -> None:
+            with connect(port) as sock:
+                reader = sock.makefile("rb")
+                for _ in range(50):
+                    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    length = 0
+                    while (line := reader.readline()) not in (b"\r\n", b""):
+                        if line.lower().startswith(b"content-length:"):
+                            length = int(line.split(b":")[1])
+                    reader.read(length)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(burst, range(8)))
+
+        def all_closed() -> bool:
+            output = backend.output()
+            opened = set(re.findall(r"connection from (\d+) opened", output))
+            gone = set(re.findall(r"connection from (\d+) closed", output))
+            return bool(opened) and gone == opened
+
+        self.wait(all_closed, IO_TIMEOUT, "the idle backend connections to go", proxy)
+        log = proxy.output()
+        for bad in ("critical", "Unhandled", "Traceback"):
+            if bad in log:
+                self.fail_with_output(f"the proxy logged {bad!r}")

@@ -7,6 +7,7 @@ import ipaddress
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from stickyproxy import AdminState
@@ -436,6 +437,41 @@ class ProxyHeaderReceiverTests(TestCase):
         self.reactor.advance(0.1)
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_silent_client_logged(self):
+        """
+        A client closed for sending no PROXY header in time is logged once,
+        with the frontend and the client's address: a load balancer that
+        sends none must show up in the log, not just as closed connections.
+        """
+        with capturedLogs() as events:
+            self.reactor.advance(10)
+        lines = [formatEvent(event) for event in events]
+        self.assertEqual(
+            lines,
+            [
+                "stickyproxy TCP frontend 'front': closed 192.0.2.100: "
+                "no PROXY header within 10 s"
+            ],
+        )
+
+    def test_garbage_logged(self):
+        """
+        A client closed for sending something else than a PROXY header is
+        logged once, with what was wrong, and is not logged again when the
+        header's deadline passes.
+        """
+        with capturedLogs() as events:
+            self.wrapper.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+            self.reactor.advance(10)
+        lines = [formatEvent(event) for event in events]
+        self.assertEqual(
+            lines,
+            [
+                "stickyproxy TCP frontend 'front': closed 192.0.2.100: "
+                "no valid PROXY header (not a PROXY header)"
+            ],
+        )
 
     def test_header_bounded_as_a_whole(self):
         """

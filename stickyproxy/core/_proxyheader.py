@@ -22,10 +22,11 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
-from stickyproxy.core._addresses import IPAddress, ip_address
+from stickyproxy.core._addresses import IPAddress, client_host, ip_address
 from stickyproxy.core._proxyparser import (
     V2_SIGNATURE,
     InvalidProxyHeader,
@@ -115,6 +116,21 @@ class ProxyHeaderReceiver(ProtocolWrapper):
 
     def _header_too_late(self) -> None:
         self._timer = None
+        self._refuse(
+            "no PROXY header within {timeout:g} s", timeout=self.factory.timeout
+        )
+
+    def _refuse(self, why: str, **fields: object) -> None:
+        """
+        Close a connection that brought no PROXY header, and say so once: a
+        load balancer that sends none is a setup mistake, not a silence.
+        """
+        self.factory.log.info(
+            "{listener}: closed {client}: " + why,
+            listener=self.factory.logPrefix(),
+            client=client_host(self.transport.getPeer())[0],  # type: ignore[union-attr]
+            **fields,
+        )
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _stop_timer(self) -> None:
@@ -128,8 +144,9 @@ class ProxyHeaderReceiver(ProtocolWrapper):
             return
         try:
             parsed = self._parser.feed(data)
-        except InvalidProxyHeader:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+        except InvalidProxyHeader as error:
+            self._stop_timer()
+            self._refuse("no valid PROXY header ({reason})", reason=str(error))
             return
         if parsed is None:
             return
@@ -171,6 +188,15 @@ class ProxyHeaderReceiver(ProtocolWrapper):
         super().connectionLost(reason)
 
 
+def inner_prefix(factory: IProtocolFactory, default: str) -> str:
+    """
+    :returns: the log prefix of C{factory}, or C{default}: a wrapping
+        factory's log lines are those of the listener it wraps.
+    """
+    prefix = getattr(factory, "logPrefix", None)
+    return str(prefix()) if prefix is not None else default
+
+
 class ProxyHeaderWrappingFactory(WrappingFactory):
     """
     Wraps a factory so its protocols first read a PROXY header, within
@@ -179,6 +205,7 @@ class ProxyHeaderWrappingFactory(WrappingFactory):
 
     protocol = ProxyHeaderReceiver
     noisy = False
+    log = Logger()
 
     def __init__(
         self, wrappedFactory: IProtocolFactory, clock: IReactorTime, timeout: float
@@ -186,3 +213,6 @@ class ProxyHeaderWrappingFactory(WrappingFactory):
         super().__init__(wrappedFactory)
         self.clock = clock
         self.timeout = timeout
+
+    def logPrefix(self) -> str:
+        return inner_prefix(self.wrappedFactory, "PROXY header listener")

@@ -34,7 +34,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from stickyproxy.core._addresses import client_host
-from stickyproxy.core._proxyheader import ProxyHeaderWrappingFactory
+from stickyproxy.core._proxyheader import ProxyHeaderWrappingFactory, inner_prefix
 
 log = Logger()
 
@@ -119,9 +119,7 @@ class HandshakeLoggingFactory(WrappingFactory):
         self.label = label
 
     def logPrefix(self) -> str:
-        # The listener is the frontend's, as far as the log is concerned.
-        prefix = getattr(self.wrappedFactory, "logPrefix", None)
-        return str(prefix()) if prefix is not None else self.label
+        return inner_prefix(self.wrappedFactory, self.label)
 
     def handshake_failed(self, protocol: ProtocolWrapper, reason: Failure) -> None:
         """

@@ -438,17 +438,25 @@ class ProxyHeaderReceiverTests(TestCase):
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.reactor.tcpClients, [])
 
+    def logged_until_deadline(self, data: bytes = b"") -> list[str]:
+        """
+        What is logged while the client sends C{data} and the header's
+        deadline passes.
+        """
+        with capturedLogs() as events:
+            if data:
+                self.wrapper.dataReceived(data)
+            self.reactor.advance(10)
+        return [formatEvent(event) for event in events]
+
     def test_silent_client_logged(self):
         """
         A client closed for sending no PROXY header in time is logged once,
         with the frontend and the client's address: a load balancer that
         sends none must show up in the log, not just as closed connections.
         """
-        with capturedLogs() as events:
-            self.reactor.advance(10)
-        lines = [formatEvent(event) for event in events]
         self.assertEqual(
-            lines,
+            self.logged_until_deadline(),
             [
                 "stickyproxy TCP frontend 'front': closed 192.0.2.100: "
                 "no PROXY header within 10 s"
@@ -461,12 +469,8 @@ class ProxyHeaderReceiverTests(TestCase):
         logged once, with what was wrong, and is not logged again when the
         header's deadline passes.
         """
-        with capturedLogs() as events:
-            self.wrapper.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
-            self.reactor.advance(10)
-        lines = [formatEvent(event) for event in events]
         self.assertEqual(
-            lines,
+            self.logged_until_deadline(b"GET / HTTP/1.1\r\n\r\n"),
             [
                 "stickyproxy TCP frontend 'front': closed 192.0.2.100: "
                 "no valid PROXY header (not a PROXY header)"

@@ -76,6 +76,7 @@ class ListenerService(Service):
         factory: IProtocolFactory,
         path: str,
         timeout_proxy_header: float = 10.0,
+        timeout_handshake: float = 10.0,
     ) -> None:
         self.description = description
         self.path = path
@@ -88,7 +89,9 @@ class ListenerService(Service):
             self._factory = ProxyHeaderWrappingFactory(
                 factory, reactor, timeout_proxy_header
             )
-        listening = TLSListeningReactor(reactor, lambda: self.name or self.path)
+        listening = TLSListeningReactor(
+            reactor, lambda: self.name or self.path, timeout_handshake
+        )
         try:
             self._endpoint = serverFromString(listening, description)
         except Exception as error:
@@ -316,6 +319,7 @@ class ProxyService(MultiService):
                 factory,
                 join_path(frontend.path, "listen"),
                 frontend.timeout_proxy_header,
+                frontend.timeout_handshake,
             )
             listener.setName(frontend.name)
             listener.setServiceParent(self)

@@ -343,6 +343,23 @@ class ErrorTests(TestCase):
             "cookie or header name",
         )
 
+    def test_timeout_handshake(self):
+        """
+        C{timeout_handshake} bounds a TLS client's handshake: 10 s by
+        default, any positive duration in range, and a clear error naming
+        the key otherwise.
+        """
+        load = lambda **options: load_config(  # noqa: E731
+            _with(lambda d: d["frontend"][0].update(**options)), REGISTRY
+        ).frontends[0]
+        self.assertEqual(load().timeout_handshake, 10.0)
+        self.assertEqual(load(timeout_handshake=2.5).timeout_handshake, 2.5)
+        self.assertConfigError(
+            lambda d: d["frontend"][0].update(timeout_handshake=0),
+            "frontend[0].timeout_handshake",
+            "expected a positive number",
+        )
+
     def test_upgrades(self):
         """
         C{upgrades} lists the protocols an HTTP frontend tunnels, matched

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
@@ -265,6 +265,38 @@ class TLSListenerTests(TestCase):
             pump.flush()
         ours = [e for e in events if e.get("listener") == "web"]
         self.assertEqual([e["log_level"] for e in ours], [LogLevel.info])
+
+    def test_silent_client_cut_off(self) -> None:
+        """
+        A client that connects and never completes its handshake is closed
+        after C{timeout_handshake} (10 s by default), logged once, for
+        information; before that it is left alone.
+        """
+        self.listen(_Speaks(b"http/1.1"))
+        silent = _Recorder()
+        with capturedLogs() as events:
+            pump = self.pump_to(silent)
+            self.reactor.advance(9.9)
+            pump.flush()
+            self.assertFalse(pump.serverIO.disconnecting)
+            self.reactor.advance(0.2)
+            pump.flush()
+        self.assertTrue(pump.serverIO.disconnecting or pump.serverIO.disconnected)
+        ours = [e for e in events if e.get("listener") == "web"]
+        self.assertEqual([e["log_level"] for e in ours], [LogLevel.info], ours)
+        self.assertIn("no TLS handshake within 10 s", formatEvent(ours[0]))
+
+    def test_no_timeout_after_handshake(self) -> None:
+        """
+        Once the handshake is done, the handshake timer is gone: the
+        connection stays open however long it is quiet.
+        """
+        self.listen(_Speaks(b"http/1.1"))
+        client, pump = self.connect([b"http/1.1"])
+        self.reactor.advance(60)
+        pump.flush()
+        self.assertFalse(pump.serverIO.disconnecting)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_no_log_after_handshake(self) -> None:
         """

@@ -130,6 +130,7 @@ class FrontendConfig:
     idle_timeout: float | None = None
     alpn: tuple[bytes, ...] = ()
     timeout_proxy_header: float = 10.0
+    timeout_handshake: float = 10.0
     strict: bool = False
     persistence_timeout: float = PERSISTENCE_TIMEOUT
     http: HTTPSettings | None = None
@@ -459,6 +460,9 @@ def _frontend(
             reader.number("timeout_proxy_header", 10.0, bounds=bounds.TIMEOUT)
             if listen.startswith("haproxy:")
             else 10.0
+        ),
+        timeout_handshake=reader.number(
+            "timeout_handshake", 10.0, bounds=bounds.TIMEOUT
         ),
         strict=reader.boolean("strict", False),
         persistence_timeout=reader.number(

@@ -23,10 +23,12 @@ from OpenSSL import SSL
 from zope.interface import directlyProvides, implementer, providedBy
 
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IHandshakeListener,
     IListeningPort,
     IProtocolFactory,
     IProtocolNegotiationFactory,
+    IReactorTime,
 )
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -37,6 +39,9 @@ from stickyproxy.core._addresses import client_host
 from stickyproxy.core._proxyheader import ProxyHeaderWrappingFactory, inner_prefix
 
 log = Logger()
+
+#: Seconds a TLS client has, by default, to complete its handshake.
+HANDSHAKE_TIMEOUT = 10.0
 
 
 def acceptable_protocols(factory: object) -> list[bytes]:
@@ -86,18 +91,36 @@ class _HandshakeWatcher(ProtocolWrapper):
 
     factory: HandshakeLoggingFactory
     _done = False
+    _timer: IDelayedCall | None = None
 
     def makeConnection(self, transport: Any) -> None:
         super().makeConnection(transport)
         # ProtocolWrapper copied the transport's interfaces over ours.
         directlyProvides(self, providedBy(transport), IHandshakeListener)
+        factory = self.factory
+        if not self._done and self.transport is not None:
+            self._timer = factory.clock.callLater(factory.timeout, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        self._done = True  # logged here, not again as a failure
+        self.factory.handshake_timed_out(self)
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
 
     def handshakeCompleted(self) -> None:
         self._done = True
+        self._stop_timer()
         if IHandshakeListener.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.handshakeCompleted()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._stop_timer()
         if not self._done:
             self.factory.handshake_failed(self, reason)
         super().connectionLost(reason)
@@ -109,17 +132,39 @@ class HandshakeLoggingFactory(WrappingFactory):
     fails is logged once, with OpenSSL's reason.
 
     :ivar label: what the log lines call the listener.
+    :ivar timeout: seconds a client has to complete its handshake: then it
+        is closed (a client that never finishes would hold its socket, and
+        on a TCP frontend a backend connection, for good).
     """
 
     protocol = _HandshakeWatcher
     noisy = False
 
-    def __init__(self, wrappedFactory: IProtocolFactory, label: str) -> None:
+    def __init__(
+        self,
+        wrappedFactory: IProtocolFactory,
+        label: str,
+        clock: IReactorTime,
+        timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
         super().__init__(wrappedFactory)
         self.label = label
+        self.clock = clock
+        self.timeout = timeout
 
     def logPrefix(self) -> str:
         return inner_prefix(self.wrappedFactory, self.label)
+
+    def handshake_timed_out(self, protocol: ProtocolWrapper) -> None:
+        """
+        Log a connection closed because its handshake took too long.
+        """
+        log.info(
+            "{listener}: closed {client}: no TLS handshake within {timeout:g} s",
+            listener=self.label,
+            client=client_host(protocol.getPeer())[0] or "a client",
+            timeout=self.timeout,
+        )
 
     def handshake_failed(self, protocol: ProtocolWrapper, reason: Failure) -> None:
         """
@@ -155,9 +200,15 @@ class TLSListeningReactor:
         listens).
     """
 
-    def __init__(self, reactor: Any, label: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        label: Callable[[], str],
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
         self._reactor = reactor
         self._label = label
+        self._handshake_timeout = handshake_timeout
         directlyProvides(self, providedBy(reactor))
 
     def __getattr__(self, name: str) -> Any:
@@ -176,7 +227,9 @@ class TLSListeningReactor:
         get_context = getattr(contextFactory, "getContext", None)
         if get_context is not None:
             negotiate_alpn(get_context(), acceptable_protocols(inner))
-        watched = HandshakeLoggingFactory(inner, self._label())
+        watched = HandshakeLoggingFactory(
+            inner, self._label(), self._reactor, self._handshake_timeout
+        )
         if proxied is None:
             listening: IListeningPort = self._reactor.listenSSL(
                 port, watched, contextFactory, backlog, interface

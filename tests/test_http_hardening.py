@@ -448,7 +448,7 @@ class RequestTargetTests(HTTPTestCase):
     def test_refused(self):
         """
         A fragment, userinfo in absolute-form, a scheme other than http(s),
-        an empty host, the asterisk-form on anything but OPTIONS, a target
+        an empty host, a port out of range, the asterisk-form on anything but OPTIONS, a target
         in no form at all, and whitespace, controls or bytes above 0x7E get
         400, and nothing reaches a backend.
         """
@@ -462,6 +462,8 @@ class RequestTargetTests(HTTPTestCase):
             b"ftp://a.example/",
             b"http:///x",
             b"http://a.example:80x/",
+            b"http://a.example:65536/",
+            b"http://a.example:99999999/p",
             b"*",
             b"a.example/x",
             b"/a\x80b",
@@ -504,6 +506,7 @@ class RequestTargetTests(HTTPTestCase):
             (b"GET http://b.example?x=1 ", b"GET /?x=1 ", b"b.example"),
             (b"GET HTTPS://[::1]:8443/x ", b"GET /x ", b"[::1]:8443"),
             (b"GET http://b.example ", b"GET / ", b"b.example"),
+            (b"GET http://b.example:65535/y ", b"GET /y ", b"b.example:65535"),
         ]:
             self.setUp()  # a fresh backend connection for each
             forwarded, _, _ = self.exchange(

@@ -74,7 +74,8 @@ _TARGET_CHARS = re.compile(rb"[\x21\x22\x24-\x7e]+")
 # IP-literal) and an optional port.
 _ABSOLUTE = re.compile(
     rb"(?i:https?)://"
-    rb"(?P<authority>(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?)"
+    rb"(?P<authority>(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)"
+    rb"(?::(?P<port>[0-9]{0,5}))?)"
     rb"(?P<rest>[/?].*)?"
 )
 
@@ -103,6 +104,9 @@ def request_target(method: bytes, target: bytes) -> tuple[bytes, bytes | None]:
         if b"@" in target.partition(b"://")[2].split(b"/", 1)[0]:
             raise ValueError("an absolute-form request-target with userinfo")
         raise ValueError("not a request-target (origin-form or http(s) absolute-form)")
+    port = absolute["port"]
+    if port and int(port) > 65535:
+        raise ValueError("an absolute-form request-target with a port over 65535")
     rest = absolute["rest"] or b"/"
     if rest.startswith(b"?"):
         rest = b"/" + rest

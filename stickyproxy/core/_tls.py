@@ -82,6 +82,13 @@ def _tls_reason(reason: Failure) -> str:
     return reason.getErrorMessage()
 
 
+def _client(protocol: ProtocolWrapper) -> str:
+    """
+    :returns: what the handshake log lines call the client of C{protocol}.
+    """
+    return client_host(protocol.getPeer())[0] or "a client"
+
+
 @implementer(IHandshakeListener)
 class _HandshakeWatcher(ProtocolWrapper):
     """
@@ -162,7 +169,7 @@ class HandshakeLoggingFactory(WrappingFactory):
         log.info(
             "{listener}: closed {client}: no TLS handshake within {timeout:g} s",
             listener=self.label,
-            client=client_host(protocol.getPeer())[0] or "a client",
+            client=_client(protocol),
             timeout=self.timeout,
         )
 
@@ -171,7 +178,7 @@ class HandshakeLoggingFactory(WrappingFactory):
         Log a connection that ended before its handshake completed: as a
         warning when TLS failed, for information when the client went away.
         """
-        client = client_host(protocol.getPeer())[0] or "a client"
+        client = _client(protocol)
         if reason.check(SSL.Error):
             log.warn(
                 "{listener}: TLS handshake with {client} failed: {reason}",

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFacto
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from stickyproxy.admin._root import admin_site
 from stickyproxy.config._load import (
     FrontendConfig,
     HealthConfig,
@@ -239,6 +240,8 @@ class ProxyService(MultiService):
     :ivar monitors: each pool's health monitor, by pool name.
     :ivar routers: each frontend's router, by frontend name.
     :ivar listeners: each frontend's listener, by frontend name.
+    :ivar admin: the admin listener (L{stickyproxy.admin.AdminRoot}), or
+        C{None} without C{[admin]}.
     :ivar events: everything that happens, for subscribers (L{IProxyEvents}).
     :ivar secrets: the proxy's secret, kept in C{stickyproxy.key} in the
         config's C{state_dir}, from which strategies without C{keys} derive
@@ -289,12 +292,16 @@ class ProxyService(MultiService):
             monitor.setName(f"health:{name}")
             monitor.setServiceParent(self)
             self.monitors[name] = monitor
+        self.admin: ListenerService | None = None
         if config.admin is not None:
-            self.log.warn(
-                "[admin] listen = {listen!r} is accepted, but this version has "
-                "no admin listener yet; nothing listens there",
-                listen=config.admin.listen,
+            self.admin = ListenerService(
+                reactor,
+                config.admin.listen,
+                admin_site(self, reactor),
+                "admin.listen",
             )
+            self.admin.setName("admin")
+            self.admin.setServiceParent(self)
         self.routers: dict[str, Router] = {}
         self.listeners: dict[str, ListenerService] = {}
         for frontend in config.frontends:
@@ -351,13 +358,15 @@ class ProxyService(MultiService):
 
     def bind(self) -> None:
         """
-        Listen on every frontend now (idempotent).
+        Listen on every frontend, and the admin listener, now (idempotent).
 
-        :raises ConfigError: naming the first frontend that cannot listen;
+        :raises ConfigError: naming the first listener that cannot listen;
             those already bound stay bound until the service stops.
         """
         for listener in self.listeners.values():
             listener.bind()
+        if self.admin is not None:
+            self.admin.bind()
 
     def privilegedStartService(self) -> None:
         self.bind()

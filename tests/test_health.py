@@ -25,7 +25,7 @@ from stickyproxy.config._settings import HealthSettings, StatusRanges
 from stickyproxy.core._balancers import RoundRobin
 from stickyproxy.core._endpoints import connect_endpoint
 from stickyproxy.core._pool import Pool
-from stickyproxy.health._monitor import HealthMonitor
+from stickyproxy.health._monitor import HealthMonitor, HealthStatus, ProbeResult
 from stickyproxy.health._probes import (
     HTTPProbe,
     PoolEndpoints,
@@ -124,6 +124,30 @@ class ThresholdTests(MonitorTestCase):
         self.probe_a(False)
         self.assertEqual(self.a.health, Health.DOWN)
         self.assertEqual(self.pool.accepting_new(), [self.pool.get("b")])
+
+    def test_status(self):
+        """
+        L{HealthMonitor.status} gives the state with the count while
+        thresholds count, and the last probe's result, reason and time.
+        """
+        self.assertEqual(self.monitor.status(self.a), HealthStatus("up", None))
+        self.probe_a(False)
+        failed_at = self.clock.seconds()
+        self.assertEqual(
+            self.monitor.status(self.a),
+            HealthStatus(
+                "going down 1/3",
+                ProbeResult(False, "probe failed: scripted failure", failed_at),
+            ),
+        )
+        self.probe_a(False)
+        self.probe_a(False)
+        self.assertEqual(self.monitor.status(self.a).detail, "down")
+        self.probe_a(True)
+        self.assertEqual(self.monitor.status(self.a).detail, "going up 1/2")
+        self.assertTrue(self.monitor.status(self.a).probe.ok)
+        self.pool.remove("a")
+        self.assertEqual(self.monitor.status(self.a), HealthStatus("going up", None))
 
     def test_recovers_while_going_down(self):
         """
@@ -848,6 +872,24 @@ class PoolStateTests(TestCase):
         self.assertEqual(self.pool.get("a").admin_state, AdminState.DRAIN)
         self.clock.advance(1)
         self.assertEqual(self.pool.get("a").admin_state, AdminState.MAINT)
+
+    def test_drain_deadline_shown(self):
+        """
+        L{Pool.drain_deadline} is when a draining backend goes to maintenance
+        at the latest; C{None} for a drain without a deadline, and once the
+        drain is over or cancelled.
+        """
+        self.pool.get("a").active = 3
+        self.clock.advance(100)
+        self.pool.drain("a", deadline=30)
+        self.assertEqual(self.pool.drain_deadline("a"), 130)
+        self.clock.advance(30)
+        self.assertIsNone(self.pool.drain_deadline("a"))
+        self.pool.drain("a")
+        self.assertIsNone(self.pool.drain_deadline("a"))
+        self.pool.drain("a", deadline=30)
+        self.pool.set_admin_state("a", AdminState.READY)
+        self.assertIsNone(self.pool.drain_deadline("a"))
 
     def test_drain_cancelled_by_new_state(self):
         """

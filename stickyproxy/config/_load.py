@@ -141,9 +141,15 @@ class FrontendConfig:
 class AdminConfig:
     """
     The C{[admin]} table.
+
+    :ivar listen: where the admin listener listens: a server endpoint
+        string, given the loopback interface when a C{tcp:}, C{tcp6:} or
+        C{ssl:} string names none (see L{loopback_by_default}).
+    :ivar token: the bearer token every change must carry, or C{None}.
     """
 
     listen: str
+    token: str | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen
@@ -501,11 +507,7 @@ def load_config(data: Mapping[str, object], registry: StrategyRegistry) -> Proxy
             raise ConfigError(
                 f"frontend[{index}].name", f"duplicate frontend name {name!r}"
             )
-    admin = None
-    if top.has("admin"):
-        admin_reader = top.table("admin")
-        admin = AdminConfig(listen=admin_reader.string("listen"))
-        admin_reader.finish()
+    admin = _admin(top.table("admin")) if top.has("admin") else None
     state_dir = top.string("state_dir", ".")
     if not state_dir or "\0" in state_dir:
         raise top.fail("state_dir", "a directory path")
@@ -513,6 +515,65 @@ def load_config(data: Mapping[str, object], registry: StrategyRegistry) -> Proxy
     return ProxyConfig(
         frontends=frontends, pools=pools, admin=admin, state_dir=state_dir
     )
+
+
+#: Where each endpoint type's interface is when given positionally.
+_INTERFACE_POSITION = {"tcp": 1, "tcp6": 1, "ssl": 5}
+_LOOPBACK = {"tcp": "127.0.0.1", "tcp6": "\\:\\:1", "ssl": "127.0.0.1"}
+
+
+def loopback_by_default(listen: str) -> str:
+    """
+    Bind an admin endpoint string to the loopback interface unless it
+    names an interface: C{tcp:8081} listens on 127.0.0.1 (C{tcp6:} on
+    C{::1}), so the admin API is never exposed by omission.  Exposing it
+    takes an explicit C{interface=0.0.0.0}.
+    """
+    kind, colon, rest = listen.partition(":")
+    position = _INTERFACE_POSITION.get(kind)
+    if position is None or not colon:
+        return listen
+    arguments = re.split(r"(?<!\\):", rest)
+    positional = [a for a in arguments if "=" not in a]
+    if len(positional) > position or any(a.startswith("interface=") for a in arguments):
+        return listen
+    return f"{listen}:interface={_LOOPBACK[kind]}"
+
+
+def _admin(reader: OptionReader) -> AdminConfig:
+    listen = reader.string("listen")
+    if not listen:
+        raise reader.fail("listen", "a Twisted server endpoint string, e.g. tcp:8081")
+    token = reader.optional_string("token")
+    token_file = reader.optional_string("token_file")
+    if token is not None and token_file is not None:
+        raise ConfigError(
+            reader.key("token_file"), "expected either token or token_file, not both"
+        )
+    if token_file is not None:
+        token = _read_token(token_file, reader.key("token_file"))
+    if token is not None and (not token or not token.isprintable() or " " in token):
+        raise reader.fail(
+            "token", "a non-empty token of printable characters without spaces"
+        )
+    reader.finish()
+    return AdminConfig(listen=loopback_by_default(listen), token=token)
+
+
+def _read_token(path: str, key: str) -> str:
+    """
+    The token in a file (its first line, without surrounding whitespace).
+    """
+    try:
+        with open(path, encoding="utf-8") as stream:
+            lines = stream.read().strip().splitlines()
+    except OSError as error:
+        raise ConfigError(key, f"cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"expected UTF-8 text in {path}") from None
+    if len(lines) != 1 or not lines[0].strip():
+        raise ConfigError(key, f"expected one line holding the token in {path}")
+    return lines[0].strip()
 
 
 def _named_tables(reader: OptionReader, name: str) -> dict[str, Mapping[str, object]]:

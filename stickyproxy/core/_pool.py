@@ -88,6 +88,7 @@ class Pool:
     _serving: list[Backend] | None = attrs.field(init=False, default=None)
     _accepting: list[Backend] | None = attrs.field(init=False, default=None)
     _drains: dict[str, IDelayedCall] = attrs.field(init=False, factory=dict)
+    _drain_ends: dict[str, float] = attrs.field(init=False, factory=dict)
     _announcing: deque[StateChange] | None = attrs.field(init=False, default=None)
     # Backends down by passive marks alone, with when they last failed (a
     # count of marks, so that the least recently failed is tried first).
@@ -288,7 +289,16 @@ class Pool:
         if deadline is not None:
             assert self.clock is not None, "drain with a deadline needs a clock"
             end = self.clock.seconds() + deadline
+            self._drain_ends[name] = end
             self._check_drain(name, end)
+
+    def drain_deadline(self, name: str) -> float | None:
+        """
+        :returns: when (in the clock's seconds) a draining backend goes to
+            maintenance at the latest, or C{None} when it drains without a
+            deadline (or does not drain).
+        """
+        return self._drain_ends.get(name)
 
     def _check_drain(self, name: str, end: float) -> None:
         assert self.clock is not None
@@ -308,6 +318,7 @@ class Pool:
         )
 
     def _cancel_drain(self, name: str) -> None:
+        self._drain_ends.pop(name, None)
         pending = self._drains.pop(name, None)
         if pending is not None and pending.active():
             pending.cancel()

@@ -35,6 +35,34 @@ from stickyproxy.interfaces import IHealthProbe, IPassiveHealth
 from stickyproxy.model import Backend, Health, ProbeRan, StateChange
 
 
+@attrs.frozen
+class ProbeResult:
+    """
+    The last probe of a backend.
+
+    :ivar time: when it finished, in the clock's seconds.
+    """
+
+    ok: bool
+    reason: str
+    time: float
+
+
+@attrs.frozen
+class HealthStatus:
+    """
+    A backend's health as an operator reads it.
+
+    :ivar detail: its L{Health}, with the count while thresholds count
+        (C{"going down 1/3"}, C{"going up 2/2"}).
+    :ivar probe: its last probe, or C{None} before the first (or without
+        a probe).
+    """
+
+    detail: str
+    probe: ProbeResult | None
+
+
 @attrs.define
 class _Track:
     """
@@ -48,6 +76,7 @@ class _Track:
     cooldown: IDelayedCall | None = None
     ramp: IDelayedCall | None = None
     ramp_started: float = 0.0
+    last_probe: ProbeResult | None = None
 
 
 @implementer(IPassiveHealth)
@@ -211,10 +240,13 @@ class HealthMonitor(Service):
 
     def _probed(self, backend: Backend, ok: bool, reason: str, started: float) -> None:
         """
-        A probe that started at C{started} ran: publish it, then count it.
+        A probe that started at C{started} ran: keep it, publish it, then
+        count it.
         """
+        now = self.clock.seconds()
+        self._tracks[backend].last_probe = ProbeResult(ok, reason, now)
         if self.events.active:
-            latency = self.clock.seconds() - started
+            latency = now - started
             self.events.probe_ran(
                 ProbeRan(self.pool.name, backend.name, ok, reason, latency)
             )
@@ -224,6 +256,23 @@ class HealthMonitor(Service):
         track.probing = None
         if self.running and self._tracks.get(backend) is track:
             self._schedule(backend, self.next_delay(backend))
+
+    def status(self, backend: Backend) -> HealthStatus:
+        """
+        :returns: C{backend}'s health in detail (for one the monitor does
+            not track, its state alone).
+        """
+        health = backend.health
+        track = self._tracks.get(backend)
+        if track is None:
+            return HealthStatus(health.value, None)
+        tracker, settings = track.tracker, self.settings
+        detail = health.value
+        if health is Health.GOING_DOWN:
+            detail = f"{detail} {tracker.failures}/{settings.fall}"
+        elif health is Health.GOING_UP:
+            detail = f"{detail} {tracker.successes}/{settings.rise}"
+        return HealthStatus(detail, track.last_probe)
 
     # The state machine
 

@@ -1,0 +1,111 @@
+"""
+The root of the admin listener's site.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING
+
+from twisted.web import http
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
+
+from stickyproxy.admin._api import ApiResource, JSONError
+from stickyproxy.admin._traffic import TrafficCounter
+
+if TYPE_CHECKING:
+    from stickyproxy.service import ProxyService
+
+#: Methods that change nothing: open without the token.
+READ_METHODS = (b"GET", b"HEAD")
+
+_PLACEHOLDER = b"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>stickyproxy admin</title></head>
+<body><h1>stickyproxy admin</h1>
+<p>The JSON API: <a href="api/backends">/api/backends</a>,
+<a href="api/pools">/api/pools</a>, <a href="api/frontends">/api/frontends</a>.</p>
+</body></html>
+"""
+
+
+class _Placeholder(Resource):
+    """
+    The index until the dashboard mounts itself there.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return _PLACEHOLDER
+
+
+def authorized(service: ProxyService, request: Request) -> bool:
+    """
+    :returns: whether C{request} carries the admin token (C{Authorization:
+        Bearer TOKEN}), or no token is configured.
+    """
+    admin = service.config.admin
+    token = None if admin is None else admin.token
+    if token is None:
+        return True
+    given = request.getHeader(b"authorization") or b""
+    scheme, _, credentials = given.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(
+        credentials.strip(), token.encode("utf-8")
+    )
+
+
+def unauthorized(request: Request) -> IResource:
+    """
+    :returns: the 401 for a request without the token.
+    """
+    request.setHeader(b"www-authenticate", b'Bearer realm="stickyproxy"')
+    return JSONError(401, "this needs the admin token: Authorization: Bearer TOKEN")
+
+
+class AdminRoot(Resource):
+    """
+    The admin site's root: C{api} (the JSON API), the index, and whatever
+    else is mounted with C{putChild}.
+
+    With an C{[admin] token}, every request but C{GET} and C{HEAD} must
+    carry it, whatever resource it is for: that check is here, once.
+
+    :ivar traffic: each backend's running totals, from the event stream.
+    """
+
+    def __init__(self, service: ProxyService) -> None:
+        super().__init__()
+        self.service = service
+        self.traffic = TrafficCounter()
+        service.events.subscribe(self.traffic)
+        self.putChild(b"api", ApiResource(service, self.traffic))
+        self.putChild(b"", _Placeholder())
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
+        if request.method not in READ_METHODS and not authorized(self.service, request):
+            return unauthorized(request)
+        child: IResource = super().getChildWithDefault(path, request)
+        return child
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return JSONError(404, "no such resource")
+
+
+def admin_site(service: ProxyService, reactor: object) -> Site:
+    """
+    The admin listener's site over L{AdminRoot}: no tracebacks shown, and
+    no access log (a dashboard polls; changes are logged by the pools).
+    """
+    site = _QuietSite(AdminRoot(service), reactor=reactor)
+    site.displayTracebacks = False
+    return site
+
+
+class _QuietSite(Site):
+    noisy = False
+
+    def log(self, request: http.Request) -> None:
+        pass

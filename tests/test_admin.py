@@ -7,7 +7,6 @@ import json
 import os
 
 from treq.testing import StubTreq
-from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.web.server import Site
@@ -23,6 +22,7 @@ from stickyproxy.service import ProxyService
 from stickyproxy.tap import Options, _makeService
 
 from tests._base import TestCase
+from tests.test_service import BusyReactor
 
 REGISTRY = StrategyRegistry.of([source_ip, cookie])
 TOKEN = "s3cret-token-of-the-admin"
@@ -57,7 +57,7 @@ def config_data(**admin):
                     {"name": "a", "address": "127.0.0.1:9001"},
                     {"name": "b", "address": "127.0.0.1:9002", "weight": 2},
                 ],
-                "health": {"type": "tcp"},
+                "health": {"type": "tcp", "interval": 10, "jitter": 0},
             },
             "spare": {"backend": [{"name": "s", "address": "127.0.0.1:9003"}]},
         },
@@ -157,7 +157,8 @@ class ListenerTests(TestCase):
         An admin listener that cannot listen is a L{ConfigError} naming
         C{admin.listen}, from L{ProxyService.bind}.
         """
-        proxy = ProxyService(load_config(config_data(), REGISTRY), _Busy(), REGISTRY)
+        data = config_data(listen="tcp:7001")  # taken on a BusyReactor
+        proxy = ProxyService(load_config(data, REGISTRY), BusyReactor(), REGISTRY)
         error = self.assertRaises(ConfigError, proxy.bind)
         self.assertEqual(error.path, "admin.listen")
         self.assertIn("Address in use", error.message)
@@ -187,17 +188,6 @@ class ListenerTests(TestCase):
             [(7000, ""), (9900, "127.0.0.1")],
         )
         self.assertIsInstance(proxy.admin.factory.resource, AdminRoot)
-
-
-class _Busy(MemoryReactorClock):
-    """
-    A memory reactor on which port 8081 is taken.
-    """
-
-    def listenTCP(self, port, factory, backlog=50, interface=""):
-        if port == 8081:
-            raise CannotListenError(interface, port, OSError(98, "Address in use"))
-        return super().listenTCP(port, factory, backlog, interface)
 
 
 class BackendsTests(AdminTestCase):
@@ -240,9 +230,9 @@ class BackendsTests(AdminTestCase):
         """
         self.proxy.startService()
         self.addCleanup(self.proxy.stopService)
-        # The first probe starts within one interval (2 s) and times out
-        # after 1 s; the next cannot finish before 3 s.
-        for _ in range(30):
+        # The first probe starts within one interval (10 s) and times out
+        # after 1 s; the next times out 11 s after that.
+        for _ in range(115):
             self.reactor.advance(0.1)
         a, b = self.pool.get("a"), self.pool.get("b")
         b.active = 2

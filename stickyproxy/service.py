@@ -255,20 +255,25 @@ class ProxyService(MultiService):
         config: ProxyConfig,
         reactor: Any,
         registry: StrategyRegistry | None = None,
+        secrets: IProxySecrets | None = None,
     ) -> None:
         """
         Build everything a configuration describes, without listening yet.
 
         :param registry: where strategy names are found; all installed
             plugins when C{None}.
+        :param secrets: where strategies without C{keys} get theirs; the
+            file in C{config.state_dir} when C{None}.
         :raises ConfigError: an endpoint or strategy option is wrong, or
             the secret file in C{config.state_dir} cannot be read or made.
         """
         super().__init__()
         self.config = config
         self.reactor = reactor
-        self.secrets: IProxySecrets = FileSecrets(
-            os.path.join(config.state_dir, KEY_FILE)
+        self.secrets: IProxySecrets = (
+            secrets
+            if secrets is not None
+            else FileSecrets(os.path.join(config.state_dir, KEY_FILE))
         )
         registry = registry if registry is not None else StrategyRegistry.from_plugins()
         self.events = EventStream()

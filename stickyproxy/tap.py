@@ -5,33 +5,58 @@ C{twistd stickyproxy}: command-line options and L{makeService}.
 from __future__ import annotations
 
 import os
+import platform
+import sys
+import textwrap
 from typing import Any
 
 import attrs
+from zope.interface import provider
 
+from twisted import __version__ as twisted_version
 from twisted.application.service import IService
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.python import usage
 
+from stickyproxy import __version__
 from stickyproxy._demo import DemoService, demo_config_data, listen_demo_backends
+from stickyproxy._jsonlog import json_lines_observer, stdout_json_observer
 from stickyproxy.config._load import MODES, ProxyConfig, load_config, read_config_file
 from stickyproxy.config._options import ConfigError
 from stickyproxy.core._balancers import BALANCERS
 from stickyproxy.persistence._registry import StrategyRegistry
-from stickyproxy.service import ProxyService
+from stickyproxy.persistence._secrets import KEY_FILE, FileSecrets
+from stickyproxy.service import ListenerService, ProxyService
+
+LOG_FORMATS = ("text", "json")
 
 
-def _mode(value: str) -> str:
-    if value not in MODES:
-        raise ValueError(f"--mode: expected one of {', '.join(MODES)}, got {value!r}")
-    return value
+def _choice(flag: str, choices: tuple[str, ...]) -> Any:
+    """
+    :returns: a coerce function for C{flag} that accepts only C{choices};
+        its L{usage.UsageError} reaches the user as it is (a C{ValueError}
+        would be prefixed with "Parameter type enforcement failed").
+    """
+
+    def coerce(value: str) -> str:
+        if value not in choices:
+            raise usage.UsageError(
+                f"{flag}: expected one of {', '.join(choices)}, got {value!r}"
+            )
+        return value
+
+    return coerce
 
 
-def _balance(value: str) -> str:
-    if value not in BALANCERS:
-        raise ValueError(
-            f"--balance: expected one of {', '.join(BALANCERS)}, got {value!r}"
-        )
-    return value
+_mode = _choice("--mode", MODES)
+_balance = _choice("--balance", tuple(BALANCERS))
+_log_format = _choice("--log-format", LOG_FORMATS)
 
 
 class Options(usage.Options):
@@ -49,6 +74,13 @@ class Options(usage.Options):
     )
     optFlags = [
         ["demo", None, "Run demo backends in this process, with a proxy in front."],
+        [
+            "check",
+            None,
+            "Check the configuration and exit, as haproxy -c does: status 0 "
+            "when the proxy would start, else 1 and the error.  Nothing "
+            "listens and nothing is written.",
+        ],
     ]
     optParameters = [
         ["config", "c", None, "The TOML configuration file."],
@@ -73,7 +105,14 @@ class Options(usage.Options):
             "Balancer: " + ", ".join(BALANCERS) + " (default: roundrobin).",
             _balance,
         ],
-        ["admin", None, None, "Admin listener endpoint string."],
+        [
+            "admin",
+            None,
+            None,
+            "Admin listener endpoint string, e.g. tcp:9900:interface=127.0.0.1: "
+            "the JSON API (/api/), the dashboard (/) and Prometheus metrics "
+            "(/metrics).",
+        ],
         [
             "state-dir",
             None,
@@ -81,11 +120,81 @@ class Options(usage.Options):
             "Where the proxy keeps its cookie key when none is configured "
             "(overrides state_dir; default: twistd's run directory).",
         ],
+        [
+            "log-format",
+            None,
+            "text",
+            "text, or json: one JSON object per line on standard output "
+            "(with twistd -n).",
+            _log_format,
+        ],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["backends"] = []
+
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Parse, and under C{twistd}, report a mistake as one line naming the
+        flag rather than as twistd's whole usage text (which C{--help}
+        shows).
+
+        :raises usage.UsageError: a mistake, when not under C{twistd} (a
+            program parsing these options reports it its own way).
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            if getattr(self, "parent", None) is None:
+                raise
+            raise SystemExit(
+                f"stickyproxy: {error} (see twistd stickyproxy --help)"
+            ) from None
+
+    def opt_version(self) -> None:
+        """
+        Print stickyproxy's version and exit.
+        """
+        print(version())
+        sys.exit(0)
+
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        The flags, then what their names can be: every strategy installed
+        (plugins included), every balancer, and what C{--admin} serves.
+        """
+        registry = StrategyRegistry.from_plugins()
+        strategies = ", ".join(
+            f"{name} ({'/'.join(sorted(registry.get(name, '').modes))})"
+            for name in registry.names()
+        )
+        width = width or int(os.environ.get("COLUMNS", "80"))
+        sections = [
+            (
+                "Persistence strategies (--persistence NAME, or strategy = NAME "
+                "in [frontend.persistence]):",
+                strategies,
+            ),
+            (
+                "Balancers (--balance NAME, or balance = NAME in [pool.NAME]):",
+                ", ".join(BALANCERS),
+            ),
+            (
+                "Admin listener (--admin ENDPOINT, or listen in [admin]):",
+                "the JSON API under /api/, the dashboard at /, and Prometheus "
+                "metrics at /metrics.",
+            ),
+        ]
+        text = "".join(
+            "\n"
+            + textwrap.fill(title, width, subsequent_indent="  ")
+            + "\n"
+            + textwrap.fill(body, width, initial_indent="  ", subsequent_indent="  ")
+            + "\n"
+            for title, body in sections
+        )
+        return super().getUsage(width) + text
 
     def opt_backend(self, value: str) -> None:
         """
@@ -138,6 +247,59 @@ class Options(usage.Options):
                 "--cookie-name names the cookie of --persistence cookie; for "
                 "other strategies' cookies, use --config"
             )
+        if self["check"] and self["demo"]:
+            raise usage.UsageError(
+                "--check checks --config FILE or the short flags; --demo has "
+                "nothing to check"
+            )
+        if self["log-format"] == "json":
+            self._log_json()
+        if self["check"]:
+            from twisted.internet import reactor
+
+            sys.exit(run_check(self, reactor))
+
+    def _log_json(self) -> None:
+        """
+        Have the program that parses these options (C{twistd}, or C{twist})
+        log JSON lines to standard output.
+        """
+        parent = getattr(self, "parent", None)
+        if parent is None:
+            return  # embedded: the program chooses its own log observers
+        if "fileLogObserverFactory" in parent or "logFile" in parent:
+            # twist: its --log-file still says where.
+            parent["fileLogObserverFactory"] = json_lines_observer
+            return
+        taken = [
+            flag
+            for flag, given in (
+                ("--logfile", parent.get("logfile") not in (None, "", "-")),
+                ("--syslog", parent.get("syslog")),
+                ("--logger", parent.get("logger") is not None),
+            )
+            if given
+        ]
+        if taken:
+            raise usage.UsageError(
+                "--log-format json writes to standard output; it does not "
+                f"combine with twistd's {', '.join(taken)}"
+            )
+        if not parent.get("nodaemon", True):
+            raise usage.UsageError(
+                "--log-format json writes to standard output, which a daemon "
+                "does not have: run twistd -n (and let systemd or docker keep "
+                "the log)"
+            )
+        # twistd's own --logger, resolved after these options are parsed.
+        parent["logger"] = f"{stdout_json_observer.__module__}.stdout_json_observer"
+
+    def demo_mode(self) -> str | None:
+        """
+        :returns: with C{--listen}, the mode of the one demo frontend that
+            listens there (C{--mode}); else C{None}, for both.
+        """
+        return (self["mode"] or "tcp") if self["listen"] else None
 
     def config_data(self) -> dict[str, object]:
         """
@@ -185,6 +347,30 @@ def _state_dir(options: Options, config: ProxyConfig) -> str:
     return os.path.abspath(os.path.join(rundir, chosen))
 
 
+def _config(
+    options: Options,
+    registry: StrategyRegistry,
+    demo_ports: dict[str, ListenerService] | None = None,
+) -> ProxyConfig:
+    """
+    The configuration an option set describes.
+
+    :param demo_ports: with C{--demo}, where its backends listen.
+    :raises ConfigError: naming the first mistake.
+    """
+    config: ProxyConfig
+    if demo_ports is not None:
+        config = load_config(
+            demo_config_data(options["listen"], options.demo_mode(), demo_ports),
+            registry,
+        )
+    elif options["config"]:
+        config = read_config_file(options["config"], registry)
+    else:
+        config = load_config(options.config_data(), registry)
+    return attrs.evolve(config, state_dir=_state_dir(options, config))
+
+
 def _makeService(options: Options, reactor: Any) -> ProxyService:
     """
     Build (and bind) the proxy an option set describes, on C{reactor}.
@@ -193,27 +379,82 @@ def _makeService(options: Options, reactor: Any) -> ProxyService:
     """
     registry = StrategyRegistry.from_plugins()
     demo_ports = None
-    config: ProxyConfig
     if options["demo"]:
-        # With --listen, one demo frontend (of --mode) listens there; else both.
-        mode = (options["mode"] or "tcp") if options["listen"] else None
-        modes = ("tcp", "http") if mode is None else (mode,)
+        mode = options.demo_mode()
         demo_ports = {}
-        for each in modes:
+        for each in ("tcp", "http") if mode is None else (mode,):
             demo_ports.update(listen_demo_backends(reactor, each))
-        config = load_config(
-            demo_config_data(options["listen"], mode, demo_ports), registry
-        )
-    elif options["config"]:
-        config = read_config_file(options["config"], registry)
-    else:
-        config = load_config(options.config_data(), registry)
-    config = attrs.evolve(config, state_dir=_state_dir(options, config))
+    config = _config(options, registry, demo_ports)
     proxy = ProxyService(config, reactor, registry)
     if demo_ports is not None:
         DemoService(demo_ports, proxy).setServiceParent(proxy)
     proxy.bind()
     return proxy
+
+
+def check_config(options: Options, reactor: Any) -> str:
+    """
+    What C{--check} does: build the proxy the options describe, as
+    L{makeService} would (endpoint strings parsed, TLS key files read,
+    strategies built with their keys), but neither listen nor write
+    anything; a missing cookie secret is only checked to be makeable.
+
+    :returns: a one-line summary of what was checked.
+    :raises ConfigError: the mistake L{makeService} would stop at, except a
+        port that is taken.
+    """
+    registry = StrategyRegistry.from_plugins()
+    config = _config(options, registry)
+    secrets = FileSecrets(os.path.join(config.state_dir, KEY_FILE), create=False)
+    ProxyService(config, reactor, registry, secrets=secrets)
+    backends = sum(len(pool.backends) for pool in config.pools.values())
+    counted = ", ".join(
+        f"{count} {noun}{'' if count == 1 else 's'}"
+        for count, noun in (
+            (len(config.frontends), "frontend"),
+            (len(config.pools), "pool"),
+            (backends, "backend"),
+        )
+    )
+    source = options["config"] or "the command line"
+    return f"stickyproxy: configuration OK: {source} ({counted})"
+
+
+def run_check(options: Options, reactor: Any) -> int:
+    """
+    Run L{check_config} for C{twistd stickyproxy --check}: its summary goes
+    to standard output, and each warning logged while checking, or the
+    error, to standard error, one line each.
+
+    :returns: the exit status: 0 when the configuration is good, else 1.
+    """
+
+    @provider(ILogObserver)
+    def warn(event: LogEvent) -> None:
+        if event.get("log_level", LogLevel.info) >= LogLevel.warn:
+            print(f"stickyproxy: warning: {formatEvent(event)}", file=sys.stderr)
+
+    globalLogPublisher.addObserver(warn)
+    try:
+        summary = check_config(options, reactor)
+    except ConfigError as error:
+        print(f"stickyproxy: configuration error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        globalLogPublisher.removeObserver(warn)
+    print(summary)
+    return 0
+
+
+def version() -> str:
+    """
+    :returns: what C{--version} prints: stickyproxy's version (the one its
+        package metadata is made from), and Twisted's and Python's.
+    """
+    return (
+        f"stickyproxy {__version__} (Twisted {twisted_version}, "
+        f"Python {platform.python_version()})"
+    )
 
 
 def makeService(options: Options) -> IService:

@@ -61,9 +61,14 @@ class FileSecrets:
     The secret kept in the file at C{path}: read, or made, the first time a
     key is asked for (so a proxy whose strategies sign nothing never writes
     it), and logged once with where it lives.
+
+    :ivar create: whether a missing file is made; when not (for
+        C{twistd stickyproxy --check}, which must leave no trace), only
+        checked that it could be, and a secret of this process is used.
     """
 
     path: str
+    create: bool = True
     _secret: bytes | None = attrs.field(init=False, default=None, repr=False)
 
     @property
@@ -77,6 +82,9 @@ class FileSecrets:
 
     def _load(self) -> bytes:
         secret = self._read()
+        if secret is None and not self.create:
+            self._check_creatable()
+            return os.urandom(SECRET_SIZE)
         if secret is None:
             secret = self._create()
             if secret is not None:
@@ -134,6 +142,24 @@ class FileSecrets:
             )
         return secret
 
+    def _cannot_create(self, reason: str) -> ConfigError:
+        return ConfigError(
+            self.path,
+            "expected a state directory the proxy can write its cookie "
+            f"secret in; cannot make the file ({reason})",
+        )
+
+    def _check_creatable(self) -> None:
+        """
+        :raises ConfigError: L{_create} would fail for want of a writable
+            directory.
+        """
+        directory = os.path.dirname(self.path) or "."
+        if not os.path.isdir(directory):
+            raise self._cannot_create(f"no directory {directory}")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise self._cannot_create(f"{directory} is not writable")
+
     def _create(self) -> bytes | None:
         """
         Make the file, unless another proxy makes it first.
@@ -155,11 +181,7 @@ class FileSecrets:
             except FileExistsError:
                 return None
         except OSError as error:
-            raise ConfigError(
-                self.path,
-                "expected a state directory the proxy can write its cookie "
-                f"secret in; cannot make the file ({_reason(error)})",
-            ) from None
+            raise self._cannot_create(_reason(error)) from None
         finally:
             try:
                 os.unlink(temporary)

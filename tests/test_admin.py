@@ -376,13 +376,13 @@ class CollectionsTests(AdminTestCase):
 
     def test_index(self):
         """
-        C{/} serves an HTML page linking to the API until the dashboard
-        takes its place; C{/api} lists its collections.
+        C{/} serves the dashboard (an HTML page); C{/api} lists its
+        collections.
         """
         code, headers, body = self.request("GET", "/")
         self.assertEqual(code, 200)
         self.assertIn(b"text/html", headers.getRawHeaders(b"content-type")[0])
-        self.assertIn(b'href="api/backends"', body)
+        self.assertIn(b'<main id="dashboard">', body)
         self.assertEqual(
             self.get("/api")["resources"], ["backends", "frontends", "pools"]
         )

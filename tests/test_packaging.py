@@ -383,6 +383,20 @@ class WheelTests(SynchronousTestCase):
         }
         self.assertEqual(expected - self.names, set())
 
+    def test_package_data(self) -> None:
+        """
+        Every other file of the source package is in the wheel too: the
+        admin dashboard's page, style and script.
+        """
+        expected = {
+            f"{directory}/{name}".replace(os.sep, "/")
+            for directory, _, files in _walk("stickyproxy")
+            for name in files
+            if not name.endswith((".py", ".pyc"))
+        }
+        self.assertIn("stickyproxy/admin/dashboard.js", expected)
+        self.assertEqual(expected - self.names, set())
+
     def test_no_plugin_cache(self) -> None:
         """
         No C{dropin.cache} is shipped, even when the source tree has one.

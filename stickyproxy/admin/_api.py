@@ -10,7 +10,7 @@ are C{{"error": "..."}} with the status that fits (400, 401, 404, 405,
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -203,7 +203,13 @@ class BackendsResource(_Live):
         if segments:
             raise ApiError(404, "no such resource (backends are under /api/pools)")
         only(method, "GET")
-        return 200, [
+        return 200, self.listing()
+
+    def listing(self) -> list[dict[str, JSON]]:
+        """
+        :returns: what C{GET} answers (the dashboard shows the same).
+        """
+        return [
             self.backend_json(pool, backend)
             for pool in self.service.pools.values()
             for backend in pool.backends
@@ -220,8 +226,14 @@ class PoolsResource(_Live):
     ) -> tuple[int, JSON | None]:
         if not segments:
             only(method, "GET")
-            return 200, [self.pool_json(pool) for pool in self.service.pools.values()]
+            return 200, self.listing()
         raise ApiError(404, "no such resource")
+
+    def listing(self) -> list[dict[str, JSON]]:
+        """
+        :returns: what C{GET} answers (the dashboard shows the same).
+        """
+        return [self.pool_json(pool) for pool in self.service.pools.values()]
 
     def pool_json(self, pool: Pool) -> dict[str, JSON]:
         """
@@ -246,8 +258,14 @@ class FrontendsResource(_Live):
     ) -> tuple[int, JSON | None]:
         if not segments:
             only(method, "GET")
-            return 200, [self.frontend_json(name) for name in self.service.routers]
+            return 200, self.listing()
         raise ApiError(404, "no such resource")
+
+    def listing(self) -> list[dict[str, JSON]]:
+        """
+        :returns: what C{GET} answers (the dashboard shows the same).
+        """
+        return [self.frontend_json(name) for name in self.service.routers]
 
     def frontend_json(self, name: str) -> dict[str, JSON]:
         """
@@ -272,13 +290,12 @@ class ApiResource(Resource):
 
     def __init__(self, service: ProxyService, traffic: TrafficCounter) -> None:
         super().__init__()
-        children: dict[bytes, Callable[[ProxyService, TrafficCounter], _Live]] = {
-            b"backends": BackendsResource,
-            b"pools": PoolsResource,
-            b"frontends": FrontendsResource,
-        }
-        for name, make in children.items():
-            self.putChild(name, make(service, traffic))
+        self.backends = BackendsResource(service, traffic)
+        self.pools = PoolsResource(service, traffic)
+        self.frontends = FrontendsResource(service, traffic)
+        self.putChild(b"backends", self.backends)
+        self.putChild(b"pools", self.pools)
+        self.putChild(b"frontends", self.frontends)
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         return JSONError(404, "no such resource")

@@ -12,6 +12,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from stickyproxy.admin._api import ApiResource, JSONError
+from stickyproxy.admin._dashboard import DashboardResource, Snapshot
 from stickyproxy.admin._traffic import TrafficCounter
 
 if TYPE_CHECKING:
@@ -19,26 +20,6 @@ if TYPE_CHECKING:
 
 #: Methods that change nothing: open without the token.
 READ_METHODS = (b"GET", b"HEAD")
-
-_PLACEHOLDER = b"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>stickyproxy admin</title></head>
-<body><h1>stickyproxy admin</h1>
-<p>The JSON API: <a href="api/backends">/api/backends</a>,
-<a href="api/pools">/api/pools</a>, <a href="api/frontends">/api/frontends</a>.</p>
-</body></html>
-"""
-
-
-class _Placeholder(Resource):
-    """
-    The index until the dashboard mounts itself there.
-    """
-
-    isLeaf = True
-
-    def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        return _PLACEHOLDER
 
 
 def authorized(service: ProxyService, request: Request) -> bool:
@@ -81,8 +62,21 @@ class AdminRoot(Resource):
         self.service = service
         self.traffic = TrafficCounter()
         service.events.subscribe(self.traffic)
-        self.putChild(b"api", ApiResource(service, self.traffic))
-        self.putChild(b"", _Placeholder())
+        self.api = ApiResource(service, self.traffic)
+        self.putChild(b"api", self.api)
+        self.putChild(b"", DashboardResource(self.snapshot))
+
+    def snapshot(self) -> Snapshot:
+        """
+        What the dashboard shows: what the API lists, now.
+        """
+        admin = self.service.config.admin
+        return Snapshot(
+            frontends=self.api.frontends.listing(),
+            pools=self.api.pools.listing(),
+            backends=self.api.backends.listing(),
+            token_required=admin is not None and admin.token is not None,
+        )
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         if request.method not in READ_METHODS and not authorized(self.service, request):

@@ -623,6 +623,23 @@ class Browser:
         value = result.get("result", {}).get("value")
         return value if isinstance(value, str) else None
 
+    def evaluate(self, expression: str) -> Any:
+        """
+        The value of a JavaScript expression in the page (awaited, when it
+        is a promise).
+
+        :raises RuntimeError: it threw.
+        """
+        result = self.devtools.call(
+            "Runtime.evaluate",
+            expression=expression,
+            returnByValue=True,
+            awaitPromise=True,
+        )
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result.get("result", {}).get("value")
+
     def cookies(self, url: str) -> list[dict[str, Any]]:
         """
         The cookies the browser would send to C{url}.

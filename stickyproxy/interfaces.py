@@ -12,7 +12,7 @@ adds one by shipping a module under C{twisted/plugins/}.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from zope.interface import Attribute, Interface
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         ProbeRan,
         RequestFinished,
         StateChange,
+        TableEntry,
     )
 
 
@@ -366,6 +367,51 @@ class IPersistenceStrategy(Interface):
         """
         The connection or request recorded by L{persist} has ended (called
         only after L{persist}).
+        """
+
+
+class IListableStickTable(IStickTable):
+    """
+    An L{IStickTable} that can show and drop all its bindings: what the
+    admin API needs to list a frontend's table and clear it.  Optional: a
+    table without it is simply not listed.
+    """
+
+    def entries() -> Iterator[TableEntry]:
+        """
+        :returns: the live bindings (none expired), least recently used
+            first.  For a shared table, those it knows locally.
+        """
+
+    def clear() -> None:
+        """
+        Forget every binding now, held or not (their clients are balanced
+        afresh on their next request).
+        """
+
+
+class IStickTableStrategy(IPersistenceStrategy):
+    """
+    A strategy that learns its bindings in a stick table, and shows it, so
+    that operators can list and clear it (C{GET} and C{DELETE}
+    C{/api/frontends/NAME/table}).  Optional: strategies without a table
+    (cookies, hashes) do not provide it.
+    """
+
+    table = Attribute("IStickTable: where the strategy keeps its bindings")
+
+    def key_text(key: bytes) -> str:
+        """
+        :returns: a key of the table as an operator reads it (an address,
+            a session id).
+        """
+
+    def key_bytes(text: str) -> bytes:
+        """
+        The key an operator wrote, as the table holds it: the inverse of
+        L{key_text}.
+
+        :raises ValueError: C{text} cannot be a key of this strategy.
         """
 
 

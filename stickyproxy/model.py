@@ -90,6 +90,22 @@ class Backend:
 
 
 @attrs.frozen
+class TableEntry:
+    """
+    One binding of a stick table, as an operator sees it.
+
+    :ivar key: what the strategy keys on (a masked address, a session id).
+    :ivar backend: the name of the backend it is bound to.
+    :ivar expires: when it expires if nothing uses it again (in the
+        clock's seconds); C{None} while it is held by open connections.
+    """
+
+    key: bytes
+    backend: str
+    expires: float | None
+
+
+@attrs.frozen
 class StateChange:
     """
     One change of a backend's state, as observers receive it.

@@ -25,12 +25,19 @@ from twisted.python.failure import Failure
 
 from stickyproxy.admin._root import admin_site
 from stickyproxy.config._load import (
+    BackendConfig,
     FrontendConfig,
     HealthConfig,
     PoolConfig,
     ProxyConfig,
+    read_backend,
 )
-from stickyproxy.config._options import ConfigError, describe_error, join_path
+from stickyproxy.config._options import (
+    ConfigError,
+    OptionReader,
+    describe_error,
+    join_path,
+)
 from stickyproxy.core._balancers import make_balancer
 from stickyproxy.core._endpoints import connect_endpoint
 from stickyproxy.core._events import EventStream
@@ -158,34 +165,42 @@ class ListenerService(Service):
         return None if self.port is None else self.port.getHost()
 
 
+def build_backend(
+    config: BackendConfig, reactor: Any, connect_timeout: float
+) -> Backend:
+    """
+    Make the live backend for a backend config.
+
+    :raises ConfigError: its address cannot be parsed.
+    """
+    try:
+        endpoint = connect_endpoint(reactor, config.address, connect_timeout)
+    except Exception as error:
+        raise ConfigError(
+            join_path(config.path, "address"),
+            "expected host:port, [ipv6]:port or a Twisted client endpoint "
+            f"string, got {config.address!r} ({describe_error(error)})",
+        ) from None
+    return Backend(
+        name=config.name,
+        address=config.address,
+        endpoint=endpoint,
+        weight=config.weight,
+        route=config.route,
+        admin_state=config.admin_state,
+    )
+
+
 def build_pool(config: PoolConfig, reactor: Any) -> Pool:
     """
     Make the live pool for a pool config.
 
     :raises ConfigError: a backend address cannot be parsed.
     """
-    backends = []
-    for backend in config.backends:
-        try:
-            endpoint = connect_endpoint(
-                reactor, backend.address, config.connect_timeout
-            )
-        except Exception as error:
-            raise ConfigError(
-                join_path(backend.path, "address"),
-                "expected host:port, [ipv6]:port or a Twisted client endpoint "
-                f"string, got {backend.address!r} ({describe_error(error)})",
-            ) from None
-        backends.append(
-            Backend(
-                name=backend.name,
-                address=backend.address,
-                endpoint=endpoint,
-                weight=backend.weight,
-                route=backend.route,
-                admin_state=backend.admin_state,
-            )
-        )
+    backends = [
+        build_backend(backend, reactor, config.connect_timeout)
+        for backend in config.backends
+    ]
     return Pool(
         name=config.name,
         backends=tuple(backends),
@@ -340,6 +355,22 @@ class ProxyService(MultiService):
         logged = [f.name for f in config.frontends if f.http and f.http.access_log]
         if logged:
             self.events.subscribe(AccessLog(logged))
+
+    def new_backend(self, pool: str, table: Mapping[str, object]) -> Backend:
+        """
+        Make a backend for a pool from a table shaped like a
+        C{[[pool.NAME.backend]]} of the config file, checked as the file's
+        are, without adding it.
+
+        :raises KeyError: no pool has that name.
+        :raises ConfigError: the table is wrong (its keys named with no
+            prefix: C{address: expected host:port ...}).
+        """
+        live = self.pools[pool]
+        config = read_backend(OptionReader(table, ""), "")
+        if not config.name:
+            raise ConfigError("name", "expected a non-empty string")
+        return build_backend(config, self.reactor, live.connect_timeout)
 
     def _router(self, frontend: FrontendConfig, registry: StrategyRegistry) -> Router:
         pool = self.pools[frontend.pool]

@@ -7,6 +7,7 @@ import json
 import os
 
 from treq.testing import StubTreq
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.web.server import Site
@@ -14,12 +15,24 @@ from twisted.web.server import Site
 from stickyproxy import ConfigError, load_config
 from stickyproxy.admin import AdminRoot, TrafficCounter
 from stickyproxy.admin._api import iso_time
-from stickyproxy.model import AdminState, ConnectionOpened, RequestFinished
+from stickyproxy.interfaces import IListableStickTable, IStickTableStrategy
+from stickyproxy.model import (
+    AdminState,
+    ConnectionOpened,
+    RequestFinished,
+    TableEntry,
+)
+from stickyproxy.persistence._affinity import TableAffinity
+from stickyproxy.persistence._appcookie import app_cookie
 from stickyproxy.persistence._cookie import cookie
+from stickyproxy.persistence._header import header
 from stickyproxy.persistence._registry import StrategyRegistry
-from stickyproxy.persistence._sourceip import source_ip
+from stickyproxy.persistence._secrets import RandomSecrets
+from stickyproxy.persistence._sourceip import SourceIPKey, source_ip
+from stickyproxy.persistence.tables._memory import StickTable
 from stickyproxy.service import ProxyService
 from stickyproxy.tap import Options, _makeService
+from stickyproxy.testing import SlowStickTable, make_pool, routing_context
 
 from tests._base import TestCase
 from tests.test_service import BusyReactor
@@ -392,7 +405,7 @@ class CollectionsTests(AdminTestCase):
         An unknown path, at the root, under C{/api} or below a collection,
         is a JSON 404.
         """
-        for path in ("/nothing", "/api/nothing", "/api/backends/x", "/api/pools/x/y"):
+        for path in ("/nothing", "/api/nothing", "/api/backends/x", "/api/pools/app/y"):
             self.assertError(404, "GET", path, "no such resource")
 
     def test_method_not_allowed(self):
@@ -430,9 +443,30 @@ class TokenTests(AdminTestCase):
             )
             self.assertRegex(body["error"], "admin token")
         self.assertError(401, "DELETE", "/anything", "admin token")
+        for method, path, body in [
+            ("PUT", "/api/pools/app/backends/a", {"weight": 7}),
+            ("POST", "/api/pools/app/backends", {"name": "c", "address": "x:1"}),
+            ("DELETE", "/api/pools/app/backends/a", None),
+            ("DELETE", "/api/frontends/db/table", None),
+        ]:
+            self.assertError(401, method, path, "admin token", body=body)
+        self.assertEqual([b.name for b in self.pool.backends], ["a", "b"])
+        self.assertEqual(self.pool.get("a").weight, 1)
         self.get("/api/backends")
         # With the token, the request reaches the resource (which refuses POST).
         self.assertError(405, "POST", "/api/backends", "not allowed", token=TOKEN)
+        code, _, body = self.request(
+            "PUT", "/api/pools/app/backends/a", body={"weight": 7}, token=TOKEN
+        )
+        self.assertEqual((code, body["weight"]), (200, 7))
+
+    def test_table_needs_token(self):
+        """
+        Stick-table keys are client addresses and session ids: with a
+        token, listing them needs it too.
+        """
+        self.assertError(401, "GET", "/api/frontends/db/table", "admin token")
+        self.get("/api/frontends/db/table", token=TOKEN)
 
 
 class ConfigTests(TestCase):
@@ -501,3 +535,474 @@ class ConfigTests(TestCase):
         del data["admin"]["listen"]
         error = self.assertRaises(ConfigError, load_config, data, REGISTRY)
         self.assertEqual(error.path, "admin.listen")
+
+
+class ChangeTests(AdminTestCase):
+    """
+    C{PUT /api/pools/POOL/backends/NAME}.
+    """
+
+    path = "/api/pools/app/backends/b"
+
+    def setUp(self):
+        super().setUp()
+        self.b = self.pool.get("b")
+        self.b.active = 2  # sessions, so that a drain lasts
+        self.changes = []
+        self.pool.observe(self.changes.append)
+
+    def put(self, body, **kwargs):
+        code, _, answer = self.request("PUT", self.path, body=body, **kwargs)
+        self.assertEqual(code, 200, answer)
+        return answer
+
+    def test_drain_with_deadline(self):
+        """
+        C{{"admin_state": "drain", "deadline": 600}} drains the backend, and
+        puts it in maint at the deadline; the answer is its object.
+        """
+        answer = self.put({"admin_state": "drain", "deadline": 600})
+        self.assertEqual(answer["admin_state"], "drain")
+        self.assertEqual(
+            answer["drain"],
+            {"sessions_left": 2, "deadline": iso_time(self.reactor.seconds() + 600)},
+        )
+        self.assertEqual(
+            [(c.kind, c.new, c.reason) for c in self.changes],
+            [("admin", "drain", "admin API")],
+        )
+        self.reactor.advance(599)
+        self.assertIs(self.b.admin_state, AdminState.DRAIN)
+        self.reactor.advance(1)
+        self.assertIs(self.b.admin_state, AdminState.MAINT)
+
+    def test_drain_to_zero(self):
+        """
+        A drain with a deadline ends in maint as soon as the backend holds
+        no sessions.
+        """
+        self.put({"admin_state": "drain", "deadline": 600})
+        self.b.active = 0
+        self.reactor.advance(1)
+        self.assertIs(self.b.admin_state, AdminState.MAINT)
+
+    def test_drain_without_deadline(self):
+        """
+        Without a deadline, the backend drains until told otherwise.
+        """
+        answer = self.put({"admin_state": "drain"})
+        self.assertEqual(answer["drain"], {"sessions_left": 2, "deadline": None})
+        self.b.active = 0
+        self.reactor.advance(3600)
+        self.assertIs(self.b.admin_state, AdminState.DRAIN)
+
+    def test_ready_and_maint(self):
+        """
+        C{ready} and C{maint} set the state, and cancel a drain's deadline.
+        """
+        self.put({"admin_state": "drain", "deadline": 60})
+        self.assertEqual(self.put({"admin_state": "ready"})["admin_state"], "ready")
+        self.reactor.advance(120)
+        self.assertIs(self.b.admin_state, AdminState.READY)
+        self.assertEqual(self.put({"admin_state": "maint"})["admin_state"], "maint")
+        self.assertIs(self.b.admin_state, AdminState.MAINT)
+
+    def test_weight(self):
+        """
+        C{{"weight": N}} sets the weight; 0 keeps the backend for its bound
+        clients and sends it no new ones.
+        """
+        self.assertEqual(self.put({"weight": 5})["weight"], 5)
+        self.assertEqual(self.put({"weight": 0})["weight"], 0)
+        self.assertNotIn(self.b, self.pool.accepting_new())
+        self.assertIn(self.b, self.pool.serving_bound())
+        both = self.put({"weight": 3, "admin_state": "maint"})
+        self.assertEqual((both["weight"], both["admin_state"]), (3, "maint"))
+
+    def test_bad_bodies(self):
+        """
+        A body that is not a JSON object with known, valid keys gets 400
+        naming what is wrong, and changes nothing, not even its valid part.
+        """
+        cases = [
+            (b"", "expected a JSON object"),
+            (b"{", "expected a JSON object"),
+            (b"[1]", "expected a JSON object"),
+            (b"{}", 'expected "admin_state" or "weight"'),
+            ({"admin_state": "off"}, "admin_state: expected one of"),
+            ({"admin_state": 1}, "admin_state: expected"),
+            ({"deadline": 60}, "deadline: expected only with"),
+            ({"admin_state": "maint", "deadline": 60}, "deadline: expected only"),
+            ({"admin_state": "drain", "deadline": 0}, "deadline: expected a"),
+            ({"admin_state": "drain", "deadline": "60"}, "deadline: expected"),
+            ({"weight": -1}, "weight: expected an integer from 0 to 256"),
+            ({"weight": 1.5}, "weight: expected an integer"),
+            ({"weight": True}, "weight: expected an integer"),
+            ({"weight": 257}, "weight: expected an integer from 0 to 256"),
+            ({"weight": 3, "admin_state": "bogus"}, "admin_state: expected"),
+            ({"weight": 3, "wieght": 3}, "wieght: unknown key"),
+        ]
+        for body, message in cases:
+            raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+            self.assertError(400, "PUT", self.path, message, raw=raw)
+        self.assertEqual((self.b.weight, self.b.admin_state), (2, AdminState.READY))
+        self.assertEqual(self.changes, [])
+
+    def test_not_found(self):
+        """
+        An unknown pool or backend gets 404 naming the known ones.
+        """
+        self.assertError(
+            404,
+            "PUT",
+            "/api/pools/nope/backends/b",
+            r"no pool 'nope' \(pools: app, spare\)",
+            body={"weight": 1},
+        )
+        self.assertError(
+            404,
+            "PUT",
+            "/api/pools/app/backends/zz",
+            r"pool app has no backend 'zz' \(a, b\)",
+            body={"weight": 1},
+        )
+
+    def test_get_one(self):
+        """
+        C{GET} on a backend (and on a pool, and a pool's backends) answers
+        its object; a method a resource does not take is a 405.
+        """
+        self.assertEqual(self.get(self.path)["name"], "b")
+        self.assertEqual(self.get("/api/pools/app")["backends"], ["a", "b"])
+        self.assertEqual(
+            [b["name"] for b in self.get("/api/pools/app/backends")], ["a", "b"]
+        )
+        self.assertError(405, "POST", self.path, "not allowed")
+        self.assertError(405, "DELETE", "/api/pools/app/backends", "not allowed")
+        self.assertError(405, "PUT", "/api/pools/app", "not allowed")
+
+
+class AddTests(AdminTestCase):
+    """
+    C{POST /api/pools/POOL/backends}.
+    """
+
+    path = "/api/pools/app/backends"
+
+    def test_add(self):
+        """
+        A backend described as in the config file is added: 201, its
+        object and its C{Location}; the health monitor tracks it, and it
+        takes new clients.
+        """
+        code, headers, body = self.request(
+            "POST",
+            self.path,
+            body={"name": "c", "address": "127.0.0.1:9004", "weight": 3},
+        )
+        self.assertEqual(code, 201, body)
+        self.assertEqual(
+            headers.getRawHeaders(b"location"), [b"/api/pools/app/backends/c"]
+        )
+        self.assertEqual(
+            (body["name"], body["address"], body["weight"], body["admin_state"]),
+            ("c", "127.0.0.1:9004", 3, "ready"),
+        )
+        c = self.pool.get("c")
+        self.assertIn(c, self.pool.accepting_new())
+        self.assertEqual(c.route, "c")
+        self.assertEqual(self.proxy.monitors["app"].status(c).detail, "up")
+        self.assertEqual(
+            [b["name"] for b in self.get("/api/backends")], ["a", "b", "c", "s"]
+        )
+
+    def test_add_options(self):
+        """
+        C{route} and C{admin_state} are taken as the config file takes them;
+        the address may be any client endpoint string.
+        """
+        code, _, body = self.request(
+            "POST",
+            self.path,
+            body={
+                "name": "c",
+                "address": "tcp:host=127.0.0.1:port=9004",
+                "route": "node3",
+                "admin_state": "maint",
+            },
+        )
+        self.assertEqual((code, body["admin_state"]), (201, "maint"))
+        self.assertEqual(self.pool.get("c").route, "node3")
+
+    def test_bad_bodies(self):
+        """
+        A backend the config file would refuse gets 400 with the config's
+        message, naming the key; nothing is added.
+        """
+        cases = [
+            ({"address": "127.0.0.1:9004"}, "name: expected a non-empty string"),
+            ({"name": "", "address": "127.0.0.1:9004"}, "name: expected a non-empty"),
+            ({"name": "c"}, "address: is required"),
+            ({"name": "c", "address": "nowhere:port"}, "address: expected host:port"),
+            ({"name": "c", "address": "x:1", "weight": 300}, "weight: expected"),
+            ({"name": "c", "address": "x:1", "admin_state": "x"}, "admin_state"),
+            ({"name": "c", "address": "x:1", "colour": "red"}, "colour: unknown key"),
+            ({"name": 3, "address": "x:1"}, "name: expected a string"),
+        ]
+        for body, message in cases:
+            self.assertError(400, "POST", self.path, message, body=body)
+        self.assertError(400, "POST", self.path, "JSON object", raw=b"[]")
+        self.assertEqual([b.name for b in self.pool.backends], ["a", "b"])
+
+    def test_duplicate(self):
+        """
+        A name the pool has already gets 409.
+        """
+        self.assertError(
+            409,
+            "POST",
+            self.path,
+            "already has a backend 'a'",
+            body={"name": "a", "address": "127.0.0.1:9009"},
+        )
+        self.assertEqual(self.pool.get("a").address, "127.0.0.1:9001")
+
+    def test_unknown_pool(self):
+        """
+        A pool the proxy does not have gets 404.
+        """
+        self.assertError(
+            404,
+            "POST",
+            "/api/pools/nope/backends",
+            "no pool 'nope'",
+            body={"name": "c", "address": "127.0.0.1:9004"},
+        )
+
+
+class RemoveTests(AdminTestCase):
+    """
+    C{DELETE /api/pools/POOL/backends/NAME}.
+    """
+
+    def test_remove(self):
+        """
+        A backend in maint, or one without sessions, is removed: 204.
+        """
+        self.pool.get("a").active = 1
+        self.pool.set_admin_state("a", AdminState.MAINT)
+        for name in ("a", "b"):
+            code, _, body = self.request("DELETE", f"/api/pools/app/backends/{name}")
+            self.assertEqual((code, body), (204, b""))
+        self.assertEqual(self.pool.backends, ())
+
+    def test_in_use(self):
+        """
+        A backend that holds sessions and is not in maint gets 409, and
+        stays.
+        """
+        self.pool.get("a").active = 1
+        self.assertError(
+            409,
+            "DELETE",
+            "/api/pools/app/backends/a",
+            "holds 1 sessions and is ready: drain it",
+        )
+        self.assertIsNotNone(self.pool.get("a"))
+
+    def test_unknown(self):
+        """
+        An unknown backend gets 404.
+        """
+        self.assertError(404, "DELETE", "/api/pools/app/backends/zz", "no backend")
+
+
+class TableTests(AdminTestCase):
+    """
+    C{GET} and C{DELETE /api/frontends/NAME/table}.
+    """
+
+    path = "/api/frontends/db/table"
+
+    def setUp(self):
+        super().setUp()
+        self.strategy = self.proxy.routers["db"].strategies[0]
+        self.a, self.b = self.pool.get("a"), self.pool.get("b")
+
+    def bind(self, host, backend, held=False):
+        context = routing_context(host)
+        self.strategy.persist(context, backend)
+        if not held:
+            self.strategy.release(context, backend)
+
+    def test_list(self):
+        """
+        The entries of the frontend's table: key as text, backend, and
+        expiry (C{null} while open connections hold the entry).
+        """
+        self.bind("10.0.0.1", self.a, held=True)
+        self.reactor.advance(10)
+        self.bind("10.0.0.2", self.b)
+        self.assertEqual(
+            self.get(self.path),
+            {
+                "entries": [
+                    {
+                        "key": "10.0.0.1",
+                        "backend": "a",
+                        "expires": None,
+                        "strategy": "source-ip",
+                    },
+                    {
+                        "key": "10.0.0.2",
+                        "backend": "b",
+                        "expires": iso_time(self.reactor.seconds() + 1800),
+                        "strategy": "source-ip",
+                    },
+                ],
+                "total": 2,
+                "offset": 0,
+                "limit": 100,
+            },
+        )
+
+    def test_pages(self):
+        """
+        C{offset} and C{limit} page through the entries; C{total} counts
+        them all.
+        """
+        for n in range(5):
+            self.bind(f"10.0.0.{n}", self.a)
+        page = self.get(self.path + "?offset=1&limit=2")
+        self.assertEqual(
+            ([e["key"] for e in page["entries"]], page["total"]),
+            (["10.0.0.1", "10.0.0.2"], 5),
+        )
+        self.assertEqual(self.get(self.path + "?offset=9")["entries"], [])
+        for query, message in [
+            ("limit=0", "limit: expected an integer from 1 to 1000, got '0'"),
+            ("limit=1001", "limit: expected an integer from 1 to 1000"),
+            ("offset=-1", "offset: expected an integer of at least 0"),
+            ("offset=x", "offset: expected an integer"),
+            ("offset=1&offset=2", "'offset' given more than once"),
+            ("key=10.0.0.1", "unknown query argument 'key'"),
+        ]:
+            self.assertError(400, "GET", f"{self.path}?{query}", message)
+
+    def test_forget_one(self):
+        """
+        C{DELETE ...?key=K} forgets one entry (the backend's sessions drop);
+        a key no table has gets 404, one no strategy can read gets 400.
+        """
+        self.bind("10.0.0.1", self.a)
+        self.bind("10.0.0.2", self.a)
+        code, _, _ = self.request("DELETE", self.path + "?key=10.0.0.1")
+        self.assertEqual(code, 204)
+        self.assertEqual(
+            [e["key"] for e in self.get(self.path)["entries"]], ["10.0.0.2"]
+        )
+        self.assertEqual(self.pool.sessions("a"), 1)
+        self.assertError(404, "DELETE", self.path + "?key=10.0.0.1", "no entry")
+        self.assertError(400, "DELETE", self.path + "?key=nope", "expected an IP")
+
+    def test_clear(self):
+        """
+        C{DELETE} without a key forgets every entry, held or not; a typo in
+        the query forgets nothing.
+        """
+        self.bind("10.0.0.1", self.a, held=True)
+        self.bind("10.0.0.2", self.b)
+        self.assertError(400, "DELETE", self.path + "?kye=10.0.0.1", "unknown query")
+        self.assertEqual(self.get(self.path)["total"], 2)
+        code, _, _ = self.request("DELETE", self.path)
+        self.assertEqual(code, 204)
+        self.assertEqual(self.get(self.path)["total"], 0)
+        self.assertEqual(self.pool.sessions("b"), 0)
+
+    def test_no_table(self):
+        """
+        A frontend whose strategies keep no table, or whose table cannot be
+        listed, gets 404 saying so; so does an unknown frontend.
+        """
+        self.assertError(
+            404,
+            "GET",
+            "/api/frontends/web/table",
+            r"frontend web keeps no stick table \(strategies: cookie\)",
+        )
+        self.assertError(404, "GET", "/api/frontends/zz/table", "no frontend 'zz'")
+        router = self.proxy.routers["db"]
+        router.strategies = (
+            TableAffinity(
+                "source-ip", self.pool, SlowStickTable(self.reactor), SourceIPKey()
+            ),
+        )
+        self.assertError(404, "GET", self.path, "cannot be listed")
+        self.assertError(405, "PUT", self.path, "not allowed", body={})
+        self.assertEqual(self.get("/api/frontends/db")["name"], "db")
+
+
+class TableSeamTests(TestCase):
+    """
+    The optional seam that lets a table be listed and a strategy show its
+    table: L{IListableStickTable} and L{IStickTableStrategy}.
+    """
+
+    def test_memory_table(self):
+        """
+        The memory table lists its live entries, least recently used first,
+        with their expiry (none while held), and can be cleared.
+        """
+        clock = Clock()
+        table = StickTable(clock=clock, timeout=10, size=10)
+        self.assertProvides(IListableStickTable, table)
+        table.bind(b"old", "a")
+        table.release(b"old")
+        clock.advance(5)
+        table.bind(b"held", "b")
+        table.bind(b"new", "a")
+        table.release(b"new")
+        self.assertEqual(
+            list(table.entries()),
+            [
+                TableEntry(b"old", "a", 10.0),
+                TableEntry(b"held", "b", None),
+                TableEntry(b"new", "a", 15.0),
+            ],
+        )
+        clock.advance(5)
+        self.assertEqual([e.key for e in table.entries()], [b"held", b"new"])
+        table.clear()
+        self.assertEqual(
+            (list(table.entries()), len(table), table.count("b")), ([], 0, 0)
+        )
+
+    def test_strategies(self):
+        """
+        Table-backed strategies provide L{IStickTableStrategy}, and show
+        their keys as operators write them: a source address (masked as
+        clients' are), a header value, an application session id.
+        """
+        clock = Clock()
+        pool = make_pool("a")
+        source = source_ip.build({"mode": "table", "mask": 24}, pool, clock, "p")
+        self.assertProvides(IStickTableStrategy, source)
+        self.assertEqual(source.key_bytes("10.1.2.3"), bytes([10, 1, 2, 0]))
+        self.assertEqual(source.key_text(bytes([10, 1, 2, 0])), "10.1.2.0")
+        self.assertEqual(source.key_text(source.key_bytes("2001:db8::1")), "2001:db8::")
+        self.assertRaises(ValueError, source.key_bytes, "example.com")
+        by_header = header.build(
+            {"header": "X-User", "mode": "table"}, pool, clock, "p"
+        )
+        self.assertProvides(IStickTableStrategy, by_header)
+        self.assertEqual(by_header.key_bytes("caf\xe9"), b"caf\xe9")
+        self.assertEqual(by_header.key_text(b"caf\xe9"), "caf\xe9")
+        self.assertRaises(ValueError, by_header.key_bytes, "\u20ac")
+        learn = app_cookie.build_keyed(
+            {"mode": "learn"}, pool, clock, "p", RandomSecrets("p")
+        )
+        self.assertProvides(IStickTableStrategy, learn)
+        self.assertEqual(learn.key_bytes('"abc"'), b"abc")
+        self.assertEqual(learn.key_text(b"abc"), "abc")
+        hashed = source_ip.build({}, pool, clock, "p")
+        self.assertFalse(IStickTableStrategy.providedBy(hashed))

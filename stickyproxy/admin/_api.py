@@ -9,16 +9,21 @@ are C{{"error": "..."}} with the status that fits (400, 401, 404, 405,
 
 from __future__ import annotations
 
+import hmac
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
+from urllib.parse import quote
 
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from stickyproxy.admin._traffic import TrafficCounter
-from stickyproxy.core._pool import Pool
+from stickyproxy.config import _bounds as bounds
+from stickyproxy.config._options import ConfigError, OptionReader
+from stickyproxy.core._pool import BackendInUse, Pool
+from stickyproxy.interfaces import IListableStickTable, IStickTableStrategy
 from stickyproxy.model import AdminState, Backend
 
 if TYPE_CHECKING:
@@ -36,6 +41,32 @@ class ApiError(Exception):
         super().__init__(code, message)
         self.code = code
         self.message = message
+
+
+def authorized(service: ProxyService, request: Request) -> bool:
+    """
+    :returns: whether C{request} carries the admin token (C{Authorization:
+        Bearer TOKEN}), or no token is configured.
+    """
+    admin = service.config.admin
+    token = None if admin is None else admin.token
+    if token is None:
+        return True
+    given = request.getHeader(b"authorization") or b""
+    scheme, _, credentials = given.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(
+        credentials.strip(), token.encode("utf-8")
+    )
+
+
+def require_token(service: ProxyService, request: Request) -> None:
+    """
+    :raises ApiError: 401 (with C{WWW-Authenticate}) unless C{request}
+        carries the admin token, or none is configured.
+    """
+    if not authorized(service, request):
+        request.setHeader(b"www-authenticate", b'Bearer realm="stickyproxy"')
+        raise ApiError(401, "this needs the admin token: Authorization: Bearer TOKEN")
 
 
 def iso_time(seconds: float) -> str:
@@ -218,7 +249,11 @@ class BackendsResource(_Live):
 
 class PoolsResource(_Live):
     """
-    C{GET /api/pools}: the pools, with their balancer and backends.
+    C{/api/pools}: the pools, their backends, and changes to them.
+
+    - C{GET /api/pools}, C{GET /api/pools/POOL};
+    - C{GET} and C{POST /api/pools/POOL/backends} (add one);
+    - C{GET}, C{PUT} and C{DELETE /api/pools/POOL/backends/NAME}.
     """
 
     def respond(
@@ -227,7 +262,33 @@ class PoolsResource(_Live):
         if not segments:
             only(method, "GET")
             return 200, self.listing()
-        raise ApiError(404, "no such resource")
+        pool = self.pool(segments[0])
+        if len(segments) == 1:
+            only(method, "GET")
+            return 200, self.pool_json(pool)
+        if segments[1] != "backends" or len(segments) > 3:
+            raise ApiError(404, "no such resource")
+        if len(segments) == 2:
+            only(method, "GET", "POST")
+            if method == "POST":
+                return self.add(request, pool)
+            return 200, [self.backend_json(pool, b) for b in pool.backends]
+        only(method, "GET", "PUT", "DELETE")
+        backend = pool.get(segments[2])
+        if backend is None:
+            known = _names(b.name for b in pool.backends)
+            raise ApiError(
+                404, f"pool {pool.name} has no backend {segments[2]!r} ({known})"
+            )
+        if method == "PUT":
+            self.change(pool, backend, read_body(request))
+        elif method == "DELETE":
+            try:
+                pool.remove(backend.name, REASON)
+            except BackendInUse as error:
+                raise ApiError(409, str(error)) from None
+            return 204, None
+        return 200, self.backend_json(pool, backend)
 
     def listing(self) -> list[dict[str, JSON]]:
         """
@@ -247,10 +308,85 @@ class PoolsResource(_Live):
             "no_backend": self.traffic.no_backend(pool.name),
         }
 
+    def add(self, request: Request, pool: Pool) -> tuple[int, JSON]:
+        """
+        Add the backend the body describes, checked as the config file's
+        backends are.
+        """
+        try:
+            backend = self.service.new_backend(pool.name, read_body(request))
+        except ConfigError as error:
+            raise ApiError(400, str(error)) from None
+        try:
+            pool.add(backend, REASON)
+        except ValueError as error:
+            raise ApiError(409, str(error)) from None
+        location = f"/api/pools/{quote(pool.name)}/backends/{quote(backend.name)}"
+        request.setHeader(b"location", location.encode("ascii"))
+        return 201, self.backend_json(pool, backend)
+
+    def change(self, pool: Pool, backend: Backend, body: Mapping[str, object]) -> None:
+        """
+        Apply C{{"admin_state": ..., "deadline": ...}} and/or
+        C{{"weight": N}}, all checked before anything changes.
+        """
+        try:
+            reader = OptionReader(body, "")
+            state = None
+            if reader.has("admin_state"):
+                choices = [s.value for s in AdminState]
+                state = AdminState(reader.string("admin_state", choices=choices))
+            deadline = reader.optional_number("deadline", bounds=bounds.DRAIN_DEADLINE)
+            if deadline is not None and state is not AdminState.DRAIN:
+                raise ConfigError(
+                    "deadline", 'expected only with "admin_state": "drain"'
+                )
+            weight = None
+            if reader.has("weight"):
+                weight = reader.integer("weight", bounds=bounds.WEIGHT)
+            reader.finish()
+            if state is None and weight is None:
+                raise ConfigError("", 'expected "admin_state" or "weight"')
+        except ConfigError as error:
+            raise ApiError(400, str(error)) from None
+        if weight is not None:
+            pool.set_weight(backend.name, weight, REASON)
+        if state is AdminState.DRAIN:
+            pool.drain(backend.name, deadline, REASON)
+        elif state is not None:
+            pool.set_admin_state(backend.name, state, REASON)
+
+
+#: The reason pool changes made through the API are logged with.
+REASON = "admin API"
+
+
+def read_body(request: Request) -> Mapping[str, object]:
+    """
+    :returns: the request's body, a JSON object.
+    :raises ApiError: 400, it is not one.
+    """
+    assert request.content is not None
+    try:
+        body = json.loads(request.content.read())
+    except ValueError as error:
+        raise ApiError(400, f"expected a JSON object as the body: {error}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "expected a JSON object as the body")
+    return body
+
 
 class FrontendsResource(_Live):
     """
-    C{GET /api/frontends}: the frontends, with their pool and strategies.
+    C{/api/frontends}: the frontends, and their stick tables.
+
+    - C{GET /api/frontends}, C{GET /api/frontends/NAME};
+    - C{GET /api/frontends/NAME/table?offset=0&limit=100};
+    - C{DELETE /api/frontends/NAME/table} (every entry) or
+      C{.../table?key=KEY} (one).
+
+    Table keys are client addresses or session ids: with a token, listing
+    them needs it too.
     """
 
     def respond(
@@ -259,7 +395,28 @@ class FrontendsResource(_Live):
         if not segments:
             only(method, "GET")
             return 200, self.listing()
-        raise ApiError(404, "no such resource")
+        name = segments[0]
+        if name not in self.service.routers:
+            known = _names(self.service.routers)
+            raise ApiError(404, f"no frontend {name!r} (frontends: {known})")
+        if len(segments) == 1:
+            only(method, "GET")
+            return 200, self.frontend_json(name)
+        if segments[1:] != ["table"]:
+            raise ApiError(404, "no such resource")
+        only(method, "GET", "DELETE")
+        require_token(self.service, request)
+        strategies = self.tables(name)
+        if method == "GET":
+            offset, limit = _page(request)
+            return 200, _list_entries(strategies, offset, limit)
+        keys = _arguments(request, "key")
+        if "key" in keys:
+            _forget(strategies, keys["key"])
+        else:
+            for strategy in strategies:
+                cast(IListableStickTable, strategy.table).clear()
+        return 204, None
 
     def listing(self) -> list[dict[str, JSON]]:
         """
@@ -280,6 +437,121 @@ class FrontendsResource(_Live):
             "pool": router.pool.name,
             "strategies": [strategy.name for strategy in router.strategies],
         }
+
+    def tables(self, name: str) -> list[IStickTableStrategy]:
+        """
+        :returns: the strategies of a frontend whose stick table can be
+            listed (L{IStickTableStrategy} with an L{IListableStickTable}).
+        :raises ApiError: 404, it has none.
+        """
+        strategies = self.service.routers[name].strategies
+        keeping = [s for s in strategies if IStickTableStrategy.providedBy(s)]
+        listable = [s for s in keeping if IListableStickTable.providedBy(s.table)]
+        if not keeping:
+            names = _names(s.name for s in strategies)
+            raise ApiError(
+                404, f"frontend {name} keeps no stick table (strategies: {names})"
+            )
+        if not listable:
+            raise ApiError(404, f"the stick table of frontend {name} cannot be listed")
+        return listable
+
+
+#: The most entries one page of a table holds.
+MAX_PAGE = 1000
+
+
+def _arguments(request: Request, *known: str) -> dict[str, str]:
+    """
+    :returns: the query arguments, each given once at most.
+    :raises ApiError: 400, one is unknown or repeated (a typo must not
+        turn "forget this key" into "forget them all").
+    """
+    found = {}
+    for name, values in (request.args or {}).items():
+        text = name.decode("utf-8", "replace")
+        if text not in known:
+            expected = ", ".join(known) or "none"
+            raise ApiError(
+                400, f"unknown query argument {text!r} (expected: {expected})"
+            )
+        if len(values) != 1:
+            raise ApiError(400, f"query argument {text!r} given more than once")
+        try:
+            found[text] = values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, f"query argument {text!r} is not UTF-8") from None
+    return found
+
+
+def _page(request: Request) -> tuple[int, int]:
+    """
+    :returns: the C{offset} (default 0) and C{limit} (default 100, at most
+        L{MAX_PAGE}) of a listing.
+    """
+    arguments = _arguments(request, "offset", "limit")
+    page = []
+    for name, default, low, high in (
+        ("offset", 0, 0, None),
+        ("limit", 100, 1, MAX_PAGE),
+    ):
+        text = arguments.get(name, str(default))
+        value = int(text) if text.isdigit() else -1
+        if value < low or (high is not None and value > high):
+            allowed = f"from {low} to {high}" if high else f"of at least {low}"
+            raise ApiError(400, f"{name}: expected an integer {allowed}, got {text!r}")
+        page.append(value)
+    return page[0], page[1]
+
+
+def _list_entries(
+    strategies: Sequence[IStickTableStrategy], offset: int, limit: int
+) -> JSON:
+    """
+    :returns: one page of the entries of every table, in order.
+    """
+    entries: list[JSON] = []
+    total = 0
+    for strategy in strategies:
+        table = cast(IListableStickTable, strategy.table)
+        for entry in table.entries():
+            if offset <= total < offset + limit:
+                expires = entry.expires
+                entries.append(
+                    {
+                        "key": strategy.key_text(entry.key),
+                        "backend": entry.backend,
+                        "expires": None if expires is None else iso_time(expires),
+                        "strategy": strategy.name,
+                    }
+                )
+            total += 1
+    return {"entries": entries, "total": total, "offset": offset, "limit": limit}
+
+
+def _forget(strategies: Sequence[IStickTableStrategy], text: str) -> None:
+    """
+    Forget the entry of one key, in every table that has it.
+
+    :raises ApiError: 400, no strategy can read the key; 404, no table
+        has it.
+    """
+    errors = []
+    found = False
+    for strategy in strategies:
+        try:
+            key = strategy.key_bytes(text)
+        except ValueError as error:
+            errors.append(f"{strategy.name}: {error}")
+            continue
+        table = cast(IListableStickTable, strategy.table)
+        if any(entry.key == key for entry in table.entries()):
+            table.forget(key)
+            found = True
+    if len(errors) == len(strategies):
+        raise ApiError(400, f"key: {'; '.join(errors)}")
+    if not found:
+        raise ApiError(404, f"no entry for key {text!r}")
 
 
 class ApiResource(Resource):

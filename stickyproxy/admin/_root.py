@@ -4,14 +4,13 @@ The root of the admin listener's site.
 
 from __future__ import annotations
 
-import hmac
 from typing import TYPE_CHECKING
 
 from twisted.web import http
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
-from stickyproxy.admin._api import ApiResource, JSONError
+from stickyproxy.admin._api import ApiError, ApiResource, JSONError, require_token
 from stickyproxy.admin._dashboard import DashboardResource, Snapshot
 from stickyproxy.admin._traffic import TrafficCounter
 
@@ -20,30 +19,6 @@ if TYPE_CHECKING:
 
 #: Methods that change nothing: open without the token.
 READ_METHODS = (b"GET", b"HEAD")
-
-
-def authorized(service: ProxyService, request: Request) -> bool:
-    """
-    :returns: whether C{request} carries the admin token (C{Authorization:
-        Bearer TOKEN}), or no token is configured.
-    """
-    admin = service.config.admin
-    token = None if admin is None else admin.token
-    if token is None:
-        return True
-    given = request.getHeader(b"authorization") or b""
-    scheme, _, credentials = given.partition(b" ")
-    return scheme.lower() == b"bearer" and hmac.compare_digest(
-        credentials.strip(), token.encode("utf-8")
-    )
-
-
-def unauthorized(request: Request) -> IResource:
-    """
-    :returns: the 401 for a request without the token.
-    """
-    request.setHeader(b"www-authenticate", b'Bearer realm="stickyproxy"')
-    return JSONError(401, "this needs the admin token: Authorization: Bearer TOKEN")
 
 
 class AdminRoot(Resource):
@@ -79,8 +54,11 @@ class AdminRoot(Resource):
         )
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
-        if request.method not in READ_METHODS and not authorized(self.service, request):
-            return unauthorized(request)
+        if request.method not in READ_METHODS:
+            try:
+                require_token(self.service, request)
+            except ApiError as error:
+                return JSONError(error.code, error.message)
         child: IResource = super().getChildWithDefault(path, request)
         return child
 

@@ -34,6 +34,8 @@ SLOW_START = Bounds(1, DAY, off=True)
 PERSISTENCE_TIMEOUT = Bounds(0.001, 10)
 #: How long an idle stick-table entry (a learnt binding) is kept.
 TABLE_TIMEOUT = Bounds(1, 365 * DAY)
+#: How long a drain may wait for a backend's sessions to end (admin API).
+DRAIN_DEADLINE = Bounds(1, 30 * DAY)
 #: A persistence cookie's lifetimes (C{max_age}, C{max_idle}, C{max_life}):
 #: browsers cap C{Max-Age} at 400 days (RFC 6265bis).
 COOKIE_LIFETIME = Bounds(1, 400 * DAY)

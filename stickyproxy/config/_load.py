@@ -168,7 +168,14 @@ class ProxyConfig:
     state_dir: str = "."
 
 
-def _backend(reader: OptionReader, default_name: str) -> BackendConfig:
+def read_backend(reader: OptionReader, default_name: str) -> BackendConfig:
+    """
+    Read one C{[[pool.NAME.backend]]} table (a file's, or one added at
+    run time through the admin API).
+
+    :param default_name: the name when the table has none.
+    :raises ConfigError: naming the key that is wrong.
+    """
     name = reader.string("name", default_name)
     backend = BackendConfig(
         name=name,
@@ -193,7 +200,7 @@ def _pool(name: str, reader: OptionReader) -> PoolConfig:
     free = (f"backend{n}" for n in range(1, len(backend_readers) + len(taken) + 2))
     unused = (name for name in free if name not in taken)
     backends = tuple(
-        _backend(r, "" if r.has("name") else next(unused)) for r in backend_readers
+        read_backend(r, "" if r.has("name") else next(unused)) for r in backend_readers
     )
     seen: set[str] = set()
     for backend in backends:

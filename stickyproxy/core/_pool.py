@@ -276,7 +276,12 @@ class Pool:
             old, backend.admin_state = backend.admin_state, state
             self._changed(backend, "admin", old.value, state.value, reason)
 
-    def drain(self, name: str, deadline: float | None = None) -> None:
+    def drain(
+        self,
+        name: str,
+        deadline: float | None = None,
+        reason: str = "operator: drain",
+    ) -> None:
         """
         Let a backend keep its sticky clients but take no new ones.
 
@@ -285,7 +290,7 @@ class Pool:
             Needs the pool's C{clock}.
         :raises KeyError: no backend has that name.
         """
-        self.set_admin_state(name, AdminState.DRAIN, "operator: drain")
+        self.set_admin_state(name, AdminState.DRAIN, reason)
         if deadline is not None:
             assert self.clock is not None, "drain with a deadline needs a clock"
             end = self.clock.seconds() + deadline

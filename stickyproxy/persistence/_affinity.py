@@ -6,6 +6,7 @@ over the backends (stateless) or learned in a stick table.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import attrs
 from zope.interface import implementer
@@ -21,11 +22,35 @@ from stickyproxy.interfaces import (
     IPersistenceStrategy,
     IRoutingContext,
     IStickTable,
+    IStickTableStrategy,
 )
 from stickyproxy.model import Backend
 from stickyproxy.persistence.tables._memory import StickTable
 
 AffinityKey = Callable[[IRoutingContext], "bytes | None"]
+
+
+class TableKey(Protocol):
+    """
+    The key of a table-backed strategy: taken from a context, and shown to
+    (and read from) operators as text.
+    """
+
+    def __call__(self, context: IRoutingContext) -> bytes | None:
+        """
+        :returns: the client's key, or C{None} when it has none.
+        """
+
+    def text(self, key: bytes) -> str:
+        """
+        :returns: a key as an operator reads it.
+        """
+
+    def parse(self, text: str) -> bytes:
+        """
+        :returns: the key an operator wrote.
+        :raises ValueError: it cannot be one.
+        """
 
 
 @implementer(IPersistenceStrategy)
@@ -65,7 +90,7 @@ class HashAffinity:
         pass
 
 
-@implementer(IPersistenceStrategy)
+@implementer(IStickTableStrategy)
 @attrs.define(eq=False)
 class TableAffinity:
     """
@@ -78,7 +103,7 @@ class TableAffinity:
     name: str
     pool: IBackendPool
     table: IStickTable
-    key: AffinityKey
+    key: TableKey
 
     def lookup(
         self, context: IRoutingContext
@@ -88,6 +113,12 @@ class TableAffinity:
         if isinstance(name, str):
             return self.pool.get(name)
         return None if name is None else late_backend(self.pool, name)
+
+    def key_text(self, key: bytes) -> str:
+        return self.key.text(key)
+
+    def key_bytes(self, text: str) -> bytes:
+        return self.key.parse(text)
 
     def persist(self, context: IRoutingContext, backend: Backend) -> None:
         key = self.key(context)
@@ -115,7 +146,7 @@ def read_affinity(
     reader: OptionReader,
     pool: IBackendPool,
     clock: IReactorTime,
-    key: AffinityKey,
+    key: TableKey,
 ) -> IPersistenceStrategy:
     """
     Read C{mode} (C{"hash"}, the default, or C{"table"} with the table

@@ -22,6 +22,7 @@ from stickyproxy.interfaces import (
     IProxySecrets,
     IRoutingContext,
     IStickTable,
+    IStickTableStrategy,
 )
 from stickyproxy.model import Backend
 from stickyproxy.persistence._affinity import late_backend, read_table_options
@@ -115,7 +116,7 @@ def _table_key(value: str) -> bytes:
     return value.strip('"').encode("latin-1", "replace")
 
 
-@implementer(IPersistenceStrategy)
+@implementer(IStickTableStrategy)
 @attrs.define(eq=False)
 class AppCookieLearn:
     """
@@ -147,6 +148,12 @@ class AppCookieLearn:
         if isinstance(name, str):
             return self.pool.get(name)
         return None if name is None else late_backend(self.pool, name)
+
+    def key_text(self, key: bytes) -> str:
+        return key.decode("latin-1")
+
+    def key_bytes(self, text: str) -> bytes:
+        return text.strip('"').encode("latin-1")
 
     def _touch(self, key: bytes, backend: str) -> None:
         self.table.bind(key, backend)

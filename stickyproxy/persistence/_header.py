@@ -46,6 +46,19 @@ class HeaderKey:
     def __call__(self, context: IRoutingContext) -> bytes | None:
         return _header_value(context, self.header)
 
+    def text(self, key: bytes) -> str:
+        """
+        :returns: the header value a key holds.
+        """
+        return key.decode("latin-1")
+
+    def parse(self, text: str) -> bytes:
+        """
+        :returns: the key of a header value.
+        :raises ValueError: it has characters a header cannot carry.
+        """
+        return text.encode("latin-1")
+
 
 @implementer(IPlugin, IPersistenceStrategyFactory)
 @attrs.frozen

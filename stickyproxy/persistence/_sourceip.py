@@ -72,6 +72,23 @@ class SourceIPKey:
             client_address(context, self.trusted), self.mask, self.mask6
         )
 
+    def text(self, key: bytes) -> str:
+        """
+        :returns: the (masked) address a key holds, e.g. C{"10.1.2.0"}.
+        """
+        if len(key) in (4, 16):
+            return str(ipaddress.ip_address(key))
+        return key.decode("utf-8", "replace")  # a UNIX socket peer
+
+    def parse(self, text: str) -> bytes:
+        """
+        :returns: the key of a client address (masked as clients' are).
+        :raises ValueError: C{text} is not an IP address.
+        """
+        if client_ip(text) is None:
+            raise ValueError(f"expected an IP address, got {text!r}")
+        return masked_address(text, self.mask, self.mask6)
+
 
 @implementer(IPlugin, IPersistenceStrategyFactory)
 @attrs.frozen

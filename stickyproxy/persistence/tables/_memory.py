@@ -6,13 +6,15 @@ idle and are bounded in number.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from collections.abc import Iterator
 
 import attrs
 from zope.interface import implementer
 
 from twisted.internet.interfaces import IReactorTime
 
-from stickyproxy.interfaces import IStickTable
+from stickyproxy.interfaces import IListableStickTable
+from stickyproxy.model import TableEntry
 
 
 @attrs.define
@@ -22,7 +24,7 @@ class _Entry:
     last_used: float
 
 
-@implementer(IStickTable)
+@implementer(IListableStickTable)
 @attrs.define(eq=False)
 class StickTable:
     """
@@ -115,6 +117,16 @@ class StickTable:
     def _forget(self, key: bytes) -> None:
         entry = self._entries.pop(key)
         self._per_backend[entry.backend] -= 1
+
+    def entries(self) -> Iterator[TableEntry]:
+        self.sweep()
+        for key, entry in list(self._entries.items()):
+            expires = None if entry.holds else entry.last_used + self.timeout
+            yield TableEntry(key, entry.backend, expires)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._per_backend.clear()
 
     def count(self, backend: str) -> int:
         self.sweep()

@@ -54,7 +54,8 @@ def config_data(**admin):
                 "mode": "http",
                 "listen": "tcp:8080",
                 "pool": "app",
-                "persistence": {"strategy": "cookie"},
+                # Its own key: no stickyproxy.key is written into the working directory.
+                "persistence": {"strategy": "cookie", "keys": ["admin-tests-" * 3]},
             },
             {
                 "name": "db",

@@ -357,3 +357,105 @@ class FailedTests(TestCase):
         self.assertEqual(
             self.pool.reports, [("status", "a", 503, "stickyproxy.core._router")]
         )
+
+    def test_bind_reports_status(self):
+        """
+        L{Router.bind} given the response's status reports it too, through
+        the router, after the strategies recorded the binding; without one
+        it reports nothing.
+        """
+        persisted = []
+        self.router.strategies = [_Recording(persisted)]
+        self.router.bind(self.ctx, self.decision)
+        self.assertEqual((persisted, self.pool.reports), (["a"], []))
+        self.router.bind(self.ctx, self.decision, 502)
+        self.assertEqual(persisted, ["a", "a"])
+        self.assertEqual(
+            self.pool.reports, [("status", "a", 502, "stickyproxy.core._router")]
+        )
+
+
+class _Recording:
+    """
+    A strategy that knows nobody and records the backends it binds.
+    """
+
+    name = "recording"
+
+    def __init__(self, persisted):
+        self.persisted = persisted
+
+    def lookup(self, context):
+        return None
+
+    def persist(self, context, backend):
+        self.persisted.append(backend.name)
+
+    def release(self, context, backend):
+        pass
+
+
+class IdleTests(TestCase):
+    """
+    L{Router.dispatch} with C{idle}: a connection at hand (an idle
+    keep-alive one) is used at once, with no L{Deferred}.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.pool = SpiedPool(
+            "p", make_pool("a", "b", "c").backends, RoundRobin(), retries=2
+        )
+        self.router = Router(self.pool, [], self.clock)
+        self.ctx = routing_context("192.0.2.1")
+        self.attempts = []
+        self.idle_asked = []
+
+    def idle(self, *having):
+        def idle(backend):
+            self.idle_asked.append(backend.name)
+            return f"idle-{backend.name}" if backend.name in having else None
+
+        return idle
+
+    def test_idle_at_once(self):
+        """
+        When C{idle} has a connection to the decided backend, the decision
+        and that connection come back at once, as a tuple; nothing is
+        connected, the backend counts the client, and the router reports
+        the success.
+        """
+        result = self.router.dispatch(
+            self.ctx, connector(self.attempts), self.idle("a")
+        )
+        self.assertIsInstance(result, tuple)
+        decision, connection = result
+        self.assertEqual((decision.backend.name, connection), ("a", "idle-a"))
+        self.assertEqual(self.attempts, [])
+        self.assertEqual([b.active for b in self.pool.backends], [1, 0, 0])
+        self.assertEqual(
+            self.pool.reports, [("success", "a", None, "stickyproxy.core._router")]
+        )
+
+    def test_nothing_idle_connects(self):
+        """
+        Without an idle connection, C{connect} opens one, and the result is
+        a L{Deferred}, as without C{idle}.
+        """
+        result = self.router.dispatch(self.ctx, connector(self.attempts), self.idle())
+        decision, connection = self.successResultOf(result)
+        self.assertEqual((decision.backend.name, connection), ("a", "conn-a"))
+        self.assertEqual((self.idle_asked, self.attempts), (["a"], ["a"]))
+
+    def test_retry_takes_idle(self):
+        """
+        After a failed connect, the next backend's idle connection is used
+        if it has one.
+        """
+        result = self.router.dispatch(
+            self.ctx, connector(self.attempts, ["a"]), self.idle("b")
+        )
+        decision, connection = self.successResultOf(result)
+        self.assertEqual((decision.backend.name, connection), ("b", "idle-b"))
+        self.assertEqual((self.idle_asked, self.attempts), (["a", "b"], ["a"]))
+        self.assertEqual([b.active for b in self.pool.backends], [0, 1, 0])

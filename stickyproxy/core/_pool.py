@@ -87,6 +87,8 @@ class Pool:
     _session_sources: list[SessionSource] = attrs.field(init=False, factory=list)
     _serving: list[Backend] | None = attrs.field(init=False, default=None)
     _accepting: list[Backend] | None = attrs.field(init=False, default=None)
+    # The panic kind _accepting was built under (choose reads it).
+    _accepting_panic: str | None = attrs.field(init=False, default=None)
     _drains: dict[str, IDelayedCall] = attrs.field(init=False, factory=dict)
     _drain_ends: dict[str, float] = attrs.field(init=False, factory=dict)
     _announcing: deque[StateChange] | None = attrs.field(init=False, default=None)
@@ -149,26 +151,34 @@ class Pool:
         passive checks alone have every backend down, the one that failed
         least recently (the likeliest to be back).
         """
-        if candidates and self._panic_kind() == "passive":
+        if self._accepting is None:
+            self.accepting_new()  # and with it, the panic kind
+        if candidates and self._accepting_panic == "passive":
             return min(candidates, key=lambda b: self._passive_marks.get(b, 0))
         return self.balancer.choose(candidates, key)
 
     def serves_bound(self, backend: Backend) -> bool:
-        # A removed backend serves nobody, whoever still holds it.
-        return (
-            backend.admin_state is not AdminState.MAINT
-            and (backend.healthy or self.panic)
-            and self._by_name.get(backend.name) is backend
-        )
+        # A removed backend serves nobody, whoever still holds it: the list
+        # holds only the pool's own backends.
+        serving: Sequence[Backend] | None = self._serving
+        if serving is None:
+            serving = self.serving_bound()
+        return backend in serving
 
     def serving_bound(self) -> Sequence[Backend]:
         if self._serving is None:
-            self._serving = [b for b in self.backends if self.serves_bound(b)]
+            panic = self.panic
+            self._serving = [
+                b
+                for b in self.backends
+                if b.admin_state is not AdminState.MAINT and (b.healthy or panic)
+            ]
         return self._serving
 
     def accepting_new(self) -> Sequence[Backend]:
         if self._accepting is None:
-            panic = self.panic
+            self._accepting_panic = self._panic_kind()
+            panic = self._accepting_panic is not None
             self._accepting = [
                 b
                 for b in self.backends

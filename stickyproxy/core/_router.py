@@ -12,7 +12,7 @@ failover policy lives.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, overload
 
 import attrs
 from zope.interface import implementer
@@ -116,6 +116,10 @@ class Router:
             else:
                 bound.addErrback(_ignore)
                 bound.cancel()  # an earlier strategy knew the client
+        if found is not None and not tried and self.pool.serves_bound(found):
+            # The usual answer, at once: the client's binding holds.
+            assert finder is not None
+            return Decision(found, Outcome.HIT, finder.name)
         return self._decide(context, tried, finder, found)
 
     def _decide(
@@ -148,7 +152,9 @@ class Router:
             if moved is not None:
                 return moved
             previous = bound
-        candidates = [b for b in self.pool.accepting_new() if b not in tried]
+        candidates = self.pool.accepting_new()
+        if tried:
+            candidates = [b for b in candidates if b not in tried]
         backend = self.pool.choose(candidates, context.client_host.encode())
         if backend is None:
             raise NoBackendAvailable(f"no usable backend in pool {self.pool.name}")
@@ -191,11 +197,27 @@ class Router:
         context.tried = list(tried)
         return choice
 
+    @overload
     def dispatch(
         self,
         context: IRoutingContext,
         connect: Callable[[Backend], Deferred[_T]],
-    ) -> Deferred[tuple[Decision, _T]]:
+    ) -> Deferred[tuple[Decision, _T]]: ...
+
+    @overload
+    def dispatch(
+        self,
+        context: IRoutingContext,
+        connect: Callable[[Backend], Deferred[_T]],
+        idle: Callable[[Backend], _T | None],
+    ) -> tuple[Decision, _T] | Deferred[tuple[Decision, _T]]: ...
+
+    def dispatch(
+        self,
+        context: IRoutingContext,
+        connect: Callable[[Backend], Deferred[_T]],
+        idle: Callable[[Backend], _T | None] | None = None,
+    ) -> tuple[Decision, _T] | Deferred[tuple[Decision, _T]]:
         """
         Choose a backend and connect to it, retrying on others.
 
@@ -206,16 +228,29 @@ class Router:
         client, L{bind} records the binding.
 
         :param connect: opens a connection to one backend.
-        :returns: the decision and what C{connect} produced (at once, when
-            C{connect} answers at once, as a pooled connection does); fails
-            with L{NoBackendAvailable} when every allowed attempt failed.
+        :param idle: gives a connection to one backend that is at hand (an
+            idle keep-alive one), or C{None}: then C{connect} opens one.
+        :returns: the decision and the connection: at once, with no
+            L{Deferred}, when the decision was at once and C{idle} had one
+            (the usual way of a keep-alive request); else a L{Deferred}
+            firing with them, or failing with L{NoBackendAvailable} when
+            every allowed attempt failed.
         """
         try:
             decision = self.choose(context)
         except NoBackendAvailable:
             return fail()
-        dispatch = _Dispatch(self, context, connect)
-        dispatch.route(decision)
+        idle_tried = False
+        if idle is not None and isinstance(decision, Decision):
+            backend = decision.backend
+            ready = idle(backend)
+            if ready is not None:
+                backend.active += 1
+                self.pool.report_connect_success(backend)
+                return decision, ready
+            idle_tried = True
+        dispatch = _Dispatch(self, context, connect, idle)
+        dispatch.route(decision, idle_tried)
         return dispatch.result
 
     def failed(
@@ -268,13 +303,21 @@ class Router:
         """
         self.pool.report_status(backend, status)
 
-    def bind(self, context: IRoutingContext, decision: Decision) -> None:
+    def bind(
+        self, context: IRoutingContext, decision: Decision, status: int | None = None
+    ) -> None:
         """
         The decided backend has served the client (L4: it connected; L7: its
         response head arrived): let every strategy record the binding.
+
+        :param status: the status of the response head that arrived, which
+            passive health hears of too (as from L{report_status}).
         """
+        backend = decision.backend
         for strategy in self.strategies:
-            strategy.persist(context, decision.backend)
+            strategy.persist(context, backend)
+        if status is not None:
+            self.pool.report_status(backend, status)
 
     def release(
         self, context: IRoutingContext, backend: Backend, bound: bool = True
@@ -304,10 +347,12 @@ class _Dispatch(Generic[_T]):
         router: Router,
         context: IRoutingContext,
         connect: Callable[[Backend], Deferred[_T]],
+        idle: Callable[[Backend], _T | None] | None = None,
     ) -> None:
         self.router = router
         self.context = context
         self.connect = connect
+        self.idle = idle
         self.tried: list[Backend] = []
         self.result: Deferred[tuple[Decision, _T]] = Deferred(self._cancel)
         self.choosing: Deferred[Decision] | None = None
@@ -316,28 +361,26 @@ class _Dispatch(Generic[_T]):
         self.timed_out = False
         self.cancelled = False
 
-    def route(self, decision: Decision | Deferred[Decision]) -> None:
+    def route(
+        self, decision: Decision | Deferred[Decision], idle_tried: bool = False
+    ) -> None:
         """
-        Try the decided backend, once the decision is in.
+        Try the decided backend, once the decision is in: an idle
+        connection to it if there is one, else a new one.
+
+        :param idle_tried: the caller just found no idle connection to it.
         """
-        if isinstance(decision, Decision):
-            self._try(decision)
-        else:
+        if not isinstance(decision, Decision):
             self.choosing = decision
             decision.addCallbacks(self._chosen, self._not_chosen)
-
-    def _chosen(self, decision: Decision) -> None:
-        self.choosing = None
-        self._try(decision)
-
-    def _not_chosen(self, failure: Failure) -> None:
-        self.choosing = None
-        if not self.cancelled:
-            self.result.errback(failure)
-
-    def _try(self, decision: Decision) -> None:
+            return
         backend = decision.backend
         backend.active += 1
+        if self.idle is not None and not idle_tried:
+            ready = self.idle(backend)
+            if ready is not None:
+                self._connected(ready, decision)
+                return
         attempt = self.attempt = self.connect(backend)
         if not attempt.called:
             self.timer = self.router.clock.callLater(
@@ -349,6 +392,15 @@ class _Dispatch(Generic[_T]):
             callbackArgs=(decision,),
             errbackArgs=(decision,),
         )
+
+    def _chosen(self, decision: Decision) -> None:
+        self.choosing = None
+        self.route(decision)
+
+    def _not_chosen(self, failure: Failure) -> None:
+        self.choosing = None
+        if not self.cancelled:
+            self.result.errback(failure)
 
     def _time_out(self) -> None:
         self.timer = None

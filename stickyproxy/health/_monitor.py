@@ -333,17 +333,22 @@ class HealthMonitor(Service):
                 backend, track, track.tracker.connect_failed(backend.health, reason)
             )
 
+    # These two run for every request: they call no further unless the
+    # tracker has a verdict.
+
     def connect_succeeded(self, backend: Backend) -> None:
         track = self._tracks.get(backend)
         if track is not None:
-            self._apply(backend, track.tracker.connect_succeeded())
+            verdict = track.tracker.connect_succeeded()
+            if verdict is not None:
+                self._apply(backend, verdict)
 
     def response_status(self, backend: Backend, status: int) -> None:
         track = self._tracks.get(backend)
         if track is not None:
-            self._passive_failure(
-                backend, track, track.tracker.answered(backend.health, status)
-            )
+            verdict = track.tracker.answered(backend.health, status)
+            if verdict is not None:
+                self._passive_failure(backend, track, verdict)
 
     def _passive_failure(
         self, backend: Backend, track: _Track, verdict: Verdict | None

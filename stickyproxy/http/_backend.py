@@ -263,19 +263,26 @@ class BackendConnections:
         self._sweep: IDelayedCall | None = None
         self.closed = False  # the backend left its pool: keep nothing idle
 
-    def acquire(self) -> Deferred[Any]:
+    def idle(self) -> BackendHTTP | None:
         """
-        An idle connection, or a new one.
-
-        :returns: a Deferred firing with a connected L{BackendHTTP}.
+        :returns: an idle connection to reuse (the newest), or C{None}.
         """
         idle = self._idle
         while idle:
             connection = idle.pop()
             if connection.connected_:
                 connection.reused = True
-                return succeed(connection)
-        return self.connect()
+                return connection
+        return None
+
+    def acquire(self) -> Deferred[Any]:
+        """
+        An idle connection, or a new one.
+
+        :returns: a Deferred firing with a connected L{BackendHTTP}.
+        """
+        connection = self.idle()
+        return self.connect() if connection is None else succeed(connection)
 
     def connect(self) -> Deferred[Any]:
         """

@@ -66,8 +66,8 @@ class HTTPRoutingContext:
         return split_list(value for key, value in self.request_headers if key == name)
 
     def _sent_cookies(self) -> list[tuple[str, str]]:
-        self.consulted.add(b"cookie")
         if self._sent is None:
+            self.consulted.add(b"cookie")
             self._sent = parse_cookie_header(
                 value for key, value in self.request_headers if key == b"cookie"
             )
@@ -86,7 +86,9 @@ class HTTPRoutingContext:
 
     def remove_cookie(self, name: str) -> None:
         cookies = self._cookies_to_forward()
-        self._forwarded = [(k, v) for k, v in cookies if k != name]
+        kept = [(k, v) for k, v in cookies if k != name]
+        if len(kept) != len(cookies):  # else the Cookie header goes as it came
+            self._forwarded = kept
 
     def replace_cookie(self, name: str, value: str) -> None:
         cookies = self._cookies_to_forward()

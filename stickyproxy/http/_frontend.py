@@ -163,21 +163,27 @@ class _Exchange:
     # routing and connecting
 
     def start(self) -> None:
-        clock = self.client.factory.clock
-        self.client.wait(self.client.settings.timeout_response, self._timed_out)
+        client = self.client
+        factory = client.factory
+        client.wait(client.settings.timeout_response, self._timed_out)
         if not self.request_done:
             # From now on the body is read: it must arrive in time.
+            clock = factory.clock
             self.body_started = clock.seconds()
             self.body_deadline = Deadline(clock, self._body_due, self._body_late)
-        self.dispatching = self.client.factory.router.dispatch(self.ctx, self._acquire)
-        self.dispatching.addCallbacks(self._connected, self._no_backend)
+        routed = factory.router.dispatch(self.ctx, self._connect, self._idle)
+        if isinstance(routed, tuple):  # an idle connection was at hand
+            self._connected(routed)
+            return
+        self.dispatching = routed
+        routed.addCallbacks(self._connected, self._no_backend)
         if self.dispatching is not None:
-            self.client.pause_reading()  # until the backend connection is up
+            client.pause_reading()  # until the backend connection is up
 
-    def _acquire(self, backend: Backend) -> Deferred[Any]:
-        return self.client.factory.connections[backend].acquire()
+    def _idle(self, backend: Backend) -> BackendHTTP | None:
+        return self.client.factory.connections[backend].idle()
 
-    def _reconnect(self, backend: Backend) -> Deferred[Any]:
+    def _connect(self, backend: Backend) -> Deferred[Any]:
         return self.client.factory.connections[backend].connect()
 
     def _no_backend(self, failure: Failure) -> None:
@@ -326,14 +332,11 @@ class _Exchange:
         self.ended = "client-timeout"
         self._fail(408, "the request body took too long")
 
-    def _stop_body_deadline(self) -> None:
+    def request_complete(self) -> None:
+        self.request_done = True
         if self.body_deadline is not None:
             self.body_deadline.cancel()
             self.body_deadline = None
-
-    def request_complete(self) -> None:
-        self.request_done = True
-        self._stop_body_deadline()
         if self.backend is not None:
             self._end_body()
 
@@ -365,10 +368,9 @@ class _Exchange:
         ctx = self.ctx
         ctx.status = status
         ctx.response_headers = headers
-        router = self.client.factory.router
-        router.bind(ctx, decision)
+        factory = self.client.factory
+        factory.router.bind(ctx, decision, status)
         self.bound = True
-        router.report_status(decision.backend, status)
         extra = self._debug(decision)
         if body in ("chunked", "close"):
             if self.version == "1.1":
@@ -384,7 +386,9 @@ class _Exchange:
             extra.append(b"connection: keep-alive\r\n")
         client_transport: Any = self.client.transport
         client_transport.write(self._response_head(status, ctx.response_headers, extra))
-        self._head_sent()
+        self.response_started = True
+        if factory.events.active:
+            self.head_time = factory.clock.seconds() - self.started
         client_transport.registerProducer(backend.transport, True)
         self.pulls_response = True
 
@@ -421,7 +425,10 @@ class _Exchange:
     def response_body(self, data: bytes) -> None:
         self.client.timer.touch()
         self.body_sent += len(data)
-        write_body(self.client.transport, data, self.chunked_out)
+        if self.chunked_out:
+            write_body(self.client.transport, data, True)
+        else:
+            self.client.transport.write(data)
 
     def response_complete(self) -> None:
         if self.chunked_out:
@@ -435,7 +442,7 @@ class _Exchange:
         if connection.stale and self.body == "none":
             # The request may go again as it was: the router decides.
             self._let_go(False)
-            retry = router.failed(self.ctx, decision, reason, self._reconnect)
+            retry = router.failed(self.ctx, decision, reason, self._connect)
         else:
             retry = router.failed(self.ctx, decision, reason)
         if retry is not None:
@@ -521,7 +528,9 @@ class _Exchange:
         self._finish(False)
 
     def _release(self, ok: bool) -> None:
-        self._stop_body_deadline()
+        if self.body_deadline is not None:  # the request body never ended
+            self.body_deadline.cancel()
+            self.body_deadline = None
         self._let_go(ok)
         decision = self.decision
         if decision is not None:
@@ -682,7 +691,12 @@ class HTTPProxyProtocol(Protocol):
             self._tunnel.write(data)
             return
         while data and self.refusing is None:
-            data = self._parse(data)
+            try:
+                self._parser.feed_data(data)
+            except (HttpParserUpgrade, HttpParserError) as stop:
+                data = self._parse_stopped(data, stop)
+            else:
+                break
         # Started only now, so that what llhttp finds wrong after the head
         # (a bad Transfer-Encoding) is refused before any backend is asked;
         # but started even when a later request in the same read is refused,
@@ -691,17 +705,16 @@ class HTTPProxyProtocol(Protocol):
         if ready is not None and not ready.finished:
             ready.start()
 
-    def _parse(self, data: bytes) -> bytes:
+    def _parse_stopped(self, data: bytes, stop: Exception) -> bytes:
         """
-        Feed C{data} to llhttp.
+        llhttp stopped reading C{data}: at an upgrade, or at a request it
+        (or one of our callbacks) found wrong.
 
         :returns: what it left unread: after an upgrade request the proxy
             does not tunnel, the rest is plain HTTP/1.1 again.
         """
-        try:
-            self._parser.feed_data(data)
-        except HttpParserUpgrade as upgrade:
-            rest = data[upgrade.args[0] :]
+        if isinstance(stop, HttpParserUpgrade):
+            rest = data[stop.args[0] :]
             plain, self._plain_upgrade = self._plain_upgrade, None
             if plain is not None:
                 return self._read_on(plain, rest)
@@ -709,16 +722,15 @@ class HTTPProxyProtocol(Protocol):
             if exchange is not None:
                 exchange.upgrade_rest = rest  # for the tunnel, if there is one
             self.pause_reading()
-        except HttpParserCallbackError as error:
-            cause = error.__context__
+        elif isinstance(stop, HttpParserCallbackError):
+            cause = stop.__context__
             if not isinstance(cause, _Refuse):
-                raise
+                raise stop
             self.refuse(cause)
-        except HttpParserError as error:
-            if "PRI" in str(error):  # llhttp stops at the HTTP/2 preface
-                self.refuse(_Refuse(505, "HTTP/2 is not supported here"))
-            else:
-                self.refuse(_Refuse(400, f"malformed request: {error}"))
+        elif "PRI" in str(stop):  # llhttp stops at the HTTP/2 preface
+            self.refuse(_Refuse(505, "HTTP/2 is not supported here"))
+        else:
+            self.refuse(_Refuse(400, f"malformed request: {stop}"))
         return b""
 
     def _read_on(self, exchange: _Exchange, rest: bytes) -> bytes:

@@ -152,11 +152,13 @@ class TCPProxyProtocol(Protocol):
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        self._bytes_in += len(data)
         backend = self._backend
         if backend is None:
+            self._bytes_in += len(data)
             self._early.append(data)
             return
+        if self._opened_at is not None:  # counted for its ConnectionClosed
+            self._bytes_in += len(data)
         if self._idle is not None:
             self._idle.touch()
         backend.write(data)
@@ -165,7 +167,8 @@ class TCPProxyProtocol(Protocol):
         """
         Bytes from the backend, for the client.
         """
-        self._bytes_out += len(data)
+        if self._opened_at is not None:
+            self._bytes_out += len(data)
         if self._idle is not None:
             self._idle.touch()
         self.transport.write(data)

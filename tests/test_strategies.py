@@ -403,6 +403,22 @@ class HTTPContextTests(TestCase):
         self.assertEqual((ctx.cookie("STICKY"), ctx.cookie("a")), ("x", "1"))
         self.assertIn((b"cookie", b"a=9; b=2"), ctx.forwarded_headers())
 
+    def test_remove_absent_cookie(self):
+        """
+        Taking off a cookie the request does not carry leaves the request
+        headers as they came: the Cookie headers are not rebuilt.
+        """
+        from stickyproxy.testing import http_context
+
+        headers = [(b"cookie", b"a=1;b=2"), (b"x", b"y"), (b"cookie", b"c=3")]
+        ctx = http_context(headers=list(headers))
+        ctx.remove_cookie("STICKY")
+        self.assertEqual(ctx.forwarded_headers(), headers)
+        ctx.remove_cookie("b")
+        self.assertEqual(
+            ctx.forwarded_headers(), [(b"x", b"y"), (b"cookie", b"a=1; c=3")]
+        )
+
     def test_response_header_values(self):
         """
         Every value of a response header, in order.

@@ -12,6 +12,7 @@ show it.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -639,6 +640,59 @@ class Browser:
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result.get("result", {}).get("value")
+
+    def click(self, selector: str) -> None:
+        """
+        Click the middle of the page's first element matching the CSS
+        C{selector} with the mouse, as a person would (scrolling it into
+        view first).
+
+        :raises RuntimeError: no element matches, or it is not visible.
+        """
+        found = self.evaluate(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+            " if (!e) return null; e.scrollIntoView({block: 'center'});"
+            " const r = e.getBoundingClientRect();"
+            " return [r.x + r.width / 2, r.y + r.height / 2, r.width * r.height]; })()"
+        )
+        if not found or not found[2]:
+            raise RuntimeError(f"nothing visible to click matches {selector!r}")
+        x, y, _ = found
+        for event in ("mousePressed", "mouseReleased"):
+            self.devtools.call(
+                "Input.dispatchMouseEvent",
+                type=event,
+                x=x,
+                y=y,
+                button="left",
+                clickCount=1,
+            )
+
+    def type_into(self, selector: str, text: str) -> None:
+        """
+        Replace what the input matching C{selector} holds by C{text}, typed
+        with the keyboard.
+        """
+        self.evaluate(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+            " e.focus(); e.select(); })()"
+        )
+        self.devtools.call("Input.insertText", text=text)
+
+    def screenshot(self, path: Path, width: int = 1280, height: int = 900) -> None:
+        """
+        Save the page as a PNG file, seen through a window of C{width} by
+        C{height} CSS pixels.
+        """
+        self.devtools.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        data = self.devtools.call("Page.captureScreenshot", format="png")["data"]
+        path.write_bytes(base64.b64decode(data))
 
     def cookies(self, url: str) -> list[dict[str, Any]]:
         """

@@ -3,12 +3,21 @@ End-to-end: the dashboard at C{/} of the real proxy's admin listener, in a
 real browser (headless Chromium, driven over the DevTools protocol), over
 real backends and cookie clients.
 
+C{test_drain} saves a screenshot of the page while a backend drains: into
+the directory named by C{STICKYPROXY_SCREENSHOT_DIR} when it is set (the
+documentation's is made with C{STICKYPROXY_SCREENSHOT_DIR=docs/_static}),
+else into the test's temporary directory, so that ordinary runs leave the
+working tree alone.
+
 Skipped when Chromium is not installed (Debian: C{apt-get install
 chromium}).
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from tests.e2e._harness import (
@@ -25,8 +34,14 @@ from tests.e2e._harness import (
     toml_table,
 )
 
+#: Where C{test_drain} saves C{dashboard.png}, when set.
+SCREENSHOT_DIR = "STICKYPROXY_SCREENSHOT_DIR"
 #: Seconds a cookie client's session counts after its last request.
-MAX_IDLE = 12
+MAX_IDLE = 8
+#: Cookie clients, each with its own jar, spread over the backends.
+CLIENTS = 6
+#: The drain deadline typed into the page, in seconds.
+DEADLINE = 300
 #: How long anything may take to show on the page (it polls every second).
 SHOWS = 30.0
 
@@ -108,11 +123,49 @@ class DashboardBrowserTests(HTTPE2ETestCase):
         cards: list[dict[str, Any]] = browser.evaluate(CARDS)
         return {card["name"]: card for card in cards}
 
+    def card_shows(
+        self,
+        browser: Browser,
+        name: str,
+        what: str,
+        timeout: float = SHOWS,
+        **expected: object,
+    ) -> dict[str, Any]:
+        """
+        Wait until the card of backend C{name} shows C{expected} (and, for
+        C{sessions_at_least}, at least that many sessions).
+
+        :returns: the card, as it then was.
+        """
+        at_least = expected.pop("sessions_at_least", None)
+
+        def shown() -> dict[str, Any] | None:
+            card = self.cards(browser).get(name)
+            if card is None or any(card[k] != v for k, v in expected.items()):
+                return None
+            if at_least is not None and card["sessions"] < at_least:
+                return None
+            return card
+
+        return self.wait(
+            shown, timeout, f"the card of {name} to show {what}", self.proxy
+        )
+
+    def api_backend(self, name: str) -> dict[str, Any]:
+        """
+        The backend's object from C{GET /api/backends}.
+        """
+        result = self.curl(self.admin_url + "api/backends")
+        backends = {b["name"]: b for b in json.loads(result.body)}
+        found: dict[str, Any] = backends[name]
+        return found
+
     def test_every_backend(self) -> None:
         """
         The first HTML from the proxy already lists the frontend, the pool
         and every backend with its state; in the browser the page goes live
-        and shows every backend up and ready.
+        and shows every backend up and ready.  A change the API refuses
+        (a negative weight) shows the API's error on the backend's card.
         """
         page = self.curl(self.admin_url)
         self.assertEqual(page.status, 200, page.describe())
@@ -129,3 +182,96 @@ class DashboardBrowserTests(HTTPE2ETestCase):
             self.assertEqual(
                 (card["pool"], card["state"], card["admin"]), ("main", "up", "ready")
             )
+        browser.type_into('article[data-backend="b2"] input[name="weight"]', "-1")
+        browser.click('article[data-backend="b2"] button[data-action="weight"]')
+        error = self.wait(
+            lambda: self.cards(browser)["b2"]["error"],
+            SHOWS,
+            "the card of b2 to show an error",
+            self.proxy,
+        )
+        self.assertIn("Could not set the weight: 400", error)
+        self.assertEqual(self.api_backend("b2")["weight"], 1)
+        browser.type_into('article[data-backend="b2"] input[name="weight"]', "-1")
+        browser.click('article[data-backend="b2"] button[data-action="weight"]')
+        card = self.wait(
+            lambda: self.cards(browser)["b2"]["error"],
+            SHOWS,
+            "the card of b2 to show an error",
+            self.proxy,
+        )
+        self.assertIn("Could not set the weight: 400", card)
+        self.assertEqual(self.api_backend("b2")["weight"], 1)
+
+    def test_drain(self) -> None:
+        """
+        Clicking "Drain" (with a deadline) on a backend that holds cookie
+        sessions puts it in drain: its card shows the drain's progress
+        (sessions left out of those at the start, time left to the
+        deadline, as bars), its sticky clients keep coming to it, the
+        sessions left fall as they leave, and it goes to maint when the
+        last has gone.  The page is saved as a screenshot meanwhile.
+        """
+        browser = self.open_dashboard()
+        jars = [self.jar(f"client{n}") for n in range(CLIENTS)]
+        bound = [self.served("/", *jar).backend for jar in jars]
+        target = bound[0]
+        assert target is not None
+        mine = [
+            jar for jar, backend in zip(jars, bound, strict=True) if backend == target
+        ]
+        self.assertGreaterEqual(len(mine), 2, bound)
+        self.card_shows(browser, target, "its sessions", sessions_at_least=len(mine))
+
+        selector = f'article[data-backend="{target}"]'
+        browser.type_into(f'{selector} input[name="deadline"]', str(DEADLINE))
+        browser.click(f'{selector} button[data-action="drain"]')
+        card = self.card_shows(
+            browser, target, "a drain in progress", admin="drain", draining=True
+        )
+        left, before = (int(n) for n in card["drain_sessions"].split(" of "))
+        self.assertEqual((left, before), (len(mine), len(mine)), card)
+        self.assertEqual(card["sessions_bar"], [left, before])
+        self.assertIn("left of", card["drain_time"])
+        elapsed, total = card["time_bar"]
+        self.assertTrue(0 <= elapsed < 10 and DEADLINE - 10 < total <= DEADLINE, card)
+        self.assertIsNotNone(self.api_backend(target)["drain"]["deadline"])
+
+        # New clients go elsewhere; one sticky client stays on the draining
+        # backend while the others leave, so its sessions left fall.
+        for n in range(CLIENTS):
+            self.assertNotEqual(self.served("/", *self.jar(f"new{n}")).backend, target)
+        stays = mine[0]
+
+        def fallen() -> dict[str, Any] | None:
+            self.assertEqual(self.served("/", *stays).backend, target)
+            card = self.cards(browser)[target]
+            shown = card["draining"] and card["drain_sessions"] == f"1 of {before}"
+            return card if shown and card["requests"] not in ("–", "0.0") else None
+
+        card = self.wait(
+            fallen,
+            MAX_IDLE + SHOWS,
+            f"{target}'s sessions left to fall to 1 of {before}",
+            self.proxy,
+            interval=1.0,
+        )
+        self.assertEqual(card["sessions_bar"], [1, before])
+        self.save_screenshot(browser)
+
+        # The last one leaves: the drain is over.
+        card = self.card_shows(
+            browser, target, "maint", timeout=MAX_IDLE + SHOWS, admin="maint"
+        )
+        self.assertFalse(card["draining"], card)
+        self.assertEqual(self.api_backend(target)["admin_state"], "maint")
+
+    def save_screenshot(self, browser: Browser) -> None:
+        """
+        Save the page as C{dashboard.png} (see the module's docstring).
+        """
+        directory = Path(os.environ.get(SCREENSHOT_DIR) or self.workdir)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "dashboard.png"
+        browser.screenshot(path)
+        self.assertEqual(path.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")

@@ -36,6 +36,8 @@ from tests.e2e._harness import (
 
 #: Where C{test_drain} saves C{dashboard.png}, when set.
 SCREENSHOT_DIR = "STICKYPROXY_SCREENSHOT_DIR"
+#: The admin token of L{TokenBrowserTests}.
+TOKEN = "end-to-end-admin-token-not-a-secret"
 #: Seconds a cookie client's session counts after its last request.
 MAX_IDLE = 8
 #: Cookie clients, each with its own jar, spread over the backends.
@@ -67,11 +69,13 @@ Array.from(document.querySelectorAll("article[data-backend]"), (card) => {
 """
 
 
-class DashboardBrowserTests(HTTPE2ETestCase):
+class DashboardE2ETestCase(HTTPE2ETestCase):
     """
     An HTTP frontend with cookie persistence over three backends, and the
-    admin listener.
+    admin listener (with the C{[admin]} options in L{admin}).
     """
+
+    admin: dict[str, object] = {}
 
     def setUp(self) -> None:
         super().setUp()
@@ -88,7 +92,10 @@ class DashboardBrowserTests(HTTPE2ETestCase):
         }
         config = self.http_proxy_config(self.port, persistence)
         config += "\n".join(
-            toml_table("admin", {"listen": f"tcp:{admin_port}:interface={HOST}"})
+            toml_table(
+                "admin",
+                {"listen": f"tcp:{admin_port}:interface={HOST}", **self.admin},
+            )
         )
         self.proxy = self.start_proxy_with_config(config + "\n", self.port)
         self.wait(
@@ -159,6 +166,12 @@ class DashboardBrowserTests(HTTPE2ETestCase):
         backends = {b["name"]: b for b in json.loads(result.body)}
         found: dict[str, Any] = backends[name]
         return found
+
+
+class DashboardBrowserTests(DashboardE2ETestCase):
+    """
+    The dashboard of a proxy whose admin listener needs no token.
+    """
 
     def test_every_backend(self) -> None:
         """
@@ -275,3 +288,46 @@ class DashboardBrowserTests(HTTPE2ETestCase):
         path = directory / "dashboard.png"
         browser.screenshot(path)
         self.assertEqual(path.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
+
+
+class TokenBrowserTests(DashboardE2ETestCase):
+    """
+    The dashboard of a proxy whose admin listener needs a token for changes.
+    """
+
+    admin = {"token": TOKEN}
+
+    def dialog_open(self, browser: Browser) -> bool:
+        return bool(browser.evaluate('document.getElementById("token-dialog").open'))
+
+    def test_asks_once(self) -> None:
+        """
+        The first change asks for the token in a dialog: cancelled, the
+        change is not made and the card says why; given, the change is
+        made with it, and the next change does not ask again.
+        """
+        browser = self.open_dashboard()
+        b1 = 'article[data-backend="b1"]'
+        browser.click(f'{b1} button[data-action="maint"]')
+        self.wait(lambda: self.dialog_open(browser), SHOWS, "the token dialog")
+        browser.click('#token-dialog button[value="cancel"]')
+        self.wait(
+            lambda: "needs the admin token" in self.cards(browser)["b1"]["error"],
+            SHOWS,
+            "the card of b1 to say the change needs the token",
+            self.proxy,
+        )
+        self.assertEqual(self.api_backend("b1")["admin_state"], "ready")
+
+        browser.click(f'{b1} button[data-action="maint"]')
+        self.wait(lambda: self.dialog_open(browser), SHOWS, "the token dialog")
+        browser.type_into('#token-dialog input[name="token"]', TOKEN)
+        browser.click('#token-dialog button[value="ok"]')
+        card = self.card_shows(browser, "b1", "maint", admin="maint")
+        self.assertEqual(card["error"], "")
+        self.assertEqual(self.api_backend("b1")["admin_state"], "maint")
+
+        browser.click(f'{b1} button[data-action="ready"]')
+        self.card_shows(browser, "b1", "ready", admin="ready")
+        self.assertFalse(self.dialog_open(browser))
+        self.assertEqual(self.api_backend("b1")["admin_state"], "ready")

@@ -679,18 +679,26 @@ class Browser:
         )
         self.devtools.call("Input.insertText", text=text)
 
-    def screenshot(self, path: Path, width: int = 1280, height: int = 900) -> None:
+    def screenshot(self, path: Path, width: int = 1280, height: int = 0) -> None:
         """
-        Save the page as a PNG file, seen through a window of C{width} by
-        C{height} CSS pixels.
+        Save the page as a PNG file, seen through a window C{width} CSS
+        pixels wide and C{height} high (by default as high as the page's
+        content at that width).
         """
-        self.devtools.call(
-            "Emulation.setDeviceMetricsOverride",
-            width=width,
-            height=height,
-            deviceScaleFactor=1,
-            mobile=False,
-        )
+
+        def window(high: int) -> None:
+            self.devtools.call(
+                "Emulation.setDeviceMetricsOverride",
+                width=width,
+                height=high,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
+
+        if not height:
+            window(1)
+            height = int(self.evaluate("document.body.scrollHeight"))
+        window(height)
         data = self.devtools.call("Page.captureScreenshot", format="png")["data"]
         path.write_bytes(base64.b64decode(data))
 

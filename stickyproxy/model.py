@@ -205,7 +205,12 @@ class RequestFinished:
         head was read reports 0 for both times.
     :ivar ended: how it ended, in one word (C{"ok"}, C{"no-backend"},
         C{"client-timeout"}, C{"backend-error"}, C{"refused"},
-        C{"upgraded"}, C{"abandoned"}, ...).
+        C{"upgraded"}, C{"abandoned"} (the client left before the end of
+        its response, or the connection closed before it started), ...).
+    :ivar version: the request's HTTP version (C{"1.1"}), or C{""} when it
+        was refused before that was read.
+    :ivar referer: the request's C{Referer} header, or C{""}.
+    :ivar user_agent: its C{User-Agent} header, or C{""}.
     """
 
     frontend: str
@@ -222,6 +227,9 @@ class RequestFinished:
     head_time: float | None
     total_time: float
     ended: str
+    version: str = ""
+    referer: str = ""
+    user_agent: str = ""
 
 
 @attrs.frozen
@@ -246,6 +254,14 @@ class ConnectionClosed:
     :ivar bytes_in: bytes from the client to the backend.
     :ivar bytes_out: bytes from the backend to the client.
     :ivar duration: seconds it was open.
+    :ivar ended: how it ended, in one word: C{"client-closed"} or
+        C{"backend-closed"} (that side ended it), C{"client-aborted"} or
+        C{"backend-aborted"} (that side's connection was lost, not closed),
+        C{"idle-timeout"}, or C{"backend-down"} (closed by the proxy, with
+        C{on_down = "close"}).
+    :ivar persistence: the persistence outcome, as in L{ConnectionOpened}.
+    :ivar strategy: the strategy whose binding decided, as in
+        L{ConnectionOpened}.
     """
 
     frontend: str
@@ -255,6 +271,9 @@ class ConnectionClosed:
     bytes_in: int
     bytes_out: int
     duration: float
+    ended: str = ""
+    persistence: str = ""
+    strategy: str | None = None
 
 
 @attrs.frozen

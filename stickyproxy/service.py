@@ -13,8 +13,8 @@ for embedding in any other Twisted program::
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -41,6 +41,13 @@ from stickyproxy.config._options import (
 from stickyproxy.core._balancers import make_balancer
 from stickyproxy.core._endpoints import connect_endpoint
 from stickyproxy.core._events import EventStream
+from stickyproxy.core._logfile import (
+    TO_LOG,
+    TO_STDOUT,
+    ILineLog,
+    line_log,
+    writable_file_problem,
+)
 from stickyproxy.core._pool import Pool
 from stickyproxy.core._proxyheader import ProxyHeaderWrappingFactory
 from stickyproxy.core._router import Router
@@ -58,7 +65,10 @@ from stickyproxy.interfaces import (
 from stickyproxy.model import Backend
 from stickyproxy.persistence._registry import StrategyRegistry
 from stickyproxy.persistence._secrets import KEY_FILE, FileSecrets
+from stickyproxy.tcp._connectionlog import ConnectionLog
 from stickyproxy.tcp._splice import TCPProxyFactory
+
+_T = TypeVar("_T")
 
 
 class ListenerService(Service):
@@ -258,6 +268,8 @@ class ProxyService(MultiService):
     :ivar admin: the admin listener (L{stickyproxy.admin.AdminRoot}), or
         C{None} without C{[admin]}.
     :ivar events: everything that happens, for subscribers (L{IProxyEvents}).
+    :ivar log_files: where access and connection log lines go other than
+        the proxy's log, by C{access_log} value (C{"stdout"} or a path).
     :ivar secrets: the proxy's secret, kept in C{stickyproxy.key} in the
         config's C{state_dir}, from which strategies without C{keys} derive
         theirs (L{IKeyedStrategyFactory}); read or made only if one does.
@@ -292,6 +304,7 @@ class ProxyService(MultiService):
         )
         registry = registry if registry is not None else StrategyRegistry.from_plugins()
         self.events = EventStream()
+        self.log_files: dict[str, ILineLog] = {}
         self.pools: Mapping[str, Pool] = {
             name: build_pool(pool, reactor) for name, pool in config.pools.items()
         }
@@ -352,9 +365,73 @@ class ProxyService(MultiService):
             listener.setServiceParent(self)
             self.routers[frontend.name] = router
             self.listeners[frontend.name] = listener
-        logged = [f.name for f in config.frontends if f.http and f.http.access_log]
-        if logged:
-            self.events.subscribe(AccessLog(logged))
+        self._subscribe_logs(config.frontends)
+
+    def _subscribe_logs(self, frontends: Iterable[FrontendConfig]) -> None:
+        """
+        Subscribe the access log of the HTTP frontends and the connection
+        log of the TCP ones that have C{access_log} set, their lines going
+        to the proxy's log, standard output, or a file (checked here to be
+        writable, and opened by L{open_logs}; one per path).
+
+        :raises ConfigError: naming the C{access_log} of a file that cannot
+            be written.
+        """
+        logged: dict[str, list[str]] = {"http": [], "tcp": []}
+        lines: dict[str, ILineLog] = {}
+        for frontend in frontends:
+            destination = frontend.access_log
+            if destination is None:
+                continue
+            logged[frontend.mode].append(frontend.name)
+            if destination == TO_LOG:
+                continue
+            if destination not in self.log_files:
+                problem = (
+                    None
+                    if destination == TO_STDOUT
+                    else writable_file_problem(destination)
+                )
+                if problem is not None:
+                    raise ConfigError(
+                        join_path(frontend.path, "access_log"),
+                        f"expected a file the proxy can append to; {problem}",
+                    )
+                self.log_files[destination] = line_log(destination)
+            lines[frontend.name] = self.log_files[destination]
+        if logged["http"]:
+            self.events.subscribe(AccessLog(logged["http"], self.reactor, lines))
+        if logged["tcp"]:
+            self.events.subscribe(ConnectionLog(logged["tcp"], self.reactor, lines))
+
+    def open_logs(self) -> None:
+        """
+        Open the access and connection log files now, if not already
+        (L{privilegedStartService} does it otherwise).  Call it before
+        dropping privileges.
+
+        :raises ConfigError: a file cannot be opened.
+        """
+        for destination, lines in self.log_files.items():
+            try:
+                lines.open()
+            except OSError as error:
+                raise ConfigError(
+                    destination, f"cannot open the log file ({error.strerror})"
+                ) from None
+
+    def reopen_logs(self) -> None:
+        """
+        Reopen the log files by their names: after logrotate moved them
+        away (C{SIGUSR1} under C{twistd}).
+        """
+        for lines in self.log_files.values():
+            lines.reopen()
+        if self.log_files:
+            self.log.info(
+                "reopened the log files: {paths}",
+                paths=", ".join(p for p in self.log_files if p != TO_STDOUT),
+            )
 
     def new_backend(self, pool: str, table: Mapping[str, object]) -> Backend:
         """
@@ -406,13 +483,19 @@ class ProxyService(MultiService):
 
     def privilegedStartService(self) -> None:
         self.bind()
+        self.open_logs()
         super().privilegedStartService()
 
     def stopService(self) -> Deferred[None]:
         for pool in self.pools.values():
             pool.stop()
         stopped: Deferred[None] = super().stopService()
-        return stopped
+        return stopped.addBoth(self._close_logs)
+
+    def _close_logs(self, result: _T) -> _T:
+        for lines in self.log_files.values():
+            lines.close()
+        return result
 
     def addresses(self) -> dict[str, IAddress | None]:
         """

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import sys
 import textwrap
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import attrs
 from zope.interface import provider
 
 from twisted import __version__ as twisted_version
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
 from twisted.logger import (
     ILogObserver,
     LogEvent,
@@ -388,8 +391,44 @@ def _makeService(options: Options, reactor: Any) -> ProxyService:
     proxy = ProxyService(config, reactor, registry)
     if demo_ports is not None:
         DemoService(demo_ports, proxy).setServiceParent(proxy)
+    OnSignal(signal.SIGUSR1, proxy.reopen_logs, reactor).setServiceParent(proxy)
     proxy.bind()
+    proxy.open_logs()
     return proxy
+
+
+class OnSignal(Service):
+    """
+    While running, calls C{action} in the reactor thread when the process
+    gets signal C{signum}, then the handler that was there before (such
+    as twistd's, which rotates its C{--logfile} on C{SIGUSR1}).
+    """
+
+    def __init__(self, signum: int, action: Callable[[], object], reactor: Any) -> None:
+        self.signum = signum
+        self.action = action
+        self.reactor = reactor
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous = signal.signal(self.signum, self.received)
+
+    def stopService(self) -> None:
+        super().stopService()
+        previous, self._previous = self._previous, None
+        if signal.getsignal(self.signum) == self.received:
+            # None: the handler before was not set from Python.
+            signal.signal(self.signum, signal.SIG_DFL if previous is None else previous)
+
+    def received(self, signum: int, frame: FrameType | None) -> None:
+        """
+        The signal handler: hand C{action} to the reactor (a signal may
+        interrupt it anywhere), and chain to the previous handler.
+        """
+        self.reactor.callFromThread(self.action)
+        if callable(self._previous):
+            self._previous(signum, frame)
 
 
 def check_config(options: Options, reactor: Any) -> str:

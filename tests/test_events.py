@@ -289,7 +289,8 @@ class HTTPEventTests(HTTPTestCase):
     def test_request_finished(self):
         """
         A served request is published once, with where it went, how the
-        strategy decided, the bytes each way and its timings.
+        strategy decided, the bytes each way, its timings and its HTTP
+        version.
         """
         protocol, transport = self.client()
         protocol.dataReceived(
@@ -319,6 +320,7 @@ class HTTPEventTests(HTTPTestCase):
                 head_time=0.25,
                 total_time=0.75,
                 ended="ok",
+                version="1.1",
             ),
         )
 
@@ -453,7 +455,8 @@ class TCPEventTests(TCPTestCase):
     def test_opened_and_closed(self):
         """
         A spliced connection is published when its backend connects and
-        when it ends, with the bytes each way and how long it lasted.
+        when it ends, with the bytes each way, how long it lasted, how it
+        ended and how its backend was chosen.
         """
         client, _ = self.connect_client()
         client.dataReceived(b"early ")
@@ -471,7 +474,11 @@ class TCPEventTests(TCPTestCase):
         client.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(
             self.recording.closed,
-            [ConnectionClosed("front", "p", "a", "10.0.0.1", 13, 6, 2.5)],
+            [
+                ConnectionClosed(
+                    "front", "p", "a", "10.0.0.1", 13, 6, 2.5, "client-closed", "new"
+                )
+            ],
         )
 
     def test_hit(self):

@@ -9,6 +9,7 @@ running objects, with the same L{ConfigError} and key paths.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from stickyproxy.config import _bounds as bounds
 from stickyproxy.config._options import ConfigError, OptionReader, join_path
 from stickyproxy.config._settings import HealthSettings, HTTPSettings, StatusRanges
 from stickyproxy.core._balancers import BALANCERS
+from stickyproxy.core._logfile import TO_LOG, TO_STDOUT
 from stickyproxy.core._router import PERSISTENCE_TIMEOUT
 from stickyproxy.interfaces import IPersistenceStrategyFactory
 from stickyproxy.model import AdminState, Health
@@ -120,6 +122,10 @@ class PersistenceConfig:
 class FrontendConfig:
     """
     One C{[[frontend]]} table.
+
+    :ivar access_log: where its access log (HTTP) or connection log (TCP)
+        goes: C{"log"} (the proxy's log), C{"stdout"}, or a file's
+        absolute path; C{None} for nowhere.
     """
 
     name: str
@@ -134,6 +140,7 @@ class FrontendConfig:
     strict: bool = False
     persistence_timeout: float = PERSISTENCE_TIMEOUT
     http: HTTPSettings | None = None
+    access_log: str | None = None
     path: str = ""
 
 
@@ -359,7 +366,6 @@ HTTP_KEYS = (
     "forwarded",
     "redispatch_header",
     "debug_header",
-    "access_log",
     "timeout_request",
     "timeout_body",
     "body_min_rate",
@@ -382,7 +388,6 @@ def _http_settings(reader: OptionReader) -> HTTPSettings:
         forwarded=reader.boolean("forwarded", False),
         redispatch_header=_header_name(reader, "redispatch_header"),
         debug_header=_header_name(reader, "debug_header"),
-        access_log=reader.boolean("access_log", False),
         timeout_request=reader.number("timeout_request", 10.0, bounds=bounds.TIMEOUT),
         timeout_body=reader.number("timeout_body", 30.0, bounds=bounds.TIMEOUT),
         body_min_rate=reader.number(
@@ -484,10 +489,27 @@ def _frontend(
             bounds=bounds.PERSISTENCE_TIMEOUT,
         ),
         http=_http_settings(reader) if mode == "http" else None,
+        access_log=_access_log(reader),
         path=reader.path,
     )
     reader.finish()
     return frontend
+
+
+def _access_log(reader: OptionReader) -> str | None:
+    """
+    Read C{access_log}: C{true} (the proxy's log), C{false}, C{"stdout"},
+    or a file's absolute path.
+    """
+    value = reader.value("access_log", False)
+    if value is True:
+        return TO_LOG
+    if value is False:
+        return None
+    if isinstance(value, str) and "\0" not in value:
+        if value == TO_STDOUT or os.path.isabs(value):
+            return value
+    raise reader.fail("access_log", 'true, false, "stdout" or a file\'s absolute path')
 
 
 def load_config(data: Mapping[str, object], registry: StrategyRegistry) -> ProxyConfig:

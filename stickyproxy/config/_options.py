@@ -204,6 +204,13 @@ class OptionReader:
             f"expected {expected}, got {describe(self._table.get(name))}",
         )
 
+    def value(self, name: str, default: object = _MISSING) -> object:
+        """
+        Read a value of any type, for a key that takes several kinds (the
+        caller checks it, and L{fail}s).
+        """
+        return self._get(name, default)
+
     def string(
         self,
         name: str,

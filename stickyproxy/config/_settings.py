@@ -71,7 +71,6 @@ class HTTPSettings:
     forwarded: bool = False
     redispatch_header: bytes | None = None
     debug_header: bytes | None = None
-    access_log: bool = False
     timeout_request: float = 10.0
     timeout_body: float = 30.0
     body_min_rate: float = 500.0

@@ -114,6 +114,16 @@ def write_body(transport: Any, data: bytes, chunked: bool) -> None:
         transport.write(data)
 
 
+def _header_text(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
+    """
+    :returns: the first value of header C{name}, for events, or C{""}.
+    """
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
 @implementer(IResponseReceiver)
 class _Exchange:
     """
@@ -611,6 +621,9 @@ class _Exchange:
                 head_time=self.head_time,
                 total_time=factory.clock.seconds() - self.started,
                 ended=self.ended,
+                version=self.version,
+                referer=_header_text(ctx.request_headers, b"referer"),
+                user_agent=_header_text(ctx.request_headers, b"user-agent"),
             )
         )
 

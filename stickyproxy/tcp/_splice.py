@@ -15,6 +15,7 @@ from typing import Any
 from zope.interface import implementer
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
@@ -87,6 +88,14 @@ class TCPProxyProtocol(Protocol):
         self._bytes_out = 0  # backend -> client
         # When its ConnectionOpened was published (then ConnectionClosed is).
         self._opened_at: float | None = None
+        self._ended: str | None = None  # how it ended, for events
+
+    def _end(self, how: str) -> None:
+        """
+        Say how the connection ends, unless something already did.
+        """
+        if self._ended is None:
+            self._ended = how
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
@@ -174,6 +183,7 @@ class TCPProxyProtocol(Protocol):
         self.transport.write(data)
 
     def readConnectionLost(self) -> None:
+        self._end("client-closed")
         self._client_done = True
         if self._backend is not None:
             self._backend.loseWriteConnection()
@@ -186,6 +196,7 @@ class TCPProxyProtocol(Protocol):
         """
         The backend half-closed: pass the FIN on to the client.
         """
+        self._end("backend-closed")
         self._backend_done = True
         self.transport.loseWriteConnection()
         self._close_if_both_done()
@@ -199,11 +210,15 @@ class TCPProxyProtocol(Protocol):
         """
         The backend connection is gone: close the client once its data is out.
         """
+        self._end(
+            "backend-closed" if reason.check(ConnectionDone) else "backend-aborted"
+        )
         self._backend_done = True
         self.transport.loseConnection()
         self._finish()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._end("client-closed" if reason.check(ConnectionDone) else "client-aborted")
         if self._connecting is not None:
             self._connecting.cancel()
         if self._backend is not None:
@@ -236,6 +251,9 @@ class TCPProxyProtocol(Protocol):
                 bytes_in=self._bytes_in,
                 bytes_out=self._bytes_out,
                 duration=factory.clock.seconds() - self._opened_at,
+                ended=self._ended or "client-closed",
+                persistence=decision.persistence,
+                strategy=decision.decided_by,
             )
         )
 
@@ -243,11 +261,13 @@ class TCPProxyProtocol(Protocol):
         """
         Close both connections (the client's after what it is owed is sent).
         """
+        self._end("backend-down")
         self.transport.loseConnection()
         if self._backend is not None:
             self._backend.abortConnection()
 
     def _close_idle(self) -> None:
+        self._end("idle-timeout")
         self.log.info(
             "{frontend}: closing idle connection from {client}",
             frontend=self.factory.name,

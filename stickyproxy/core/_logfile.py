@@ -9,12 +9,16 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Collection, Mapping
 from typing import IO, Any
 
 import attrs
 from zope.interface import Interface, implementer
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+
+from stickyproxy.core._events import IgnoreEvents
 
 #: The values of C{access_log} that are not file paths.
 TO_LOG = "log"
@@ -202,3 +206,35 @@ def dash(value: Any) -> str:
     :returns: C{value} as text, or C{-} for none.
     """
     return "-" if value is None or value == "" else str(value)
+
+
+class FrontendLog(IgnoreEvents):
+    """
+    What the access log and the connection log share: the frontends they
+    log, and where each one's lines go.
+    """
+
+    def __init__(
+        self,
+        frontends: Collection[str],
+        clock: IReactorTime | None = None,
+        lines: Mapping[str, ILineLog] | None = None,
+    ) -> None:
+        """
+        :param frontends: the frontends logged (those with C{access_log}
+            set).
+        :param clock: where the time of a line is read (needed with
+            C{lines}).
+        :param lines: where the lines of some of them go, by frontend; the
+            rest go to the proxy's log, as events.
+        """
+        self.frontends = frozenset(frontends)
+        self.clock = clock
+        self.lines = dict(lines or {})
+
+    def started(self, elapsed: float) -> str:
+        """
+        :returns: the time, C{elapsed} seconds ago, as a line shows it.
+        """
+        assert self.clock is not None, "a log with lines needs a clock"
+        return clf_time(self.clock.seconds() - elapsed)

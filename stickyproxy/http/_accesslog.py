@@ -5,17 +5,13 @@ stream.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from stickyproxy.core._events import IgnoreEvents
-from stickyproxy.core._logfile import ILineLog, clf_time, dash, quoted
+from stickyproxy.core._logfile import FrontendLog, dash, quoted
 from stickyproxy.model import RequestFinished
 
 
-class AccessLog(IgnoreEvents):
+class AccessLog(FrontendLog):
     """
     Logs each finished request of the named frontends, naming the strategy
     that decided and how (C{balancer} when none did; C{-} for a request no
@@ -28,24 +24,6 @@ class AccessLog(IgnoreEvents):
     """
 
     log = Logger()
-
-    def __init__(
-        self,
-        frontends: Collection[str],
-        clock: IReactorTime | None = None,
-        lines: Mapping[str, ILineLog] | None = None,
-    ) -> None:
-        """
-        :param frontends: the frontends whose requests are logged (those
-            with C{access_log} set).
-        :param clock: the time requests started is read from (needed with
-            C{lines}).
-        :param lines: where the lines of some of them go, by frontend; the
-            rest go to the proxy's log.
-        """
-        self.frontends = frozenset(frontends)
-        self.clock = clock
-        self.lines = dict(lines or {})
 
     def request_finished(self, event: RequestFinished) -> None:
         if event.frontend not in self.frontends:
@@ -77,8 +55,6 @@ class AccessLog(IgnoreEvents):
                 user_agent=event.user_agent,
             )
             return
-        assert self.clock is not None, "an access log with lines needs a clock"
-        started = self.clock.seconds() - event.total_time
         request = " ".join(
             part
             for part in (
@@ -89,7 +65,7 @@ class AccessLog(IgnoreEvents):
             if part
         )
         lines.write_line(
-            f"{event.client} - - [{clf_time(started)}] {quoted(request)} "
+            f"{event.client} - - [{self.started(event.total_time)}] {quoted(request)} "
             f"{dash(event.status)} {event.bytes_out} {quoted(event.referer)} "
             f"{quoted(event.user_agent)} {event.frontend} {backend} {strategy} "
             f"{outcome} {duration_ms}ms {event.ended}"

@@ -5,17 +5,13 @@ subscriber of the event stream.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from stickyproxy.core._events import IgnoreEvents
-from stickyproxy.core._logfile import ILineLog, clf_time
+from stickyproxy.core._logfile import FrontendLog
 from stickyproxy.model import ConnectionClosed
 
 
-class ConnectionLog(IgnoreEvents):
+class ConnectionLog(FrontendLog):
     """
     Logs each connection of the named frontends when it closes: the
     client, the backend, the strategy that decided and how (C{balancer}
@@ -28,24 +24,6 @@ class ConnectionLog(IgnoreEvents):
     """
 
     log = Logger()
-
-    def __init__(
-        self,
-        frontends: Collection[str],
-        clock: IReactorTime | None = None,
-        lines: Mapping[str, ILineLog] | None = None,
-    ) -> None:
-        """
-        :param frontends: the frontends whose connections are logged (those
-            with C{access_log} set).
-        :param clock: the time connections opened is read from (needed
-            with C{lines}).
-        :param lines: where the lines of some of them go, by frontend; the
-            rest go to the proxy's log.
-        """
-        self.frontends = frozenset(frontends)
-        self.clock = clock
-        self.lines = dict(lines or {})
 
     def connection_closed(self, event: ConnectionClosed) -> None:
         if event.frontend not in self.frontends:
@@ -69,10 +47,8 @@ class ConnectionLog(IgnoreEvents):
                 ended=event.ended,
             )
             return
-        assert self.clock is not None, "a connection log with lines needs a clock"
-        opened = self.clock.seconds() - event.duration
         lines.write_line(
-            f"{event.client} - - [{clf_time(opened)}] {event.frontend} "
+            f"{event.client} - - [{self.started(event.duration)}] {event.frontend} "
             f"{event.backend} {strategy} {event.persistence} in={event.bytes_in} "
             f"out={event.bytes_out} {duration_ms}ms {event.ended}"
         )

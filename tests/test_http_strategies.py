@@ -580,6 +580,26 @@ class CookieTests(TestCase):
         self.clock.advance(1000)
         self.assertEqual(self.pool.sessions("b"), 0)
 
+    def test_session_count_lifetimes(self):
+        """
+        A session stops counting after the shortest of the cookie's
+        lifetimes without its client, even with no C{max_idle}: a cookie
+        whose C{max_age} or C{max_life} is over cannot come back, so a
+        drain need not wait for it.
+        """
+        for options, lifetime in [
+            ({"max_age": 60}, 60),
+            ({"max_life": 90, "max_age": 600}, 90),
+            ({"max_idle": 120, "max_age": 600, "max_life": 900}, 120),
+        ]:
+            pool = make_pool("b")
+            strategy = _build(cookie, pool, self.clock, keys=[KEY], **options)
+            _visit(strategy, pool.get("b"))
+            self.clock.advance(lifetime - 1)
+            self.assertEqual(pool.sessions("b"), 1, options)
+            self.clock.advance(1)
+            self.assertEqual(pool.sessions("b"), 0, options)
+
     def test_redispatch(self):
         """
         When the bound backend is in maintenance, the router moves the

@@ -140,6 +140,7 @@ class CookieFactory(KeyedFactory):
                 secrets,
                 max_idle=max_idle,
                 max_life=max_life,
+                max_age=max_age,
             )
             return CookieInsert(cookie, max_age)
 

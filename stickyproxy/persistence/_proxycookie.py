@@ -62,7 +62,7 @@ _DIRECTIVE = re.compile(rb'(?:[^,"]|"(?:[^"\\]|\\.)*")+')
 CHECKED_VALUES = 10_000
 #: How many sessions the session-counting table of a proxy cookie keeps.
 SESSION_TABLE_SIZE = 100_000
-#: Its idle timeout when the cookie has no C{max_idle}.
+#: Its idle timeout when the cookie has no lifetime that ends sessions sooner.
 SESSION_TABLE_TIMEOUT = 1800.0
 #: The most seconds between two refreshes of a cookie with C{max_idle}.
 MAX_REFRESH_INTERVAL = 60.0
@@ -481,19 +481,29 @@ def read_proxy_cookie(
     secrets: IProxySecrets,
     max_idle: float | None = None,
     max_life: float | None = None,
+    max_age: float | None = None,
 ) -> ProxyCookie:
     """
     Read everything about the proxy's own cookie (attributes, C{keys},
     C{indirect}, C{nocache}) and register its session count with the pool.
     Without C{keys}, its key is derived from C{secrets} for the strategy
     and the cookie's name.
+
+    A session stops counting once it is surely over: when its client has
+    not been seen for the shortest of the cookie's lifetimes (C{max_idle},
+    C{max_age}, C{max_life}: a cookie not seen for that long has expired,
+    whichever it is), or for L{SESSION_TABLE_TIMEOUT} without any.  A drain
+    then ends that long after the last client stopped coming.
+
+    :param max_age: the cookie's C{Max-Age}, for that count only.
     """
     attributes = read_cookie_attributes(reader, "STICKY")
     purpose = f"{strategy}\0{attributes.name}".encode()
     keys = read_keys(reader, strategy, secrets, purpose)
+    lifetimes = [t for t in (max_idle, max_age, max_life) if t is not None]
     sessions = StickTable(
         clock=reactor,
-        timeout=max_idle if max_idle is not None else SESSION_TABLE_TIMEOUT,
+        timeout=min(lifetimes, default=SESSION_TABLE_TIMEOUT),
         size=SESSION_TABLE_SIZE,
     )
     pool.add_session_source(sessions.count)

@@ -518,13 +518,17 @@ class ConfigTests(TestCase):
         cases = [
             ({"listen": ""}, "admin.listen", "endpoint string"),
             ({"listen": 8081}, "admin.listen", "a string"),
-            ({"token": ""}, "admin.token", "non-empty token"),
-            ({"token": "a b"}, "admin.token", "without spaces"),
+            ({"token": ""}, "admin.token", "expected a bearer token"),
+            ({"token": "a b"}, "admin.token", "letters, digits and -._~+/"),
+            ({"token": "abc=d"}, "admin.token", "expected a bearer token"),
             ({"token": "a", "token_file": path}, "admin.token_file", "not both"),
             ({"token_file": path}, "admin.token_file", "one line"),
             ({"token_file": path + ".missing"}, "admin.token_file", "cannot read"),
             ({"lisen": "x"}, "admin.lisen", "unknown key"),
         ]
+        with open(path + ".spaced", "w") as stream:
+            stream.write("a secret with spaces\n")
+        cases.append(({"token_file": path + ".spaced"}, "admin.token_file", "bearer"))
         for admin, key, message in cases:
             data = config_data(**admin)
             if "listen" not in admin:
@@ -532,6 +536,7 @@ class ConfigTests(TestCase):
             error = self.assertRaises(ConfigError, load_config, data, REGISTRY)
             self.assertEqual(error.path, key, admin)
             self.assertIn(message, error.message)
+            self.assertNotIn("secret", error.message)
         data = config_data()
         del data["admin"]["listen"]
         error = self.assertRaises(ConfigError, load_config, data, REGISTRY)

@@ -569,6 +569,10 @@ def loopback_by_default(listen: str) -> str:
     return f"{listen}:interface={_LOOPBACK[kind]}"
 
 
+#: What a bearer token may hold (RFC 6750's b64token).
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+
+
 def _admin(reader: OptionReader) -> AdminConfig:
     listen = reader.string("listen")
     if not listen:
@@ -579,11 +583,16 @@ def _admin(reader: OptionReader) -> AdminConfig:
         raise ConfigError(
             reader.key("token_file"), "expected either token or token_file, not both"
         )
+    key = reader.key("token")
     if token_file is not None:
-        token = _read_token(token_file, reader.key("token_file"))
-    if token is not None and (not token or not token.isprintable() or " " in token):
-        raise reader.fail(
-            "token", "a non-empty token of printable characters without spaces"
+        key = reader.key("token_file")
+        token = _read_token(token_file, key)
+    if token is not None and not _TOKEN.fullmatch(token):
+        # Never echoed: it is a secret.
+        raise ConfigError(
+            key,
+            "expected a bearer token: letters, digits and -._~+/ (then any "
+            "=), e.g. from: openssl rand -base64 24",
         )
     reader.finish()
     return AdminConfig(listen=loopback_by_default(listen), token=token)

@@ -941,6 +941,27 @@ class E2ETestCase(TestCase):
         path = self.write_config(config, config_name)
         return self.start_proxy("--config", path, port=port, pythonpath=pythonpath)
 
+    def start_proxy_with_admin(
+        self,
+        config: str,
+        port: int,
+        admin: Mapping[str, object],
+        admin_port: int,
+    ) -> Process:
+        """
+        Start the proxy on C{config} with the C{[admin]} table C{admin},
+        and wait until its admin listener accepts on C{admin_port} too.
+        """
+        config += "\n".join(toml_table("admin", admin)) + "\n"
+        proxy = self.start_proxy_with_config(config, port)
+        self.wait(
+            lambda: accepts(admin_port),
+            STARTUP_TIMEOUT,
+            "the admin listener to accept connections",
+            proxy,
+        )
+        return proxy
+
     def run_proxy_to_exit(
         self,
         *args: str,

@@ -20,10 +20,8 @@ from tests.e2e._harness import (
     STARTUP_TIMEOUT,
     HTTPE2ETestCase,
     HTTPResult,
-    accepts,
     free_port,
     frontend_config,
-    toml_table,
 )
 
 TOKEN = "end-to-end-admin-token.not-a-secret"
@@ -120,17 +118,11 @@ class AdminTCPTests(AdminE2ETestCase):
             name="db",
             persistence={"strategy": "source-ip", "mode": "table"},
         )
-        config += "\n".join(
-            toml_table(
-                "admin", {"listen": f"tcp:{admin_port}", "token_file": str(token_file)}
-            )
-        )
-        self.proxy = self.start_proxy_with_config(config + "\n", self.port)
-        self.wait(
-            lambda: accepts(admin_port),
-            STARTUP_TIMEOUT,
-            "the admin listener",
-            self.proxy,
+        self.proxy = self.start_proxy_with_admin(
+            config,
+            self.port,
+            {"listen": f"tcp:{admin_port}", "token_file": str(token_file)},
+            admin_port,
         )
         self.admin_port = admin_port
 
@@ -303,15 +295,11 @@ class DrainE2ETests(AdminE2ETestCase):
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         config = self.http_proxy_config(self.port, persistence)
-        config += "\n".join(
-            toml_table("admin", {"listen": f"tcp:{admin_port}", "token": TOKEN})
-        )
-        self.proxy = self.start_proxy_with_config(config + "\n", self.port)
-        self.wait(
-            lambda: accepts(admin_port),
-            STARTUP_TIMEOUT,
-            "the admin listener",
-            self.proxy,
+        self.proxy = self.start_proxy_with_admin(
+            config,
+            self.port,
+            {"listen": f"tcp:{admin_port}", "token": TOKEN},
+            admin_port,
         )
 
     def test_drain_until_the_last_client_leaves(self) -> None:

@@ -24,14 +24,11 @@ from tests.e2e._harness import (
     COOKIE_KEYS,
     HOST,
     HTTP_NAMES,
-    STARTUP_TIMEOUT,
     Browser,
     HTTPE2ETestCase,
     WaitTimeout,
-    accepts,
     free_port,
     require_chromium,
-    toml_table,
 )
 
 #: Where C{test_drain} saves C{dashboard.png}, when set.
@@ -91,18 +88,11 @@ class DashboardE2ETestCase(HTTPE2ETestCase):
             "max_idle": MAX_IDLE,
         }
         config = self.http_proxy_config(self.port, persistence)
-        config += "\n".join(
-            toml_table(
-                "admin",
-                {"listen": f"tcp:{admin_port}:interface={HOST}", **self.admin},
-            )
-        )
-        self.proxy = self.start_proxy_with_config(config + "\n", self.port)
-        self.wait(
-            lambda: accepts(admin_port),
-            STARTUP_TIMEOUT,
-            "the admin listener to accept connections",
-            self.proxy,
+        self.proxy = self.start_proxy_with_admin(
+            config,
+            self.port,
+            {"listen": f"tcp:{admin_port}:interface={HOST}", **self.admin},
+            admin_port,
         )
 
     def open_dashboard(self) -> Browser:

@@ -508,6 +508,25 @@ class StatusTests(HTTPTestCase):
         self.reactor.advance(1)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "))
 
+    def test_slow_head_on_idle_keep_alive(self):
+        """
+        On a keep-alive connection, a request head that begins after a
+        while idle has C{timeout_request} from its first byte, however its
+        bytes are split, not what was left of C{timeout_keepalive}.
+        """
+        _, _, (protocol, transport) = self.exchange(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", OK
+        )
+        transport.clear()
+        self.reactor.advance(30)
+        protocol.dataReceived(b"GET / HT")
+        self.reactor.advance(5)
+        protocol.dataReceived(b"TP/1.1\r\n")
+        self.reactor.advance(4.5)
+        self.assertEqual(transport.value(), b"")
+        self.reactor.advance(0.5)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "))
+
     def test_idle_keep_alive(self):
         """
         A keep-alive connection idle for C{timeout_keepalive} is closed.

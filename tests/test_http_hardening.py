@@ -15,7 +15,7 @@ from twisted.internet.address import IPv4Address
 from stickyproxy.config._settings import HTTPSettings
 from stickyproxy.core._router import Router
 from stickyproxy.http._frontend import HTTPProxyFactory
-from stickyproxy.http._message import request_target
+from stickyproxy.http._message import connection_options, request_target
 from stickyproxy.interfaces import IPersistenceStrategy
 
 from tests.test_http import OK, HTTPTestCase, RecordingStrategy
@@ -183,6 +183,20 @@ class ConnectionHeaderTests(HTTPTestCase):
         )
         self.assertIn(b"transfer-encoding: chunked\r\n", forwarded)
         self.assertTrue(forwarded.endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n"))
+
+    def test_options_of_one_hop_by_hop_field(self):
+        """
+        A C{Connection} header naming only a hop-by-hop field (the usual
+        C{keep-alive}) leaves nothing more to drop, since that field is
+        dropped anyway; other names are still taken apart.
+        """
+        self.assertEqual(connection_options([b"Keep-Alive"]), frozenset())
+        self.assertEqual(connection_options([b"upgrade"]), frozenset())
+        self.assertEqual(
+            connection_options([b"keep-alive, X-Private"]),
+            frozenset({b"keep-alive", b"x-private"}),
+        )
+        self.assertEqual(connection_options([b"close"]), frozenset({b"close"}))
 
     def test_content_length_from_proxy_reading(self):
         """

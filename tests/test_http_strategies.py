@@ -224,6 +224,33 @@ class CookieTests(TestCase):
         (warning,) = [e for e in events if e["log_level"] == LogLevel.warn]
         self.assertEqual(warning["strategy"], "cookie")
 
+    def test_bad_cookie_checked_once(self):
+        """
+        A client that keeps sending a cookie that is not honoured (foreign
+        or forged) costs one signature check for all its requests, and each
+        request is still reported: the foreign one with a warning.
+        """
+        foreign = _build(cookie, make_pool("x", "y"), keys=[KEY])
+        value = self._issue(foreign.cookie.pool.get("y"), foreign)
+        forged = "A" + value[1:] if value[0] != "A" else "B" + value[1:]
+        verified = []
+        verify = CookieSigner.verify
+
+        def counting(signer, value):
+            verified.append(value)
+            return verify(signer, value)
+
+        self.patch(CookieSigner, "verify", counting)
+        with capturedLogs() as events:
+            for _ in range(3):
+                for sent in (value, forged):
+                    bound, ctx = _visit(self.strategy, self.a, cookies={"STICKY": sent})
+                    self.assertIsNone(bound)
+                    self.assertEqual(ctx.invalid, "cookie")
+        self.assertEqual(sorted(verified), sorted([value, forged]))
+        warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 3)
+
     def test_wrong_key(self):
         """
         A cookie signed with another key is ignored, and replaced.

@@ -61,6 +61,10 @@ def connection_options(
     """
     if not values:  # most messages: nothing to take apart, nothing to build
         return NO_OPTIONS
+    if len(values) == 1 and values[0].lower() in HOP_BY_HOP:
+        # Most others, "keep-alive" or "upgrade": it names a field that is
+        # never forwarded anyway.
+        return NO_OPTIONS
     named = frozenset(token.lower() for token in split_list(values))
     return named.difference(FRAMING, keep)
 

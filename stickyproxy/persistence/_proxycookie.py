@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import cast
 
 import attrs
 
@@ -73,9 +72,10 @@ def _http(context: IRoutingContext) -> IHTTPRoutingContext:
     :returns: C{context} as an L{IHTTPRoutingContext}: HTTP strategies only
         fit HTTP frontends (the configuration refuses others), which build
         nothing else, so this is a cast, not an adaptation (which would cost
-        more than a whole cookie check).
+        more than a whole cookie check), and not even L{typing.cast} (a call
+        more, on every request).
     """
-    return cast(IHTTPRoutingContext, context)
+    return context  # type: ignore[return-value]
 
 
 def mark_private(context: IHTTPRoutingContext) -> None:
@@ -186,6 +186,13 @@ class CookieAttributes:
         return delete_cookie(self.name, path=self.path, domain=self.domain)
 
 
+#: Why a cookie value is not honoured, whenever it is presented: it is not
+#: signed by us (forged, garbled, another proxy's), or names a backend the
+#: pool does not have.
+NOT_OURS = "not ours"
+UNKNOWN_BACKEND = "unknown backend"
+
+
 @attrs.frozen
 class FoundCookie:
     """
@@ -227,8 +234,9 @@ class ProxyCookie:
     max_idle: float | None = None
     max_life: float | None = None
     # What each value seen lately proved to be (checking costs two HMACs and
-    # base64 both ways; a sticky client sends the same value every time).
-    _checked: dict[str, FoundCookie | None] = attrs.field(init=False, factory=dict)
+    # base64 both ways; a sticky client sends the same value every time):
+    # a valid cookie, or why it is not one.
+    _checked: dict[str, FoundCookie | str] = attrs.field(init=False, factory=dict)
     _checked_for: object = attrs.field(init=False, default=None)  # pool.backends
 
     @property
@@ -238,24 +246,28 @@ class ProxyCookie:
         """
         return self.attributes.name
 
-    def _check(self, value: str) -> FoundCookie | None:
+    def _check(self, value: str) -> FoundCookie | str:
         """
         What a cookie value says, whatever the time: its payload and backend
-        if the value is ours and names a backend of the pool, else C{None}.
+        if the value is ours and names a backend of the pool, else why not
+        (L{NOT_OURS} or L{UNKNOWN_BACKEND}).
         """
         checked = self._checked
         if self._checked_for is not self.pool.backends:
             # A backend came or went: a value may name one now, or none.
             self._checked_for = self.pool.backends
             checked.clear()
-        if value in checked:
-            return checked[value]
+        found = checked.get(value)
+        if found is not None:
+            return found
         signed = self.signer.verify(value)
         payload = None if signed is None else SessionPayload.unpack(signed)
-        found = None
+        found = NOT_OURS
         if payload is not None:
             backend = self.tokens.backend(payload.backend)
-            if backend is not None:
+            if backend is None:
+                found = UNKNOWN_BACKEND
+            else:
                 assert signed is not None
                 current = self.signer.sign(signed) == value and (
                     payload.backend == self.tokens.token(backend)
@@ -266,25 +278,34 @@ class ProxyCookie:
         checked[value] = found
         return found
 
-    def read(
-        self, context: IHTTPRoutingContext, now: float, report: bool = False
-    ) -> FoundCookie | None:
+    def read(self, context: IHTTPRoutingContext, now: float) -> FoundCookie | None:
         """
         Check the cookie the request came with.
+
+        :returns: its payload and backend, or C{None} when there is none or
+            it is forged, garbled, expired, or names no backend of the pool.
+        """
+        value = context.cookie(self.attributes.name)
+        return None if value is None else self._honoured(context, value, now)
+
+    def _honoured(
+        self,
+        context: IHTTPRoutingContext,
+        value: str,
+        now: float,
+        report: bool = False,
+    ) -> FoundCookie | None:
+        """
+        The cookie C{value}, if it is to be honoured at C{now}.
 
         :param report: log why a cookie is not honoured, and mark the
             context's binding L{invalid <IRoutingContext.invalid>} (once per
             request: L{lookup} does).
-        :returns: its payload and backend, or C{None} when there is none or
-            it is forged, garbled, expired, or names no backend of the pool.
         """
-        value = context.cookie(self.name)
-        if value is None:
-            return None
         found = self._check(value)
-        if found is None:
+        if isinstance(found, str):
             if report:
-                self._report(context, value)
+                self._report(context, found)
             return None
         payload = found.payload
         if (
@@ -297,11 +318,9 @@ class ProxyCookie:
             return None
         return found
 
-    def _report(self, context: IHTTPRoutingContext, value: str) -> None:
+    def _report(self, context: IHTTPRoutingContext, why: str) -> None:
         context.invalid = self.strategy
-        signed = self.signer.verify(value)
-        payload = None if signed is None else SessionPayload.unpack(signed)
-        if payload is None:
+        if why is NOT_OURS:
             log.debug(
                 "{strategy}: cookie {name} from {client} is not ours: ignored",
                 strategy=self.strategy,
@@ -323,10 +342,13 @@ class ProxyCookie:
         L{read} the cookie and, when C{indirect}, take it off the request
         (valid or not) so the backend never sees it.
         """
-        found = self.read(context, self.clock.seconds(), report=True)
+        name = self.attributes.name
+        value = context.cookie(name)
+        if value is None:
+            return None
         if self.indirect:
-            context.remove_cookie(self.name)
-        return found
+            context.remove_cookie(name)
+        return self._honoured(context, value, self.clock.seconds(), report=True)
 
     def new_payload(
         self,

@@ -264,15 +264,26 @@ class BackendsTests(AdminTestCase):
             (body[1]["admin_state"], body[1]["active"], body[1]["sessions"]),
             ("drain", 2, 2),
         )
+        now = self.reactor.seconds()
         self.assertEqual(
             body[1]["drain"],
-            {"sessions_left": 2, "deadline": iso_time(self.reactor.seconds() + 600)},
+            {
+                "sessions_left": 2,
+                "deadline": iso_time(now + 600),
+                "started": iso_time(now),
+                "sessions_at_start": 2,
+            },
         )
         self.assertNotIn("drain", body[0])
         self.pool.drain("a")
         self.assertEqual(
             self.get("/api/backends")[0]["drain"],
-            {"sessions_left": 0, "deadline": None},
+            {
+                "sessions_left": 0,
+                "deadline": None,
+                "started": iso_time(now),
+                "sessions_at_start": 0,
+            },
         )
         self.pool.set_admin_state("a", AdminState.MAINT)
         a.health = a.health.DOWN
@@ -569,9 +580,15 @@ class ChangeTests(AdminTestCase):
         """
         answer = self.put({"admin_state": "drain", "deadline": 600})
         self.assertEqual(answer["admin_state"], "drain")
+        now = self.reactor.seconds()
         self.assertEqual(
             answer["drain"],
-            {"sessions_left": 2, "deadline": iso_time(self.reactor.seconds() + 600)},
+            {
+                "sessions_left": 2,
+                "deadline": iso_time(now + 600),
+                "started": iso_time(now),
+                "sessions_at_start": 2,
+            },
         )
         self.assertEqual(
             [(c.kind, c.new, c.reason) for c in self.changes],
@@ -597,7 +614,15 @@ class ChangeTests(AdminTestCase):
         Without a deadline, the backend drains until told otherwise.
         """
         answer = self.put({"admin_state": "drain"})
-        self.assertEqual(answer["drain"], {"sessions_left": 2, "deadline": None})
+        self.assertEqual(
+            answer["drain"],
+            {
+                "sessions_left": 2,
+                "deadline": None,
+                "started": iso_time(self.reactor.seconds()),
+                "sessions_at_start": 2,
+            },
+        )
         self.b.active = 0
         self.reactor.advance(3600)
         self.assertIs(self.b.admin_state, AdminState.DRAIN)

@@ -298,6 +298,24 @@ class RenderPageTests(TestCase):
         b1 = root.one(tag="article", data_backend="b1")
         self.assertIn("hidden", b1.one(data_field="drain").attrs)
 
+    def test_drain_begun(self) -> None:
+        """
+        When the API says with how many sessions the drain began, the page
+        shows the sessions left out of those, as text and as a bar.
+        """
+        drain = {
+            "sessions_left": 7,
+            "deadline": None,
+            "started": "2026-11-30T20:15:00Z",
+            "sessions_at_start": 12,
+        }
+        backends = [backend("web", "b1", admin_state="drain", drain=drain)]
+        card = parse(render_page(snapshot(backends=backends))).one(tag="article")
+        self.assertEqual(card.field("drain_sessions"), "7 of 12")
+        bar = card.one(data_field="drain_sessions_bar")
+        self.assertEqual((bar.attrs["value"], bar.attrs["max"]), ("7", "12"))
+        self.assertEqual(card.field("drain_time"), "none: waits for the last session")
+
     def test_controls(self) -> None:
         """
         Each backend has real buttons to drain, put in maint, make ready and

@@ -24,7 +24,7 @@ from stickyproxy import AdminState, NoBackendAvailable, Router
 from stickyproxy.config._settings import HealthSettings, StatusRanges
 from stickyproxy.core._balancers import RoundRobin
 from stickyproxy.core._endpoints import connect_endpoint
-from stickyproxy.core._pool import Pool
+from stickyproxy.core._pool import DrainStart, Pool
 from stickyproxy.health._monitor import HealthMonitor, HealthStatus, ProbeResult
 from stickyproxy.health._probes import (
     HTTPProbe,
@@ -890,6 +890,27 @@ class PoolStateTests(TestCase):
         self.pool.drain("a", deadline=30)
         self.pool.set_admin_state("a", AdminState.READY)
         self.assertIsNone(self.pool.drain_deadline("a"))
+
+    def test_drain_started_shown(self):
+        """
+        L{Pool.drain_started} is when a drain began and the sessions the
+        backend held then; a new deadline for a drain under way keeps them,
+        and they are gone once the drain is over.
+        """
+        self.pool.get("a").active = 3
+        self.clock.advance(100)
+        self.assertIsNone(self.pool.drain_started("a"))
+        self.pool.drain("a", deadline=30)
+        self.assertEqual(self.pool.drain_started("a"), DrainStart(100, 3))
+        self.clock.advance(10)
+        self.pool.get("a").active = 2
+        self.pool.drain("a", deadline=60)
+        self.assertEqual(self.pool.drain_started("a"), DrainStart(100, 3))
+        self.assertEqual(self.pool.drain_deadline("a"), 170)
+        self.pool.set_admin_state("a", AdminState.MAINT)
+        self.assertIsNone(self.pool.drain_started("a"))
+        self.pool.drain("a")
+        self.assertEqual(self.pool.drain_started("a"), DrainStart(110, 2))
 
     def test_drain_cancelled_by_new_state(self):
         """

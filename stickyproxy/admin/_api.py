@@ -211,9 +211,12 @@ class _Live(JSONResource):
         }
         if backend.admin_state is AdminState.DRAIN:
             deadline = pool.drain_deadline(backend.name)
+            started = pool.drain_started(backend.name)
             found["drain"] = {
                 "sessions_left": sessions,
                 "deadline": None if deadline is None else iso_time(deadline),
+                "started": None if started is None else iso_time(started.time),
+                "sessions_at_start": None if started is None else started.sessions,
             }
         found["traffic"] = self.traffic.traffic(pool.name, backend.name).as_json()
         return found

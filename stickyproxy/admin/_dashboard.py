@@ -309,23 +309,35 @@ def _outcomes(outcomes: Mapping[str, int]) -> Tag:
 
 
 def _drain(who: str, drain: APIObject | None) -> Tag:
-    left = "" if drain is None else str(drain["sessions_left"])
+    """
+    A backend's drain progress, hidden when it does not drain.  The sessions
+    bar is filled here when the API says how the drain began; the time bar
+    needs the browser's clock, so the script fills it.
+    """
+    left = None if drain is None else drain["sessions_left"]
+    at_start = None if drain is None else drain.get("sessions_at_start")
+    sessions = "" if left is None else str(left)
+    bar = {"max": "1"}
+    if left is not None and at_start is not None:
+        top = max(at_start, left)
+        sessions = f"{left} of {top}" if top else sessions
+        bar = {"value": str(left), "max": str(max(top, 1))}
     deadline = None if drain is None else drain["deadline"]
     section = tags.div(class_="draining", **{"data-field": "drain"})(
         tags.p(class_="label")("Draining"),
         tags.div(class_="progress")(
-            tags.span("Sessions left ", _field("drain_sessions", left)),
+            tags.span("Sessions left ", _field("drain_sessions", sessions)),
             _field(
                 "drain_sessions_bar",
                 tag="progress",
-                max="1",
+                **bar,
                 **{"aria-label": f"sessions left on {who}"},
             ),
         ),
         tags.div(class_="progress")(
             tags.span(
                 "Deadline ",
-                _field("drain_time", "none" if deadline is None else deadline),
+                _field("drain_time", deadline or "none: waits for the last session"),
             ),
             _field(
                 "drain_time_bar",

@@ -147,7 +147,7 @@
   // When (server time) and with how many sessions a drain began: from the
   // API if it says, else as this tab first saw it (kept across reloads).
   function drainStart(id, drain, sessions) {
-    if (drain.started && drain.sessions_at_start !== undefined) {
+    if (drain.started != null && drain.sessions_at_start != null) {
       return { at: Date.parse(drain.started), sessions: drain.sessions_at_start };
     }
     const stored = sessionStorage.getItem(DRAIN_KEY + id);

@@ -44,6 +44,19 @@ class BackendInUse(Exception):
     """
 
 
+@attrs.frozen
+class DrainStart:
+    """
+    How a drain began, for whoever shows its progress.
+
+    :ivar time: when, in the clock's seconds.
+    :ivar sessions: how many sessions the backend held then.
+    """
+
+    time: float
+    sessions: int
+
+
 @implementer(IBackendPool)
 @attrs.define(eq=False)
 class Pool:
@@ -91,6 +104,7 @@ class Pool:
     _accepting_panic: str | None = attrs.field(init=False, default=None)
     _drains: dict[str, IDelayedCall] = attrs.field(init=False, factory=dict)
     _drain_ends: dict[str, float] = attrs.field(init=False, factory=dict)
+    _drain_starts: dict[str, DrainStart] = attrs.field(init=False, factory=dict)
     _announcing: deque[StateChange] | None = attrs.field(init=False, default=None)
     # Backends down by passive marks alone, with when they last failed (a
     # count of marks, so that the least recently failed is tried first).
@@ -300,7 +314,14 @@ class Pool:
             Needs the pool's C{clock}.
         :raises KeyError: no backend has that name.
         """
+        # A new deadline for a drain under way keeps how it began.
+        draining = self[name].admin_state is AdminState.DRAIN
+        begun = self._drain_starts.get(name) if draining else None
         self.set_admin_state(name, AdminState.DRAIN, reason)
+        if self.clock is not None:
+            self._drain_starts[name] = begun or DrainStart(
+                self.clock.seconds(), self.sessions(name)
+            )
         if deadline is not None:
             assert self.clock is not None, "drain with a deadline needs a clock"
             end = self.clock.seconds() + deadline
@@ -314,6 +335,14 @@ class Pool:
             deadline (or does not drain).
         """
         return self._drain_ends.get(name)
+
+    def drain_started(self, name: str) -> DrainStart | None:
+        """
+        :returns: how a draining backend's drain began, or C{None} when it
+            does not drain, or was not put in drain by L{drain} (its
+            configured state).
+        """
+        return self._drain_starts.get(name)
 
     def _check_drain(self, name: str, end: float) -> None:
         assert self.clock is not None
@@ -334,6 +363,7 @@ class Pool:
 
     def _cancel_drain(self, name: str) -> None:
         self._drain_ends.pop(name, None)
+        self._drain_starts.pop(name, None)
         pending = self._drains.pop(name, None)
         if pending is not None and pending.active():
             pending.cancel()

@@ -212,8 +212,9 @@ class DashboardBrowserTests(DashboardE2ETestCase):
         sessions puts it in drain: its card shows the drain's progress
         (sessions left out of those at the start, time left to the
         deadline, as bars), its sticky clients keep coming to it, the
-        sessions left fall as they leave, and it goes to maint when the
-        last has gone.  The page is saved as a screenshot meanwhile.
+        sessions left fall as they leave (a page opened then shows them out
+        of the same number), and it goes to maint when the last has gone.
+        The page is saved as a screenshot meanwhile.
         """
         browser = self.open_dashboard()
         jars = [self.jar(f"client{n}") for n in range(CLIENTS)]
@@ -261,6 +262,14 @@ class DashboardBrowserTests(DashboardE2ETestCase):
         )
         self.assertEqual(card["sessions_bar"], [1, before])
         self.save_screenshot(browser)
+
+        # A page opened now (with nothing remembered) shows the same.
+        self.served("/", *stays)
+        browser.evaluate("sessionStorage.clear()")
+        browser.load(self.admin_url)
+        self.card_shows(
+            browser, target, "the drain's start", drain_sessions=f"1 of {before}"
+        )
 
         # The last one leaves: the drain is over.
         card = self.card_shows(

@@ -207,7 +207,7 @@ class OptionReader:
     def value(self, name: str, default: object = _MISSING) -> object:
         """
         Read a value of any type, for a key that takes several kinds (the
-        caller checks it, and L{fail}s).
+        caller checks it, and fails with L{fail}).
         """
         return self._get(name, default)
 

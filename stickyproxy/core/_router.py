@@ -277,7 +277,7 @@ class Router:
             connection to a backend (so the request cannot be stale twice).
         :returns: the new attempt, as from L{dispatch}, which now holds the
             backend's C{active} count for the client; or C{None}: the caller
-            answers the client and L{release}s as usual.
+            answers the client and calls L{release} as usual.
         """
         backend = decision.backend
         if resend is None:

@@ -133,6 +133,16 @@ class Scrape:
         assert len(found) <= 1, found
         return found[0] if found else None
 
+    def by_backend(self, name, pool="p"):
+        """
+        The samples C{name} of C{pool}'s backends, by backend name.
+        """
+        return {
+            labels["backend"]: value
+            for labels, value in self.samples(name)
+            if labels["pool"] == pool
+        }
+
     def label_sets(self, name):
         return sorted(tuple(sorted(labels.items())) for labels, _ in self.samples(name))
 
@@ -267,23 +277,13 @@ class StateTests(MetricsTestCase):
         C{stickyproxy_backend_up} is 1 while health lets a backend serve
         (up, or going down), and 0 otherwise.
         """
-        self.assertEqual(
-            self.scrape().label_sets("stickyproxy_backend_up"),
-            [(("backend", "a"), ("pool", "p")), (("backend", "b"), ("pool", "p"))],
-        )
+        up = "stickyproxy_backend_up"
+        self.assertEqual(self.scrape().by_backend(up), {"a": 1, "b": 1})
         self.pool.set_health(self.pool["a"], Health.GOING_DOWN, "probe failed")
         self.pool.set_health(self.pool["b"], Health.DOWN, "probe failed")
-        scrape = self.scrape()
-        self.assertEqual(
-            scrape.value("stickyproxy_backend_up", pool="p", backend="a"), 1
-        )
-        self.assertEqual(
-            scrape.value("stickyproxy_backend_up", pool="p", backend="b"), 0
-        )
+        self.assertEqual(self.scrape().by_backend(up), {"a": 1, "b": 0})
         self.pool.set_health(self.pool["b"], Health.UP, "probe passed")
-        self.assertEqual(
-            self.scrape().value("stickyproxy_backend_up", pool="p", backend="b"), 1
-        )
+        self.assertEqual(self.scrape().by_backend(up), {"a": 1, "b": 1})
 
     def test_admin_state(self):
         """
@@ -314,12 +314,8 @@ class StateTests(MetricsTestCase):
         C{stickyproxy_backend_weight} is the backend's weight now.
         """
         self.pool.set_weight("a", 0)
-        scrape = self.scrape()
         self.assertEqual(
-            scrape.value("stickyproxy_backend_weight", pool="p", backend="a"), 0
-        )
-        self.assertEqual(
-            scrape.value("stickyproxy_backend_weight", pool="p", backend="b"), 1
+            self.scrape().by_backend("stickyproxy_backend_weight"), {"a": 0, "b": 1}
         )
 
     def test_active_connections(self):
@@ -328,10 +324,10 @@ class StateTests(MetricsTestCase):
         open now.
         """
         self.pool["a"].active = 3
-        scrape = self.scrape()
-        name = "stickyproxy_backend_active_connections"
-        self.assertEqual(scrape.value(name, pool="p", backend="a"), 3)
-        self.assertEqual(scrape.value(name, pool="p", backend="b"), 0)
+        self.assertEqual(
+            self.scrape().by_backend("stickyproxy_backend_active_connections"),
+            {"a": 3, "b": 0},
+        )
 
     def test_sessions(self):
         """
@@ -341,12 +337,8 @@ class StateTests(MetricsTestCase):
         """
         self.pool.add_session_source(lambda name: {"a": 5}.get(name, 0))
         self.pool["b"].active = 2
-        scrape = self.scrape()
         self.assertEqual(
-            scrape.value("stickyproxy_backend_sessions", pool="p", backend="a"), 5
-        )
-        self.assertEqual(
-            scrape.value("stickyproxy_backend_sessions", pool="p", backend="b"), 2
+            self.scrape().by_backend("stickyproxy_backend_sessions"), {"a": 5, "b": 2}
         )
 
     def test_pool_panic(self):

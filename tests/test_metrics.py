@@ -29,6 +29,7 @@ from stickyproxy.service import ProxyService
 from stickyproxy.testing import make_backend, make_pool
 
 from tests._base import TestCase
+from tests.test_admin import TOKEN, AdminTestCase
 
 URL = "http://admin.invalid/"
 
@@ -264,6 +265,38 @@ class ResourceTests(MetricsTestCase):
                 "stickyproxy_tcp_connections_total", frontend="l4", backend="a"
             ),
             1.0,
+        )
+
+
+class AdminSiteTests(AdminTestCase):
+    """
+    C{/metrics} on the admin listener.
+    """
+
+    admin = {"token": TOKEN}
+
+    def test_mounted(self):
+        """
+        The admin site serves the proxy's metrics at C{/metrics}, without
+        the token (it is read-only), counting what the proxy's event stream
+        publishes and showing its pools.
+        """
+        self.proxy.events.connection_opened(opened(frontend="db", pool="app"))
+        code, headers, body = self.request("GET", "/metrics")
+        self.assertEqual(code, 200, body)
+        scrape = Scrape(body.decode("utf-8"))
+        self.assertEqual(
+            scrape.value(
+                "stickyproxy_tcp_connections_total", frontend="db", backend="a"
+            ),
+            1,
+        )
+        self.assertEqual(
+            scrape.by_backend("stickyproxy_backend_weight", pool="app"),
+            {"a": 1, "b": 2},
+        )
+        self.assertEqual(
+            scrape.by_backend("stickyproxy_backend_up", pool="spare"), {"s": 1}
         )
 
 

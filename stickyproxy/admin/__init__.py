@@ -2,8 +2,9 @@
 The admin listener: a JSON API over the live proxy, at the service layer.
 
 L{AdminRoot} is the root resource of the admin C{Site}; its children are
-the API (C{/api}), and whatever else mounts itself there with
-C{putChild} (metrics, the dashboard).
+the API (C{/api}), Prometheus metrics (C{/metrics}, from
+L{stickyproxy.metrics}), and whatever else mounts itself there with
+C{putChild} (the dashboard).
 """
 
 from stickyproxy.admin._root import AdminRoot

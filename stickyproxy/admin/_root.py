@@ -13,6 +13,7 @@ from twisted.web.server import Request, Site
 from stickyproxy.admin._api import ApiError, ApiResource, JSONError, require_token
 from stickyproxy.admin._dashboard import DashboardResource, Snapshot
 from stickyproxy.admin._traffic import TrafficCounter
+from stickyproxy.metrics import MetricsResource
 
 if TYPE_CHECKING:
     from stickyproxy.service import ProxyService
@@ -23,8 +24,8 @@ READ_METHODS = (b"GET", b"HEAD")
 
 class AdminRoot(Resource):
     """
-    The admin site's root: C{api} (the JSON API), the index, and whatever
-    else is mounted with C{putChild}.
+    The admin site's root: C{api} (the JSON API), C{metrics} (Prometheus),
+    the index, and whatever else is mounted with C{putChild}.
 
     With an C{[admin] token}, every request but C{GET} and C{HEAD} must
     carry it, whatever resource it is for: that check is here, once.
@@ -39,6 +40,7 @@ class AdminRoot(Resource):
         service.events.subscribe(self.traffic)
         self.api = ApiResource(service, self.traffic)
         self.putChild(b"api", self.api)
+        self.putChild(b"metrics", MetricsResource(service))
         self.putChild(b"", DashboardResource(self.snapshot))
 
     def snapshot(self) -> Snapshot:

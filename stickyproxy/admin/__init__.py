@@ -3,8 +3,7 @@ The admin listener: a JSON API over the live proxy, at the service layer.
 
 L{AdminRoot} is the root resource of the admin C{Site}; its children are
 the API (C{/api}), Prometheus metrics (C{/metrics}, from
-L{stickyproxy.metrics}), and whatever else mounts itself there with
-C{putChild} (the dashboard).
+L{stickyproxy.metrics}) and the dashboard (the index).
 """
 
 from stickyproxy.admin._root import AdminRoot

@@ -16,11 +16,9 @@ from tests.e2e._harness import (
     HOST,
     IO_TIMEOUT,
     HTTPE2ETestCase,
-    accepts,
     connect,
     free_port,
     frontend_config,
-    toml_table,
 )
 
 COOKIE = "STICKY"
@@ -59,7 +57,7 @@ class Scrape:
 
 class MetricsTests(HTTPE2ETestCase):
     """
-    C{[admin] listen}: an HTTP frontend C{web} with cookie persistence and
+    C{[admin] listen}: an HTTP frontend C{main} with cookie persistence and
     HTTP health probes in front of two HTTP backends, and a TCP frontend
     C{l4} in front of two TCP backends.
     """
@@ -82,15 +80,11 @@ class MetricsTests(HTTPE2ETestCase):
         config += frontend_config(
             self.tcp_port, {name: b.port for name, b in tcp.items()}, name="l4"
         )
-        config += "\n".join(
-            toml_table("admin", {"listen": f"tcp:{self.admin_port}:interface={HOST}"})
-        )
-        self.proxy = self.start_proxy_with_config(config + "\n", self.port)
-        self.wait(
-            lambda: accepts(self.admin_port),
-            IO_TIMEOUT,
-            "the admin listener to accept",
-            self.proxy,
+        self.proxy = self.start_proxy_with_admin(
+            config,
+            self.port,
+            {"listen": f"tcp:{self.admin_port}:interface={HOST}"},
+            self.admin_port,
         )
 
     def scrape(self) -> Scrape:

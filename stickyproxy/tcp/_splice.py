@@ -88,14 +88,9 @@ class TCPProxyProtocol(Protocol):
         self._bytes_out = 0  # backend -> client
         # When its ConnectionOpened was published (then ConnectionClosed is).
         self._opened_at: float | None = None
-        self._ended: str | None = None  # how it ended, for events
-
-    def _end(self, how: str) -> None:
-        """
-        Say how the connection ends, unless something already did.
-        """
-        if self._ended is None:
-            self._ended = how
+        # How it ended, for events: the first end seen says (each sets it
+        # only if it is None, with no call: every connection ends).
+        self._ended: str | None = None
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
@@ -183,7 +178,8 @@ class TCPProxyProtocol(Protocol):
         self.transport.write(data)
 
     def readConnectionLost(self) -> None:
-        self._end("client-closed")
+        if self._ended is None:
+            self._ended = "client-closed"
         self._client_done = True
         if self._backend is not None:
             self._backend.loseWriteConnection()
@@ -196,7 +192,8 @@ class TCPProxyProtocol(Protocol):
         """
         The backend half-closed: pass the FIN on to the client.
         """
-        self._end("backend-closed")
+        if self._ended is None:
+            self._ended = "backend-closed"
         self._backend_done = True
         self.transport.loseWriteConnection()
         self._close_if_both_done()
@@ -210,15 +207,17 @@ class TCPProxyProtocol(Protocol):
         """
         The backend connection is gone: close the client once its data is out.
         """
-        self._end(
-            "backend-closed" if reason.check(ConnectionDone) else "backend-aborted"
-        )
+        if self._ended is None:
+            closed = reason.check(ConnectionDone)
+            self._ended = "backend-closed" if closed else "backend-aborted"
         self._backend_done = True
         self.transport.loseConnection()
         self._finish()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._end("client-closed" if reason.check(ConnectionDone) else "client-aborted")
+        if self._ended is None:
+            closed = reason.check(ConnectionDone)
+            self._ended = "client-closed" if closed else "client-aborted"
         if self._connecting is not None:
             self._connecting.cancel()
         if self._backend is not None:
@@ -261,13 +260,15 @@ class TCPProxyProtocol(Protocol):
         """
         Close both connections (the client's after what it is owed is sent).
         """
-        self._end("backend-down")
+        if self._ended is None:
+            self._ended = "backend-down"
         self.transport.loseConnection()
         if self._backend is not None:
             self._backend.abortConnection()
 
     def _close_idle(self) -> None:
-        self._end("idle-timeout")
+        if self._ended is None:
+            self._ended = "idle-timeout"
         self.log.info(
             "{frontend}: closing idle connection from {client}",
             frontend=self.factory.name,

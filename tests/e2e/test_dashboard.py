@@ -195,16 +195,35 @@ class DashboardBrowserTests(DashboardE2ETestCase):
         )
         self.assertIn("Could not set the weight: 400", error)
         self.assertEqual(self.api_backend("b2")["weight"], 1)
-        browser.type_into('article[data-backend="b2"] input[name="weight"]', "-1")
-        browser.click('article[data-backend="b2"] button[data-action="weight"]')
-        card = self.wait(
-            lambda: self.cards(browser)["b2"]["error"],
+
+    def test_backends_come_and_go(self) -> None:
+        """
+        A backend added through the API appears on the page, and one removed
+        disappears, without the page being reloaded.
+        """
+        browser = self.open_dashboard()
+        browser.evaluate("window.notReloaded = true")
+        port = self.backends["b1"].port
+        added = self.curl(
+            self.admin_url + "api/pools/main/backends",
+            "-X",
+            "POST",
+            "--data",
+            json.dumps({"name": "b4", "address": f"{HOST}:{port}"}),
+        )
+        self.assertEqual(added.status, 201, added.describe())
+        self.card_shows(browser, "b4", "up and ready", state="up", admin="ready")
+        removed = self.curl(
+            self.admin_url + "api/pools/main/backends/b1", "-X", "DELETE"
+        )
+        self.assertEqual(removed.status, 204, removed.describe())
+        self.wait(
+            lambda: sorted(self.cards(browser)) == ["b2", "b3", "b4"],
             SHOWS,
-            "the card of b2 to show an error",
+            "the card of b1 to go",
             self.proxy,
         )
-        self.assertIn("Could not set the weight: 400", card)
-        self.assertEqual(self.api_backend("b2")["weight"], 1)
+        self.assertTrue(browser.evaluate("window.notReloaded"))
 
     def test_drain(self) -> None:
         """

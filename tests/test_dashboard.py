@@ -238,6 +238,31 @@ class RenderPageTests(TestCase):
         self.assertNotIn("hidden", web.one(data_field="panic").attrs)
         self.assertIn("hidden", sql.one(data_field="panic").attrs)
 
+    def test_refused(self) -> None:
+        """
+        A pool whose frontends had requests that no backend could take says
+        how many; the others hide the count.
+        """
+        pools = [
+            {"name": "web", "balance": "roundrobin", "backends": [], "no_backend": 3},
+            {"name": "sql", "balance": "leastconn", "backends": [], "no_backend": 0},
+        ]
+        root = parse(render_page(snapshot(pools=pools)))
+        web, sql = (root.one(tag="section", data_pool=p) for p in ("web", "sql"))
+        refused = web.one(data_field="no_backend")
+        self.assertNotIn("hidden", refused.attrs)
+        self.assertEqual(refused.text, "· 3 refused: no backend")
+        self.assertIn("hidden", sql.one(data_field="no_backend").attrs)
+
+    def test_links(self) -> None:
+        """
+        The page links to the JSON API and the metrics, on the same host.
+        """
+        root = parse(render_page(snapshot()))
+        self.assertEqual(
+            [a.attrs["href"] for a in root.find(tag="a")], ["api/backends", "metrics"]
+        )
+
     def test_every_backend(self) -> None:
         """
         Each backend has a card in its pool's section showing its state,

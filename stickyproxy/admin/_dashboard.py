@@ -210,6 +210,12 @@ def _pool(
             ", ".join(users) or "no frontend",
             " · ",
             _field("summary", summary(backends)),
+            _field(
+                "no_backend",
+                refused(pool.get("no_backend", 0)),
+                class_="refused",
+                **({} if pool.get("no_backend") else {"hidden": ""}),
+            ),
         ),
         tags.div(class_="backends")(
             *(_backend(f"{heading}-{n}", b) for n, b in enumerate(backends))
@@ -217,6 +223,13 @@ def _pool(
         if backends
         else tags.p("No backends.", class_="empty"),
     )
+
+
+def refused(count: int) -> str:
+    """
+    How many requests of a pool's frontends got no backend, in words.
+    """
+    return f" · {count} refused: no backend"
 
 
 def summary(backends: Sequence[APIObject]) -> str:

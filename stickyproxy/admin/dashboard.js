@@ -254,6 +254,8 @@
       if (pool) {
         setText(section, "balance", pool.balance);
         field(section, "panic").hidden = !pool.panic;
+        field(section, "no_backend").hidden = !pool.no_backend;
+        setText(section, "no_backend", ` · ${pool.no_backend} refused: no backend`);
       }
       setText(section, "summary", summary(backends.filter((b) => b.pool === section.dataset.pool)));
     }

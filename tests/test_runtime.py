@@ -13,12 +13,17 @@ from twisted.python.failure import Failure
 
 from stickyproxy import AdminState, BackendInUse, Health, Outcome, Pool, Router
 from stickyproxy.config._settings import HealthSettings
-from stickyproxy.core._balancers import BALANCERS, RoundRobin, make_balancer
+from stickyproxy.core._balancers import (
+    BALANCERS,
+    RoundRobin,
+    make_balancer,
+    rendezvous_order,
+)
 from stickyproxy.health._monitor import HealthMonitor
 from stickyproxy.persistence import _proxycookie
 from stickyproxy.persistence._cookie import cookie
 from stickyproxy.persistence._route import route
-from stickyproxy.persistence._sourceip import source_ip
+from stickyproxy.persistence._sourceip import masked_address, source_ip
 from stickyproxy.testing import (
     http_context,
     make_backend,
@@ -686,6 +691,24 @@ class StrategiesFollowTests(TestCase):
             if old != "a":
                 self.assertEqual(new, old)
         self.assertNotIn("a", final)
+
+    def test_hash_follows_weight(self):
+        """
+        Hash affinity follows a weight change at once: a heavier backend
+        takes its new share of keys, from clients seen before the change
+        too, and each key goes where the weighted hash now says.
+        """
+        strategy = source_ip.build({}, self.pool, self.clock, "p")
+        contexts = [routing_context(f"10.1.{i // 256}.{i % 256}") for i in range(300)]
+        before = [strategy.lookup(ctx) for ctx in contexts]
+        self.pool.set_weight("b", 20)
+        after = [strategy.lookup(ctx) for ctx in contexts]
+        self.assertGreater(
+            sum(b.name == "b" for b in after), sum(b.name == "b" for b in before) + 50
+        )
+        for ctx, backend in zip(contexts, after, strict=True):
+            key = masked_address(ctx.client_host, 32, 64)
+            self.assertIs(backend, rendezvous_order(key, self.pool.backends)[0])
 
     def test_table_entry_of_removed_backend(self):
         """

@@ -5,7 +5,7 @@ over the backends (stateless) or learned in a stick table.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Protocol
 
 import attrs
@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from stickyproxy.config import _bounds as bounds
 from stickyproxy.config._options import OptionReader
-from stickyproxy.core._balancers import rendezvous_order
+from stickyproxy.core._balancers import SET_CHANGES, rendezvous_order
 from stickyproxy.interfaces import (
     IBackendPool,
     IPersistenceStrategy,
@@ -24,10 +24,13 @@ from stickyproxy.interfaces import (
     IStickTable,
     IStickTableStrategy,
 )
-from stickyproxy.model import Backend
+from stickyproxy.model import Backend, StateChange
 from stickyproxy.persistence.tables._memory import StickTable
 
 AffinityKey = Callable[[IRoutingContext], "bytes | None"]
+
+#: How many keys a hash remembers the backend of.
+HASHED_KEYS = 10_000
 
 
 class TableKey(Protocol):
@@ -71,17 +74,38 @@ class HashAffinity:
     name: str
     pool: IBackendPool
     key: AffinityKey
+    # The key's backend, for keys seen lately: a client comes back with the
+    # same key, and its hashes (one per backend) need not be made again.
+    # Dropped when the set of backends or a weight changes.
+    _first: dict[bytes, Backend] = attrs.field(init=False, factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        self.pool.observe(self._pool_changed)
+
+    def _pool_changed(self, change: StateChange) -> None:
+        if change.kind in SET_CHANGES:
+            self._first.clear()
 
     def lookup(self, context: IRoutingContext) -> Backend | None:
         key = self.key(context)
         if key is None:
             return None
-        candidates: Sequence[Backend] = self.pool.backends
         tried = context.tried
         if tried:
-            candidates = [b for b in candidates if b not in tried]
-        order = rendezvous_order(key, candidates)
-        return order[0] if order else None
+            order = rendezvous_order(
+                key, [b for b in self.pool.backends if b not in tried]
+            )
+            return order[0] if order else None
+        first = self._first.get(key)
+        if first is None:
+            order = rendezvous_order(key, self.pool.backends)
+            if not order:
+                return None
+            first = order[0]
+            if len(self._first) >= HASHED_KEYS:
+                self._first.clear()  # cheaper than LRU bookkeeping on every hit
+            self._first[key] = first
+        return first
 
     def persist(self, context: IRoutingContext, backend: Backend) -> None:
         pass

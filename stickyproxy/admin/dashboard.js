@@ -145,7 +145,8 @@
   }
 
   // When (server time) and with how many sessions a drain began: from the
-  // API if it says, else as this tab first saw it (kept across reloads).
+  // API, or, for a backend configured in drain (the API cannot say), as
+  // this tab first saw it (kept across reloads of the page).
   function drainStart(id, drain, sessions) {
     if (drain.started != null && drain.sessions_at_start != null) {
       return { at: Date.parse(drain.started), sessions: drain.sessions_at_start };
@@ -369,19 +370,11 @@
   async function act(card, action) {
     const error = field(card, "error");
     error.textContent = "";
-    const sessions = Number(field(card, "sessions").textContent) || 0;
     card.classList.add("busy");
     for (const button of card.querySelectorAll("button")) button.disabled = true;
     try {
       const body = change(card, action);
       const backend = await put(card.dataset.pool, card.dataset.backend, body);
-      const id = key(backend.pool, backend.name);
-      if (backend.drain && action === "drain") {
-        sessionStorage.setItem(
-          DRAIN_KEY + id,
-          JSON.stringify({ at: serverNow(), sessions, deadline: backend.drain.deadline }),
-        );
-      }
       if (action === "weight") {
         const input = card.querySelector('input[name="weight"]');
         input.defaultValue = input.value;

@@ -14,7 +14,7 @@ from twisted.web.server import Site
 
 from stickyproxy import ConfigError, load_config
 from stickyproxy.admin import AdminRoot, TrafficCounter
-from stickyproxy.admin._api import iso_time
+from stickyproxy.admin._api import PoolsResource, iso_time
 from stickyproxy.interfaces import IListableStickTable, IStickTableStrategy
 from stickyproxy.model import (
     AdminState,
@@ -429,6 +429,16 @@ class CollectionsTests(AdminTestCase):
         self.assertEqual(headers.getRawHeaders(b"allow"), [b"GET"])
         self.assertEqual(body, {"error": "method POST not allowed here"})
 
+    def test_internal_error(self):
+        """
+        A bug in a resource is logged, and answered with a JSON 500 (not
+        Twisted's HTML page, nor a traceback).
+        """
+        self.patch(PoolsResource, "listing", lambda self: 1 // 0)
+        code, headers, body = self.request("GET", "/api/pools")
+        self.assertEqual((code, body), (500, {"error": "internal error (see the log)"}))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
     def test_head(self):
         """
         C{HEAD} is answered as C{GET}, without a body.
@@ -679,6 +689,14 @@ class ChangeTests(AdminTestCase):
         self.assertEqual((self.b.weight, self.b.admin_state), (2, AdminState.READY))
         self.assertEqual(self.changes, [])
 
+    def test_deeply_nested_body(self):
+        """
+        A body nested deeper than the JSON parser recurses gets 400, not a
+        500.
+        """
+        raw = b"[" * 100_000 + b"]" * 100_000
+        self.assertError(400, "PUT", self.path, "nested too deeply", raw=raw)
+
     def test_not_found(self):
         """
         An unknown pool or backend gets 404 naming the known ones.
@@ -919,6 +937,17 @@ class TableTests(AdminTestCase):
             ("key=10.0.0.1", "unknown query argument 'key'"),
         ]:
             self.assertError(400, "GET", f"{self.path}?{query}", message)
+
+    def test_page_numbers_not_ascii_or_huge(self):
+        """
+        An offset of digits that are not ASCII (C{²}, which C{str.isdigit}
+        accepts), or of more digits than C{int()} reads, gets 400 rather
+        than a 500.
+        """
+        for text in ["%C2%B2", "9" * 5000]:
+            self.assertError(
+                400, "GET", f"{self.path}?offset={text}", "offset: expected an integer"
+            )
 
     def test_forget_one(self):
         """

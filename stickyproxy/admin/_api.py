@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, cast
 from urllib.parse import quote
 
+from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
@@ -100,6 +102,7 @@ class JSONResource(Resource):
     """
 
     isLeaf = True
+    log = Logger()
 
     def render(self, request: Request) -> bytes:
         method = request.method.decode("ascii", "replace")
@@ -118,6 +121,12 @@ class JSONResource(Resource):
                 request.setHeader(b"allow", error.message.encode("ascii"))
                 error = ApiError(405, f"method {method} not allowed here")
             return write_json(request, error.code, {"error": error.message})
+        except Exception:
+            # A bug: logged, and still answered in JSON (not Twisted's page).
+            self.log.failure(
+                "admin API: {method} {uri}", method=method, uri=request.uri
+            )
+            return write_json(request, 500, {"error": "internal error (see the log)"})
         return write_json(request, code, body)
 
     def respond(
@@ -374,6 +383,10 @@ def read_body(request: Request) -> Mapping[str, object]:
         body = json.loads(request.content.read())
     except ValueError as error:
         raise ApiError(400, f"expected a JSON object as the body: {error}") from None
+    except RecursionError:
+        raise ApiError(
+            400, "expected a JSON object as the body: nested too deeply"
+        ) from None
     if not isinstance(body, dict):
         raise ApiError(400, "expected a JSON object as the body")
     return body
@@ -487,6 +500,9 @@ def _arguments(request: Request, *known: str) -> dict[str, str]:
     return found
 
 
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
 def _page(request: Request) -> tuple[int, int]:
     """
     :returns: the C{offset} (default 0) and C{limit} (default 100, at most
@@ -499,7 +515,9 @@ def _page(request: Request) -> tuple[int, int]:
         ("limit", 100, 1, MAX_PAGE),
     ):
         text = arguments.get(name, str(default))
-        value = int(text) if text.isdigit() else -1
+        # ASCII digits only, and few: int() takes "²" for a digit and
+        # refuses more than 4300 of them.
+        value = int(text) if _DIGITS.fullmatch(text) else -1
         if value < low or (high is not None and value > high):
             allowed = f"from {low} to {high}" if high else f"of at least {low}"
             raise ApiError(400, f"{name}: expected an integer {allowed}, got {text!r}")

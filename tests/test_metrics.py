@@ -438,6 +438,47 @@ class StateTests(MetricsTestCase):
             scrape.value("stickyproxy_probe_failures_total", pool="p", backend="b"), 0
         )
 
+    def test_removed_backend_stays_gone(self):
+        """
+        A request or connection still open to a removed backend, which
+        ends after the removal, brings none of its series back (they would
+        stay for good, a counter restarting from zero); the frontend's own
+        series still count it.  Added again, the backend counts afresh.
+        """
+        self.pool.set_admin_state("b", AdminState.MAINT)
+        self.pool.remove("b")
+        self.events.request_finished(request(backend="b", bytes_out=5))
+        self.events.connection_opened(opened(backend="b"))
+        self.events.connection_closed(closed(backend="b", bytes_in=5))
+        self.events.probe_ran(ProbeRan("p", "b", False, "refused", 0.1))
+        scrape = self.scrape()
+        for family in scrape.families.values():
+            for sample in family.samples:
+                self.assertNotEqual(sample.labels.get("backend"), "b", sample)
+        self.assertEqual(
+            scrape.value("stickyproxy_request_duration_seconds_count", frontend="web"),
+            1,
+        )
+        self.pool.add(make_backend("b"))
+        self.events.request_finished(request(backend="b"))
+        self.events.connection_closed(closed(backend="b", bytes_in=7))
+        scrape = self.scrape()
+        self.assertEqual(
+            scrape.value(
+                "stickyproxy_requests_total", frontend="web", backend="b", code="200"
+            ),
+            1,
+        )
+        self.assertEqual(
+            scrape.value(
+                "stickyproxy_tcp_bytes_total",
+                frontend="l4",
+                backend="b",
+                direction="in",
+            ),
+            7,
+        )
+
     def test_removal_keeps_same_name_elsewhere(self):
         """
         Removing a backend drops only its own pool's series: a backend of

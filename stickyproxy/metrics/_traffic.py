@@ -137,6 +137,10 @@ class TrafficMetrics(IgnoreEvents):
         self._decided: dict[tuple[str, str | None, str], Counter] = {}
         # The series of each backend (by pool and name), removed with it.
         self._owned: dict[tuple[str, str], set[tuple[_Metric, tuple[str, ...]]]] = {}
+        # Backends removed (and not added again): what their connections
+        # still open report is counted in metrics of no registry, rather
+        # than bringing their series back for good.
+        self._removed: set[tuple[str, str]] = set()
 
     def request_finished(self, event: RequestFinished) -> None:
         key = (event.frontend, event.pool, event.backend, event.status)
@@ -175,8 +179,14 @@ class TrafficMetrics(IgnoreEvents):
             series.failures.inc()
 
     def backend_changed(self, change: StateChange) -> None:
+        owner = (change.pool, change.backend.name)
         if change.kind == "removed":
-            self._forget(change.pool, change.backend.name)
+            self._removed.add(owner)
+            self._forget(owner)
+        elif change.kind == "added" and owner in self._removed:
+            # Back under the same name: the caches hold the series nowhere.
+            self._removed.discard(owner)
+            self._forget(owner)
 
     def _decision(self, frontend: str, strategy: str | None, outcome: str) -> None:
         key = (frontend, strategy, outcome)
@@ -216,20 +226,23 @@ class TrafficMetrics(IgnoreEvents):
         The child of C{metric} with these label values, noted as a series
         of the backend C{owner} (pool and name), if any.
         """
+        if owner in self._removed:
+            return type(metric)("removed", "", registry=None)
         if owner is not None:
             self._owned.setdefault(owner, set()).add((metric, labels))
         return metric.labels(*labels)
 
-    def _forget(self, pool: str, backend: str) -> None:
+    def _forget(self, owner: tuple[str, str]) -> None:
         """
-        Drop the series of a backend removed from its pool, so that
-        backends coming and going (deploys) do not pile up series.
+        Drop the series of a backend removed from its pool (or the caches
+        of one back), so that backends coming and going (deploys) do not
+        pile up series.
 
         The caches are emptied too: a cached child whose series is gone
         would count where no scrape sees it (removals are rare, and the
         other series' children are found again by their labels).
         """
-        for metric, labels in self._owned.pop((pool, backend), ()):
+        for metric, labels in self._owned.pop(owner, ()):
             metric.remove(*labels)
         self._http.clear()
         self._tcp.clear()

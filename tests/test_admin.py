@@ -96,14 +96,14 @@ class AdminTestCase(TestCase):
         self.site = self.proxy.admin.factory
         self.client = StubTreq(self.site.resource)
 
-    def request(self, method, path, body=None, token=None, raw=None):
+    def request(self, method, path, body=None, token=None, raw=None, headers=None):
         """
-        Send one request to the admin site.
+        Send one request to the admin site (with more C{headers}, by name).
 
         :returns: the status, the headers and the body (parsed as JSON when
             it is JSON).
         """
-        headers = {}
+        headers = {k.encode(): [v.encode()] for k, v in (headers or {}).items()}
         if token is not None:
             headers[b"authorization"] = [f"Bearer {token}".encode()]
         data = raw if raw is not None else None
@@ -489,6 +489,53 @@ class TokenTests(AdminTestCase):
         """
         self.assertError(401, "GET", "/api/frontends/db/table", "admin token")
         self.get("/api/frontends/db/table", token=TOKEN)
+
+
+class CrossSiteTests(AdminTestCase):
+    def test_refused(self):
+        """
+        Without a token, a change a browser sends for a page of another
+        site (C{Sec-Fetch-Site}, or an C{Origin} other than the C{Host})
+        gets 403 and changes nothing: any web page could add a backend
+        with a simple C{POST}.
+        """
+        add = {"name": "evil", "address": "192.0.2.66:80"}
+        for headers in [
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Sec-Fetch-Site": "same-site"},
+            {"Origin": "http://evil.example"},
+            {"Origin": "http://127.0.0.1:9999"},
+            {"Origin": "null"},
+        ]:
+            self.assertError(
+                403,
+                "POST",
+                "/api/pools/app/backends",
+                "another site",
+                body=add,
+                headers=headers,
+            )
+        self.assertEqual([b.name for b in self.pool.backends], ["a", "b"])
+
+    def test_allowed(self):
+        """
+        Reads from anywhere, and changes from the dashboard's own origin
+        or from clients that are no browser, are served.
+        """
+        self.get("/api/backends", headers={"Sec-Fetch-Site": "cross-site"})
+        for n, headers in enumerate(
+            [
+                {},
+                {"Sec-Fetch-Site": "same-origin", "Origin": "http://elsewhere"},
+                {"Sec-Fetch-Site": "none"},
+                {"Origin": "http://127.0.0.1:8081"},
+            ]
+        ):
+            body = {"name": f"c{n}", "address": "127.0.0.1:9009"}
+            code, _, found = self.request(
+                "POST", "/api/pools/app/backends", body=body, headers=headers
+            )
+            self.assertEqual(code, 201, found)
 
 
 class ConfigTests(TestCase):

@@ -5,6 +5,7 @@ The root of the admin listener's site.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from twisted.web import http
 from twisted.web.resource import IResource, Resource
@@ -57,6 +58,10 @@ class AdminRoot(Resource):
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         if request.method not in READ_METHODS:
+            if cross_site(request):
+                return JSONError(
+                    403, "refused: a change sent by a web page of another site"
+                )
             try:
                 require_token(self.service, request)
             except ApiError as error:
@@ -66,6 +71,25 @@ class AdminRoot(Resource):
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         return JSONError(404, "no such resource")
+
+
+def cross_site(request: Request) -> bool:
+    """
+    Whether a browser sent C{request} for a page of another site: any page
+    the operator's browser opens could otherwise add a backend of its own
+    (a C{POST} of C{text/plain} needs no CORS preflight), whenever the
+    admin listener has no token.  Browsers say where a request comes from
+    in C{Sec-Fetch-Site}, or, older ones, in C{Origin} (compared with
+    C{Host}); other clients (curl) send neither.
+    """
+    site = request.getHeader(b"sec-fetch-site")
+    if site is not None:
+        return site not in (b"same-origin", b"none")
+    origin = request.getHeader(b"origin")
+    if origin is None:
+        return False
+    host = request.getHeader(b"host")
+    return host is None or urlsplit(origin).netloc != host
 
 
 def admin_site(service: ProxyService, reactor: object) -> Site:

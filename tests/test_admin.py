@@ -558,6 +558,8 @@ class ConfigTests(TestCase):
             "tcp:8081:interface=0.0.0.0": "tcp:8081:interface=0.0.0.0",
             "tcp:8081:10.0.0.1": "tcp:8081:10.0.0.1",
             "unix:/run/admin.sock:mode=600": "unix:/run/admin.sock:mode=600",
+            "haproxy:tcp:8081": "haproxy:tcp:8081:interface=127.0.0.1",
+            "haproxy:tcp:8081:interface=0.0.0.0": "haproxy:tcp:8081:interface=0.0.0.0",
         }
         for listen, expected in cases.items():
             self.assertEqual(self.load(listen=listen).listen, expected)

@@ -559,6 +559,9 @@ def loopback_by_default(listen: str) -> str:
     takes an explicit C{interface=0.0.0.0}.
     """
     kind, colon, rest = listen.partition(":")
+    if kind == "haproxy" and colon:
+        # The listener strips the prefix: the endpoint behind it counts.
+        return f"haproxy:{loopback_by_default(rest)}"
     position = _INTERFACE_POSITION.get(kind)
     if position is None or not colon:
         return listen

@@ -814,6 +814,19 @@ class AddTests(AdminTestCase):
             [b["name"] for b in self.get("/api/backends")], ["a", "b", "c", "s"]
         )
 
+    def test_location_quoted(self):
+        """
+        The C{Location} of a backend whose name holds C{/} or a space
+        quotes them, so that it names that backend.
+        """
+        code, headers, _ = self.request(
+            "POST", self.path, body={"name": "v2/a b", "address": "127.0.0.1:9004"}
+        )
+        self.assertEqual(code, 201)
+        [location] = headers.getRawHeaders(b"location")
+        self.assertEqual(location, b"/api/pools/app/backends/v2%2Fa%20b")
+        self.assertEqual(self.get(location.decode())["name"], "v2/a b")
+
     def test_add_options(self):
         """
         C{route} and C{admin_state} are taken as the config file takes them;

@@ -333,7 +333,9 @@ class PoolsResource(_Live):
             pool.add(backend, REASON)
         except ValueError as error:
             raise ApiError(409, str(error)) from None
-        location = f"/api/pools/{quote(pool.name)}/backends/{quote(backend.name)}"
+        # Every character quoted: a "/" in a name is one path segment.
+        names = quote(pool.name, safe=""), quote(backend.name, safe="")
+        location = "/api/pools/{}/backends/{}".format(*names)
         request.setHeader(b"location", location.encode("ascii"))
         return 201, self.backend_json(pool, backend)
 

@@ -257,8 +257,8 @@ class ConnectionClosed:
     :ivar ended: how it ended, in one word: C{"client-closed"} or
         C{"backend-closed"} (that side ended it), C{"client-aborted"} or
         C{"backend-aborted"} (that side's connection was lost, not closed),
-        C{"idle-timeout"}, or C{"backend-down"} (closed by the proxy, with
-        C{on_down = "close"}).
+        C{"idle-timeout"}, C{"backend-down"} (closed by the proxy, with
+        C{on_down = "close"}), or C{"shutdown"} (cut off by a stop).
     :ivar persistence: the persistence outcome, as in L{ConnectionOpened}.
     :ivar strategy: the strategy whose binding decided, as in
         L{ConnectionOpened}.

@@ -10,6 +10,7 @@ import signal
 import sys
 import textwrap
 from collections.abc import Callable
+from functools import partial
 from types import FrameType
 from typing import Any
 
@@ -21,6 +22,7 @@ from twisted.application.service import IService, Service
 from twisted.logger import (
     ILogObserver,
     LogEvent,
+    Logger,
     LogLevel,
     formatEvent,
     globalLogPublisher,
@@ -389,6 +391,10 @@ def _makeService(options: Options, reactor: Any) -> ProxyService:
             demo_ports.update(listen_demo_backends(reactor, each))
     config = _config(options, registry, demo_ports)
     proxy = ProxyService(config, reactor, registry)
+    if options["config"]:
+        # Absolute: twistd changes into its --rundir after this has run.
+        options["config"] = os.path.abspath(options["config"])
+        proxy.config_source = partial(_config, options, registry)
     if demo_ports is not None:
         DemoService(demo_ports, proxy).setServiceParent(proxy)
     OnSignal(signal.SIGUSR1, proxy.reopen_logs, reactor).setServiceParent(proxy)
@@ -496,6 +502,61 @@ def version() -> str:
     )
 
 
+log = Logger()
+
+
+def install_signal_handlers(proxy: ProxyService, reactor: Any) -> None:
+    """
+    Once the reactor runs with its own signal handlers (SIGTERM and SIGINT
+    stop it, gracefully: see L{ProxyService.stopService}), add the proxy's:
+    C{SIGHUP} reloads the config file, and a second C{SIGTERM} or C{SIGINT}
+    cuts every connection off at once.  The handlers only pass the work to
+    the reactor (C{callFromThread}).  For C{twistd} only: a program that
+    embeds the proxy keeps its own signals.
+    """
+
+    def install() -> None:
+        stops = (signal.SIGTERM, signal.SIGINT)
+        reactors: dict[int, Any] = {s: signal.getsignal(s) for s in stops}
+        stopping: list[int] = []
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            handler = reactors[signum]
+            if not stopping and callable(handler):
+                stopping.append(signum)
+                handler(signum, frame)  # the reactor's: it logs and stops
+            else:
+                reactor.callFromThread(_stop_now, proxy, signum)
+
+        for signum in stops:
+            signal.signal(signum, stop)
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(_reload, proxy))
+
+    reactor.addSystemEventTrigger("after", "startup", install)
+
+
+def _stop_now(proxy: ProxyService, signum: int) -> None:
+    log.warn(
+        "received {signal} again: stopping at once",
+        signal=signal.Signals(signum).name,
+    )
+    proxy.stop_now()
+
+
+def _reload(proxy: ProxyService) -> None:
+    """
+    C{SIGHUP}: reload the config file.  The outcome is logged by the
+    proxy; a rejected config changes nothing.
+    """
+    log.info("received SIGHUP: reloading the configuration")
+    try:
+        proxy.reload_from_source()
+    except ConfigError:
+        pass
+    except Exception:
+        log.failure("reloading the configuration")
+
+
 def makeService(options: Options) -> IService:
     """
     The C{twistd} entry point.  A configuration mistake ends the process
@@ -504,6 +565,8 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     try:
-        return _makeService(options, reactor)
+        proxy = _makeService(options, reactor)
     except ConfigError as error:
         raise SystemExit(f"stickyproxy: configuration error: {error}") from None
+    install_signal_handlers(proxy, reactor)
+    return proxy

@@ -318,7 +318,9 @@ class FrontendALPNTests(TestCase):
 
     def factories(self, *frontends: dict[str, object]) -> list[Factory]:
         """
-        The factories L{ProxyService} listens with for C{frontends}.
+        The factories L{ProxyService} builds for C{frontends}; the ports
+        listen with switches in front of them (a reload may swap them),
+        which negotiate what they do.
         """
         config = load_config(
             {
@@ -331,8 +333,15 @@ class FrontendALPNTests(TestCase):
             REGISTRY,
         )
         reactor = MemoryReactorClock()
-        ProxyService(config, reactor, REGISTRY).bind()
-        return [factory for _, factory, _, _ in reactor.tcpServers]
+        proxy = ProxyService(config, reactor, REGISTRY)
+        proxy.bind()
+        built = [listener.factory for listener in proxy.listeners.values()]
+        ported = [factory for _, factory, _, _ in reactor.tcpServers]
+        self.assertEqual(
+            [factory.acceptableProtocols() for factory in ported],
+            [factory.acceptableProtocols() for factory in built],
+        )
+        return built
 
     def test_http_frontend(self) -> None:
         """

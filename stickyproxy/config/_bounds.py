@@ -39,6 +39,9 @@ DRAIN_DEADLINE = Bounds(1, 30 * DAY)
 #: A persistence cookie's lifetimes (C{max_age}, C{max_idle}, C{max_life}):
 #: browsers cap C{Max-Age} at 400 days (RFC 6265bis).
 COOKIE_LIFETIME = Bounds(1, 400 * DAY)
+#: How long a shutdown waits for requests and connections under way
+#: (C{0}: it cuts them off at once).
+SHUTDOWN_TIMEOUT = Bounds(0, DAY)
 #: The C{Retry-After} of a 503, in whole seconds.
 RETRY_AFTER = Bounds(0, DAY)
 

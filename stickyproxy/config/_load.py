@@ -167,12 +167,41 @@ class ProxyConfig:
     :ivar state_dir: where the proxy keeps what must outlive it (the
         secret that signs cookies without configured keys); a relative
         path is relative to the working directory.
+    :ivar shutdown_timeout: how long a shutdown waits for requests and
+        connections under way, in seconds.
     """
 
     frontends: tuple[FrontendConfig, ...]
     pools: Mapping[str, PoolConfig] = attrs.field(converter=_frozen_mapping)
     admin: AdminConfig | None = None
     state_dir: str = "."
+    shutdown_timeout: float = 30.0
+
+
+def same(one: object, other: object) -> bool:
+    """
+    Whether two pieces of configuration say the same, wherever in the file
+    they were written: their key paths (which move when a table does) are
+    not compared.
+    """
+    return _unplaced(one) == _unplaced(other)
+
+
+def _unplaced(value: object) -> object:
+    if isinstance(value, tuple):
+        return tuple(_unplaced(each) for each in value)
+    kind = type(value)
+    if not attrs.has(kind):
+        return value
+    fields = attrs.fields_dict(kind)
+    return attrs.evolve(
+        value,  # type: ignore[misc]
+        **{
+            name: "" if name == "path" else _unplaced(getattr(value, name))
+            for name, field in fields.items()
+            if field.init
+        },
+    )
 
 
 def read_backend(reader: OptionReader, default_name: str) -> BackendConfig:
@@ -540,9 +569,16 @@ def load_config(data: Mapping[str, object], registry: StrategyRegistry) -> Proxy
     state_dir = top.string("state_dir", ".")
     if not state_dir or "\0" in state_dir:
         raise top.fail("state_dir", "a directory path")
+    shutdown_timeout = top.number(
+        "shutdown_timeout", 30.0, bounds=bounds.SHUTDOWN_TIMEOUT
+    )
     top.finish()
     return ProxyConfig(
-        frontends=frontends, pools=pools, admin=admin, state_dir=state_dir
+        frontends=frontends,
+        pools=pools,
+        admin=admin,
+        state_dir=state_dir,
+        shutdown_timeout=shutdown_timeout,
     )
 
 

@@ -209,6 +209,28 @@ class Pool:
         """
         self._observers.append(observer)
 
+    def unobserve(self, observer: StateObserver) -> None:
+        """
+        Stop calling C{observer} (one that L{observe} added): what it
+        belonged to was replaced by a reload.
+        """
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    @property
+    def session_sources(self) -> tuple[SessionSource, ...]:
+        """
+        :returns: what L{add_session_source} added, in order.
+        """
+        return tuple(self._session_sources)
+
+    def remove_session_source(self, source: SessionSource) -> None:
+        """
+        Stop counting C{source} (its strategy was replaced by a reload).
+        """
+        if source in self._session_sources:
+            self._session_sources.remove(source)
+
     def add_session_source(self, source: SessionSource) -> None:
         """
         Count sessions held outside open connections, e.g. live stick-table

@@ -13,7 +13,7 @@ removed is forgotten.  All timing goes through the injected clock.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import attrs
 from zope.interface import implementer
@@ -101,7 +101,13 @@ class HealthMonitor(Service):
         settings: HealthSettings | None = None,
         random_source: Callable[[float, float], float] | None = None,
         events: EventStream | None = None,
+        adopt: Collection[Backend] = (),
     ) -> None:
+        """
+        :param adopt: backends of the pool that keep the health they have
+            (a reload replaced the pool's monitor) rather than start in
+            C{init_state}.
+        """
         self.pool = pool
         self.events = events if events is not None else EventStream()
         self.clock = clock
@@ -110,15 +116,23 @@ class HealthMonitor(Service):
         self._uniform = random_source or random.Random().uniform
         self._tracks: dict[Backend, _Track] = {}
         for backend in pool.backends:
-            self._track(backend)
+            self._track(backend, backend in adopt)
         pool.passive = self
         pool.observe(self._backend_changed)
 
-    def _track(self, backend: Backend) -> None:
+    def detach(self) -> None:
         """
-        Start tracking a backend, in C{init_state}.
+        Stop following the pool: a reload replaced this monitor.
         """
-        waiting = self.settings.init_state is not Health.UP
+        self.pool.unobserve(self._backend_changed)
+        if self.pool.passive is self:
+            self.pool.passive = None
+
+    def _track(self, backend: Backend, adopt: bool = False) -> None:
+        """
+        Start tracking a backend, in C{init_state} unless C{adopt}ed as it is.
+        """
+        waiting = not adopt and self.settings.init_state is not Health.UP
         self._tracks[backend] = _Track(RiseFallTracker(self.settings, waiting))
         if waiting:
             self.pool.set_health(

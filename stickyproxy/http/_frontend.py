@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 
 from stickyproxy.config._settings import HTTPSettings
 from stickyproxy.core._addresses import client_host, forwarded_client, in_networks
+from stickyproxy.core._clients import ClientSet
 from stickyproxy.core._endpoints import no_delay
 from stickyproxy.core._events import EventStream
 from stickyproxy.core._proxyheader import HEADERS
@@ -688,9 +689,11 @@ class HTTPProxyProtocol(Protocol):
         self._plain_upgrade: _Exchange | None = None  # an upgrade not tunnelled
         self._resuming = False  # parsing a head of our own: see _read_on
         self._head_begun = False  # a head began in this read, none before it
+        self.closing = False  # close once the requests under way are answered
         self.timer: IdleTimer
 
     def connectionMade(self) -> None:
+        self.factory.clients.add(self)
         no_delay(self.transport)
         self.peer_host, self.peer_port = client_host(self.transport.getPeer())
         # A property of the connection, not of each request on it.
@@ -919,6 +922,8 @@ class HTTPProxyProtocol(Protocol):
         )
         if parser.should_upgrade() and not upgrade:
             self._plain_upgrade = exchange  # llhttp will stop after its head
+        if self.closing:
+            exchange.close_after = True
         self._incoming = exchange
         self._exchanges.append(exchange)
         if len(self._exchanges) == 1:
@@ -1036,6 +1041,20 @@ class HTTPProxyProtocol(Protocol):
         """
         self.transport.abortConnection()
 
+    def close_when_done(self) -> None:
+        """
+        Close this connection once the requests under way are answered (the
+        last of them with C{Connection: close}, if its response has not
+        started), or at once when it is idle.  A tunnel runs on until it
+        ends.
+        """
+        self.closing = True
+        if self._exchanges:
+            self._exchanges[-1].close_after = True
+        elif not (self._tunnel or self._head_size or self.refusing):
+            self.timer.cancel()
+            self.transport.loseConnection()
+
     # WebSocket and other upgrades
 
     def tunnel(
@@ -1087,6 +1106,7 @@ class HTTPProxyProtocol(Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.factory.clients.discard(self)
         self.timer.cancel()
         if self._tunnel is not None:
             exchange, self._tunnel_exchange = self._tunnel_exchange, None
@@ -1104,6 +1124,8 @@ class HTTPProxyFactory(Factory):
     Builds the L7 protocol for one frontend, and keeps its keep-alive
     connections to each backend.  Over TLS it speaks C{http/1.1}, which
     is what it offers in ALPN.
+
+    :ivar clients: its open client connections.
     """
 
     protocol = HTTPProxyProtocol  # type: ignore[assignment]
@@ -1133,6 +1155,7 @@ class HTTPProxyFactory(Factory):
         self.settings = settings
         self.events = events if events is not None else EventStream()
         self.connections: dict[Backend, BackendConnections] = {}
+        self.clients: ClientSet[HTTPProxyProtocol] = ClientSet()
         for backend in router.pool.backends:
             self._add_connections(backend)
         router.pool.observe(self._backend_changed)
@@ -1171,3 +1194,30 @@ class HTTPProxyFactory(Factory):
     def stopFactory(self) -> None:
         for connections in self.connections.values():
             connections.close_idle()
+
+    def wind_down(self) -> None:
+        """
+        Take no more requests (a shutdown): idle client connections close
+        now, busy ones once their requests are answered.
+        """
+        for client in self.clients:
+            client.close_when_done()
+
+    #: A reload that replaces this frontend winds it down too: a client on
+    #: a keep-alive connection would otherwise keep the old settings.
+    retire = wind_down
+
+    def cut(self) -> None:
+        """
+        Cut every client connection off now (the shutdown timeout is over).
+        """
+        for client in self.clients:
+            client.abort()
+
+    def detach(self) -> None:
+        """
+        Stop following the pool, and close idle backend connections: this
+        factory serves nobody any more (a reload replaced it).
+        """
+        self.router.pool.unobserve(self._backend_changed)
+        self.stopFactory()

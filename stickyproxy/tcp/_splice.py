@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from stickyproxy.core._addresses import client_host
+from stickyproxy.core._clients import ClientSet
 from stickyproxy.core._endpoints import connect_quietly, no_delay
 from stickyproxy.core._events import EventStream
 from stickyproxy.core._proxyheader import HEADERS
@@ -93,6 +94,7 @@ class TCPProxyProtocol(Protocol):
         self._ended: str | None = None
 
     def connectionMade(self) -> None:
+        self.factory.clients.add(self)
         no_delay(self.transport)
         self.transport.pauseProducing()
         host, port = client_host(self.transport.getPeer())
@@ -218,6 +220,7 @@ class TCPProxyProtocol(Protocol):
         if self._ended is None:
             closed = reason.check(ConnectionDone)
             self._ended = "client-closed" if closed else "client-aborted"
+        self.factory.clients.discard(self)
         if self._connecting is not None:
             self._connecting.cancel()
         if self._backend is not None:
@@ -266,6 +269,23 @@ class TCPProxyProtocol(Protocol):
         if self._backend is not None:
             self._backend.abortConnection()
 
+    @property
+    def spliced(self) -> bool:
+        """
+        :returns: whether its backend connection is up.
+        """
+        return self._backend is not None
+
+    def abort(self) -> None:
+        """
+        Cut both connections off now (the proxy stops).
+        """
+        if self._ended is None:
+            self._ended = "shutdown"
+        self.transport.abortConnection()
+        if self._backend is not None:
+            self._backend.abortConnection()
+
     def _close_idle(self) -> None:
         if self._ended is None:
             self._ended = "idle-timeout"
@@ -291,6 +311,7 @@ class TCPProxyFactory(Factory):
         (nowhere by default).
     :ivar alpn: the protocols a TLS listener offers in ALPN, most preferred
         first; none: the handshake completes without ALPN.
+    :ivar clients: its open client connections.
     """
 
     protocol = TCPProxyProtocol  # type: ignore[assignment]
@@ -319,6 +340,7 @@ class TCPProxyFactory(Factory):
         self.events = events if events is not None else EventStream()
         self.alpn = tuple(alpn)
         self._open: dict[Backend, set[TCPProxyProtocol]] = {}
+        self.clients: ClientSet[TCPProxyProtocol] = ClientSet()
         router.pool.observe(self._backend_changed)
 
     def opened(self, backend: Backend, protocol: TCPProxyProtocol) -> None:
@@ -361,3 +383,34 @@ class TCPProxyFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> TCPProxyProtocol:  # type: ignore[override]
         return TCPProxyProtocol(self)
+
+    def wind_down(self) -> None:
+        """
+        Take no more clients (a shutdown): those still waiting for a
+        backend are closed (and not waited for: nothing of theirs is under
+        way); spliced connections run on until they end.
+        """
+        for client in self.clients:
+            if not client.spliced:
+                client.transport.loseConnection()
+                self.clients.discard(client)
+
+    def retire(self) -> None:
+        """
+        A reload replaced this frontend: its connections run on undisturbed,
+        with the settings they started with.
+        """
+
+    def cut(self) -> None:
+        """
+        Cut every connection off now (the shutdown timeout is over).
+        """
+        for client in self.clients:
+            client.abort()
+
+    def detach(self) -> None:
+        """
+        Stop following the pool: this factory serves nobody any more (a
+        reload replaced it).
+        """
+        self.router.pool.unobserve(self._backend_changed)

@@ -132,7 +132,7 @@ class FrontendSwitch(Factory):
 class ListenerService(Service):
     """
     Listens on one endpoint string with one factory (which L{switch} may
-    replace, keeping the socket).
+    replace, keeping the socket, unless made with C{switchable=False}).
 
     Unlike L{twisted.application.internet.StreamServerEndpointService}, a
     failure to listen is a L{ConfigError} naming the config key, and
@@ -154,16 +154,19 @@ class ListenerService(Service):
         path: str,
         timeout_proxy_header: float = 10.0,
         timeout_handshake: float = 10.0,
+        switchable: bool = True,
     ) -> None:
         self.description = description
         self.path = path
-        self._switch = FrontendSwitch(factory)
-        self._factory: IProtocolFactory = self._switch
+        #: The listener's own factory (unwrapped by any C{haproxy:} reader).
+        self.factory = factory
+        self._switch = FrontendSwitch(factory) if switchable else None
+        self._factory = factory if self._switch is None else self._switch
         if description.startswith("haproxy:"):
             # Ours rather than Twisted's haproxy: wrapper: see ProxyHeaderReceiver.
             description = description[len("haproxy:") :]
             self._factory = ProxyHeaderWrappingFactory(
-                self._switch, reactor, timeout_proxy_header
+                self._factory, reactor, timeout_proxy_header
             )
         listening = TLSListeningReactor(
             reactor, lambda: self.name or self.path, timeout_handshake
@@ -180,19 +183,16 @@ class ListenerService(Service):
             ) from None
         self.port: IListeningPort | None = None
 
-    @property
-    def factory(self) -> IProtocolFactory:
-        """
-        The frontend's own factory (unwrapped by any C{haproxy:} reader).
-        """
-        return self._switch.current
-
     def switch(self, factory: IProtocolFactory) -> IProtocolFactory:
         """
         Hand new connections to C{factory}, on the same socket.
 
         :returns: the factory it replaces, whose connections run on.
+        :raises ValueError: the listener was made with C{switchable=False}.
         """
+        if self._switch is None:
+            raise ValueError(f"{self.path}: this listener's factory is fixed")
+        self.factory = factory
         return self._switch.switch(factory)
 
     def bind(self) -> None:
@@ -791,7 +791,7 @@ class ProxyService(MultiService):
         if self._admin_site is None:
             self._admin_site = admin_site(self, self.reactor)
         plan.admin = ListenerService(
-            self.reactor, new.listen, self._admin_site, "admin.listen"
+            self.reactor, new.listen, self._admin_site, "admin.listen", switchable=False
         )
         plan.admin.setName("admin")
         plan.new_listeners.append(plan.admin)

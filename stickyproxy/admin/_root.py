@@ -13,6 +13,7 @@ from twisted.web.server import Request, Site
 
 from stickyproxy.admin._api import ApiError, ApiResource, JSONError, require_token
 from stickyproxy.admin._dashboard import DashboardResource, Snapshot
+from stickyproxy.admin._reload import ReloadResource
 from stickyproxy.admin._traffic import TrafficCounter
 from stickyproxy.metrics import MetricsResource
 
@@ -40,6 +41,7 @@ class AdminRoot(Resource):
         self.traffic = TrafficCounter()
         service.events.subscribe(self.traffic)
         self.api = ApiResource(service, self.traffic)
+        self.api.putChild(b"reload", ReloadResource(service))
         self.putChild(b"api", self.api)
         self.putChild(b"metrics", MetricsResource(service))
         self.putChild(b"", DashboardResource(self.snapshot))

@@ -24,6 +24,9 @@ C{/login}
 C{/named-framing}
     The text C{NAME} with C{Connection: Content-Length}, as a broken or
     hostile server may send it: a proxy must not unframe the response.
+C{/bytes/N}
+    N bytes of L{body_pattern}, with their C{Content-Length}, written as
+    fast as the connection takes them.
 C{/ws}
     A WebSocket (RFC 6455) that echoes every text and binary message, and
     answers a close with the same close code.
@@ -42,11 +45,25 @@ import hashlib
 import os
 import struct
 import sys
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import BinaryIO
 
 WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+
+
+def body_pattern(size: int) -> Iterator[bytes]:
+    """
+    The C{size} bytes C{/bytes/SIZE} serves, in pieces of up to 64 KiB: a
+    test hashes them to check what arrived.
+    """
+    index = 0
+    while size > 0:
+        block = hashlib.sha256(b"%d" % index).digest() * 2048
+        yield block[:size]
+        size -= len(block)
+        index += 1
 
 
 def read_frame(stream: BinaryIO) -> tuple[bool, int, bytes] | None:
@@ -140,6 +157,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
             self._websocket()
             return
+        elif path.startswith("/bytes/") and path[7:].isdigit():
+            self._bytes(int(path[7:]), body)
+            return
         elif path == "/named-framing":
             headers.append(("Connection", "Content-Length"))
             status, text = 200, f"{server.name}\n"
@@ -165,6 +185,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if body:
             self.wfile.write(data)
+
+    def _bytes(self, size: int, body: bool) -> None:
+        self.send_response(200)
+        self.send_header("X-Backend", self.server.name)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        if not body:
+            return
+        try:
+            for piece in body_pattern(size):
+                self.wfile.write(piece)
+        except OSError:
+            self.close_connection = True  # the client left half-way
 
     def _websocket(self) -> None:
         key = self.headers.get("Sec-WebSocket-Key", "")

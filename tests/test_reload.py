@@ -77,36 +77,14 @@ class PortsReactor(MemoryReactorClock):
 
 def _data(state_dir):
     """
-    An HTTP frontend with cookie persistence and a TCP one with a source-ip
-    table, on one pool probed over TCP.
+    The admin tests' proxy (an HTTP frontend with cookie persistence and a
+    TCP one with a source-ip table, on one pool probed over TCP), without
+    the admin listener.
     """
-    return {
-        "state_dir": state_dir,
-        "frontend": [
-            {
-                "name": "web",
-                "mode": "http",
-                "listen": "tcp:8080",
-                "pool": "app",
-                "persistence": {"strategy": "cookie"},
-            },
-            {
-                "name": "db",
-                "listen": "tcp:7000",
-                "pool": "app",
-                "persistence": {"strategy": "source-ip", "mode": "table"},
-            },
-        ],
-        "pool": {
-            "app": {
-                "backend": [
-                    {"name": "a", "address": "127.0.0.1:9001"},
-                    {"name": "b", "address": "127.0.0.1:9002"},
-                ],
-                "health": {"type": "tcp", "interval": 10, "jitter": 0},
-            },
-        },
-    }
+    data = config_data()
+    del data["admin"]
+    data["state_dir"] = state_dir
+    return data
 
 
 class ReloadTestCase(TestCase):
@@ -428,7 +406,7 @@ class BackendChangeTests(ReloadTestCase):
         pool.set_admin_state("b", AdminState.DRAIN)
         data = self.changed()
         data["pool"]["app"]["backend"][1]["weight"] = 5
-        self.assertEqual(self.reload(data), ["pool app: backend b weight 1 -> 5"])
+        self.assertEqual(self.reload(data), ["pool app: backend b weight 2 -> 5"])
         self.assertEqual(pool["a"].admin_state, AdminState.MAINT)
         self.assertEqual(pool["b"].admin_state, AdminState.DRAIN)
         self.assertEqual(pool["b"].weight, 5)
@@ -498,16 +476,7 @@ class RejectedTests(ReloadTestCase):
         error line, and leaves everything as it was (and no new port
         listening).
         """
-        state = (
-            dict(self.proxy.listeners),
-            dict(self.reactor.listening()),
-            dict(self.proxy.routers),
-            dict(self.proxy.pools),
-            dict(self.proxy.monitors),
-            list(self.proxy.pools["app"].backends),
-            self.proxy.pools["app"].session_sources,
-            self.proxy.config,
-        )
+        state = self.state()
         with capturedLogs() as events:
             error = self.assertRaises(
                 ConfigError, self.proxy.reload, load_config(data, REGISTRY)
@@ -517,18 +486,21 @@ class RejectedTests(ReloadTestCase):
         errors = [e for e in events if e["log_level"] >= LogLevel.warn]
         self.assertEqual(len(errors), 1, errors)
         self.assertIn("reload rejected", errors[0]["log_format"])
-        self.assertEqual(
-            state,
-            (
-                dict(self.proxy.listeners),
-                dict(self.reactor.listening()),
-                dict(self.proxy.routers),
-                dict(self.proxy.pools),
-                dict(self.proxy.monitors),
-                list(self.proxy.pools["app"].backends),
-                self.proxy.pools["app"].session_sources,
-                self.proxy.config,
-            ),
+        self.assertEqual(self.state(), state)
+
+    def state(self):
+        """
+        :returns: what a rejected reload must leave as it was.
+        """
+        return (
+            dict(self.proxy.listeners),
+            dict(self.reactor.listening()),
+            dict(self.proxy.routers),
+            dict(self.proxy.pools),
+            dict(self.proxy.monitors),
+            list(self.proxy.pools["app"].backends),
+            self.proxy.pools["app"].session_sources,
+            self.proxy.config,
         )
 
     def test_port_in_use(self):

@@ -402,14 +402,15 @@ class CollectionsTests(AdminTestCase):
     def test_index(self):
         """
         C{/} serves the dashboard (an HTML page); C{/api} lists its
-        collections.
+        collections (and C{reload}).
         """
         code, headers, body = self.request("GET", "/")
         self.assertEqual(code, 200)
         self.assertIn(b"text/html", headers.getRawHeaders(b"content-type")[0])
         self.assertIn(b'<main id="dashboard">', body)
         self.assertEqual(
-            self.get("/api")["resources"], ["backends", "frontends", "pools"]
+            self.get("/api")["resources"],
+            ["backends", "frontends", "pools", "reload"],
         )
 
     def test_not_found(self):

@@ -507,13 +507,15 @@ log = Logger()
 
 def install_signal_handlers(proxy: ProxyService, reactor: Any) -> None:
     """
-    Once the reactor runs with its own signal handlers (SIGTERM and SIGINT
-    stop it, gracefully: see L{ProxyService.stopService}), add the proxy's:
-    C{SIGHUP} reloads the config file, and a second C{SIGTERM} or C{SIGINT}
-    cuts every connection off at once.  The handlers only pass the work to
-    the reactor (C{callFromThread}).  For C{twistd} only: a program that
-    embeds the proxy keeps its own signals.
+    Add the proxy's signal handlers: C{SIGHUP} reloads the config file (at
+    once: a reload asked for during startup waits for the reactor), and,
+    once the reactor runs with its own handlers (C{SIGTERM} and C{SIGINT}
+    stop it, gracefully: see L{ProxyService.stopService}), a second
+    C{SIGTERM} or C{SIGINT} cuts every connection off at once.  The
+    handlers only pass the work to the reactor (C{callFromThread}).  For
+    C{twistd} only: a program that embeds the proxy keeps its own signals.
     """
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(_reload, proxy))
 
     def install() -> None:
         stops = (signal.SIGTERM, signal.SIGINT)
@@ -530,7 +532,6 @@ def install_signal_handlers(proxy: ProxyService, reactor: Any) -> None:
 
         for signum in stops:
             signal.signal(signum, stop)
-        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(_reload, proxy))
 
     reactor.addSystemEventTrigger("after", "startup", install)
 

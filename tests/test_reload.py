@@ -709,15 +709,19 @@ class SignalTests(ReloadTestCase):
             self.addCleanup(signal.signal, signum, signal.getsignal(signum))
         self.hup = signal.getsignal(signal.SIGHUP)
         self.first = []
-        # What the reactor installs: its own stop.
-        signal.signal(signal.SIGTERM, lambda *args: self.first.append(args[0]))
-        signal.signal(signal.SIGINT, lambda *args: self.first.append(args[0]))
+        # What the reactor installs as it starts: its own stop.
+        reactors = self.first.append
+        signal.signal(signal.SIGTERM, lambda signum, frame: reactors(signum))
+        signal.signal(signal.SIGINT, lambda signum, frame: reactors(signum))
+        term = signal.getsignal(signal.SIGTERM)
         self.signals = _SignalReactor()
         install_signal_handlers(self.proxy, self.signals)
-        # Installed only once the reactor runs (with its own handlers).
+        # SIGHUP at once; the others once the reactor runs (with its own).
+        self.assertIsNot(signal.getsignal(signal.SIGHUP), self.hup)
+        self.assertIs(signal.getsignal(signal.SIGTERM), term)
         [(install, _, _)] = self.signals.triggers["after"]["startup"]
-        self.assertIs(signal.getsignal(signal.SIGHUP), self.hup)
         install()
+        self.assertIsNot(signal.getsignal(signal.SIGTERM), term)
 
     def test_hup(self):
         """

@@ -518,6 +518,22 @@ class ProxyService(MultiService):
         self._hurry = False
         self._switch(self._plan(config))
 
+    def new_backend(self, pool: str, table: Mapping[str, object]) -> Backend:
+        """
+        Make a backend for a pool from a table shaped like a
+        C{[[pool.NAME.backend]]} of the config file, checked as the file's
+        are, without adding it.
+
+        :raises KeyError: no pool has that name.
+        :raises ConfigError: the table is wrong (its keys named with no
+            prefix: C{address: expected host:port ...}).
+        """
+        live = self.pools[pool]
+        config = read_backend(OptionReader(table, ""), "")
+        if not config.name:
+            raise ConfigError("name", "expected a non-empty string")
+        return build_backend(config, self.reactor, live.connect_timeout)
+
     # Reloading
 
     def reload(self, config: ProxyConfig) -> list[str]:
@@ -939,22 +955,6 @@ class ProxyService(MultiService):
                     "maint, or of weight 0); new clients will be refused",
                     pool=pool.name,
                 )
-
-    def new_backend(self, pool: str, table: Mapping[str, object]) -> Backend:
-        """
-        Make a backend for a pool from a table shaped like a
-        C{[[pool.NAME.backend]]} of the config file, checked as the file's
-        are, without adding it.
-
-        :raises KeyError: no pool has that name.
-        :raises ConfigError: the table is wrong (its keys named with no
-            prefix: C{address: expected host:port ...}).
-        """
-        live = self.pools[pool]
-        config = read_backend(OptionReader(table, ""), "")
-        if not config.name:
-            raise ConfigError("name", "expected a non-empty string")
-        return build_backend(config, self.reactor, live.connect_timeout)
 
     def _stop_monitor(self, name: str) -> None:
         monitor = self.monitors.pop(name, None)

@@ -181,8 +181,10 @@ class LifecycleTests(HTTPE2ETestCase):
         and the proxy exits at once.
         """
         self.start(["b1"], shutdown_timeout=600)
-        size = 64 * MiB  # more than the kernel's socket buffers hold
-        curl, target = self.download("200K", size)
+        # A minute's worth, much more than the kernel's socket buffers hold
+        # (what they hold still reaches curl after the proxy is gone).
+        size = 128 * MiB
+        curl, target = self.download("2M", size)
         self.proxy.send_signal(signal.SIGTERM)
         self.wait_for_line(self.proxy, "shutting down: waiting up to 600 s", 10)
         self.proxy.send_signal(signal.SIGTERM)

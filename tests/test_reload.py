@@ -336,6 +336,37 @@ class AdminListenerTests(ReloadTestCase):
         self.assertIsNone(self.proxy.admin)
 
 
+class LogTests(ReloadTestCase):
+    def test_access_log_file(self):
+        """
+        A reload that gives a frontend an C{access_log} file opens it and
+        logs there; one that takes it away stops logging there; a file that cannot be
+        written is refused, and changes nothing.
+        """
+        path = os.path.join(self.data["state_dir"], "access.log")
+        data = self.changed()
+        self.frontend(data, "web")["access_log"] = path
+        self.reload(data)
+        lines = self.proxy.log_files[path]
+        client, _ = self.http_client()
+        backend, _ = self.send_request(client)
+        backend.dataReceived(OK)
+        with open(path) as log:
+            self.assertIn('"GET / HTTP/1.1" 200', log.read())
+        self.frontend(data, "web")["access_log"] = "/nonexistent/dir/access.log"
+        error = self.assertRaises(ConfigError, self.reload, data)
+        self.assertEqual(error.path, "frontend[0].access_log")
+        self.assertIs(self.proxy.log_files[path], lines)
+        del self.frontend(data, "web")["access_log"]
+        self.reload(data)
+        self.assertEqual(self.proxy.log_files, {})
+        client, _ = self.http_client()
+        backend, _ = self.send_request(client)
+        backend.dataReceived(OK)
+        with open(path) as log:
+            self.assertEqual(log.read().count("GET /"), 1)
+
+
 class BackendChangeTests(ReloadTestCase):
     def backends(self):
         return [b.name for b in self.proxy.pools["app"].backends]

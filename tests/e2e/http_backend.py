@@ -26,7 +26,8 @@ C{/named-framing}
     hostile server may send it: a proxy must not unframe the response.
 C{/bytes/N}
     N bytes of L{body_pattern}, with their C{Content-Length}, written as
-    fast as the connection takes them.
+    fast as the connection takes them, or with C{?rate=R} at R bytes a
+    second at most (a slow download).
 C{/ws}
     A WebSocket (RFC 6455) that echoes every text and binary message, and
     answers a close with the same close code.
@@ -45,6 +46,7 @@ import hashlib
 import os
 import struct
 import sys
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import BinaryIO
@@ -158,7 +160,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._websocket()
             return
         elif path.startswith("/bytes/") and path[7:].isdigit():
-            self._bytes(int(path[7:]), body)
+            query = self.path.partition("?")[2]
+            rate = query[5:] if query.startswith("rate=") else ""
+            self._bytes(int(path[7:]), body, int(rate) if rate.isdigit() else 0)
             return
         elif path == "/named-framing":
             headers.append(("Connection", "Content-Length"))
@@ -186,7 +190,7 @@ class _Handler(BaseHTTPRequestHandler):
         if body:
             self.wfile.write(data)
 
-    def _bytes(self, size: int, body: bool) -> None:
+    def _bytes(self, size: int, body: bool, rate: int = 0) -> None:
         self.send_response(200)
         self.send_header("X-Backend", self.server.name)
         self.send_header("Content-Type", "application/octet-stream")
@@ -194,9 +198,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not body:
             return
+        started, sent = time.monotonic(), 0
         try:
             for piece in body_pattern(size):
+                if rate:
+                    # Pacing the answer is what this backend is asked for.
+                    time.sleep(max(0.0, started + sent / rate - time.monotonic()))
                 self.wfile.write(piece)
+                sent += len(piece)
         except OSError:
             self.close_connection = True  # the client left half-way
 

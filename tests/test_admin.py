@@ -7,14 +7,16 @@ import json
 import os
 
 from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 from twisted.web.server import Site
 
 from stickyproxy import ConfigError, load_config
 from stickyproxy.admin import AdminRoot, TrafficCounter
 from stickyproxy.admin._api import PoolsResource, iso_time
+from stickyproxy.admin._root import MAX_BODY
 from stickyproxy.interfaces import IListableStickTable, IStickTableStrategy
 from stickyproxy.model import (
     AdminState,
@@ -490,6 +492,54 @@ class TokenTests(AdminTestCase):
         """
         self.assertError(401, "GET", "/api/frontends/db/table", "admin token")
         self.get("/api/frontends/db/table", token=TOKEN)
+
+
+class BodySizeTests(AdminTestCase):
+    def send(self, head, body):
+        """
+        Send raw bytes to the admin site over one connection.
+
+        :returns: what it answered.
+        """
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(head + body)
+        return transport.value()
+
+    def test_too_large(self):
+        """
+        A body over 64 KiB, announced by its length or sent in chunks, is
+        not kept (nor spooled to a temporary file) and gets a JSON 413;
+        nothing changes.
+        """
+        head = b"PUT /api/pools/app/backends/a HTTP/1.1\r\nHost: x\r\n"
+        body = b'{"weight": 7}' + b" " * MAX_BODY
+        sized = self.send(head + b"Content-Length: %d\r\n\r\n" % len(body), body)
+        chunks = b"".join(
+            b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:1000], body[1000:])
+        )
+        chunked = self.send(
+            head + b"Transfer-Encoding: chunked\r\n\r\n", chunks + b"0\r\n\r\n"
+        )
+        for answer in (sized, chunked):
+            self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:100])
+            self.assertIn(b"Content-Type: application/json", answer)
+            self.assertIn(b'"error": "the body is larger than 65536 bytes"', answer)
+        self.assertEqual(self.pool.get("a").weight, 1)
+
+    def test_small(self):
+        """
+        A body up to 64 KiB is read as before.
+        """
+        body = b'{"weight": 7}'.ljust(MAX_BODY)
+        answer = self.send(
+            b"PUT /api/pools/app/backends/a HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body),
+            body,
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer[:100])
+        self.assertEqual(self.pool.get("a").weight, 7)
 
 
 class CrossSiteTests(AdminTestCase):

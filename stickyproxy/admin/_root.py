@@ -4,14 +4,21 @@ The root of the admin listener's site.
 
 from __future__ import annotations
 
+import io
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from twisted.web import http
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import Request, Site, version
 
-from stickyproxy.admin._api import ApiError, ApiResource, JSONError, require_token
+from stickyproxy.admin._api import (
+    ApiError,
+    ApiResource,
+    JSONError,
+    require_token,
+    write_json,
+)
 from stickyproxy.admin._dashboard import DashboardResource, Snapshot
 from stickyproxy.admin._reload import ReloadResource
 from stickyproxy.admin._traffic import TrafficCounter
@@ -94,12 +101,49 @@ def cross_site(request: Request) -> bool:
     return host is None or urlsplit(origin).netloc != host
 
 
+#: The largest request body the admin listener reads (its JSON is small).
+MAX_BODY = 64 * 1024
+
+
+class AdminRequest(Request):
+    """
+    A request whose body is kept in memory up to L{MAX_BODY} bytes: a
+    larger one is read but not kept (Twisted would spool it to a temporary
+    file, before any token is checked), and answered with 413.
+    """
+
+    too_large = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = io.BytesIO()
+        self.too_large = length is not None and length > MAX_BODY
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > MAX_BODY:
+            self.too_large = True
+        if not self.too_large:
+            super().handleContentChunk(data)
+
+    def process(self) -> None:
+        if not self.too_large:
+            super().process()
+            return
+        self.setHeader(b"server", version)
+        self.setHeader(b"date", http.datetimeToString())
+        body = {"error": f"the body is larger than {MAX_BODY} bytes"}
+        self.write(write_json(self, 413, body))
+        self.finish()
+
+
 def admin_site(service: ProxyService, reactor: object) -> Site:
     """
-    The admin listener's site over L{AdminRoot}: no tracebacks shown, and
-    no access log (a dashboard polls; changes are logged by the pools).
+    The admin listener's site over L{AdminRoot}: no tracebacks shown, no
+    large bodies, and no access log (a dashboard polls; changes are logged
+    by the pools).
     """
-    site = _QuietSite(AdminRoot(service), reactor=reactor)
+    site = _QuietSite(AdminRoot(service), AdminRequest, reactor=reactor)
     site.displayTracebacks = False
     return site
 

@@ -432,6 +432,21 @@ class CollectionsTests(AdminTestCase):
         self.assertEqual(headers.getRawHeaders(b"allow"), [b"GET"])
         self.assertEqual(body, {"error": "method POST not allowed here"})
 
+    def test_api_index(self):
+        """
+        C{/api/} lists the collections as C{/api} does; a change to either
+        is a JSON 405.
+        """
+        self.assertEqual(
+            self.get("/api/")["resources"], ["backends", "frontends", "pools"]
+        )
+        for path in ("/api", "/api/"):
+            code, headers, body = self.request("POST", path)
+            self.assertEqual(
+                (code, body), (405, {"error": "method POST not allowed here"})
+            )
+            self.assertEqual(headers.getRawHeaders(b"allow"), [b"GET"])
+
     def test_internal_error(self):
         """
         A bug in a resource is logged, and answered with a JSON 500 (not

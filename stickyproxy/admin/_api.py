@@ -593,9 +593,17 @@ class ApiResource(Resource):
         self.putChild(b"frontends", self.frontends)
 
     def getChild(self, path: bytes, request: Request) -> IResource:
+        if path == b"":
+            return self  # /api/, as /api/pools/ is /api/pools
         return JSONError(404, "no such resource")
 
     def render(self, request: Request) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET")
+            method = request.method.decode("ascii", "replace")
+            return write_json(
+                request, 405, {"error": f"method {method} not allowed here"}
+            )
         return write_json(
             request, 200, {"resources": sorted(n.decode() for n in self.children)}
         )

@@ -203,12 +203,17 @@ class ResourceTests(MetricsTestCase):
 
     def test_get_only(self):
         """
-        Metrics are read-only: other methods get 405, naming those allowed.
+        Metrics are read-only: other methods get 405, naming those allowed,
+        in plain text (not labelled HTML).
         """
         stub = StubTreq(self.resource)
         response = self.successResultOf(stub.post(URL, data=b""))
         self.assertEqual(response.code, 405)
         self.assertEqual(response.headers.getRawHeaders("allow"), ["GET, HEAD"])
+        self.assertEqual(
+            response.headers.getRawHeaders("content-type"),
+            ["text/plain; charset=utf-8"],
+        )
         response = self.successResultOf(stub.head(URL))
         self.assertEqual(response.code, 200)
 

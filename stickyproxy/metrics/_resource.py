@@ -55,6 +55,7 @@ class MetricsResource(Resource):
         # deprecated.
         request.setResponseCode(405)
         request.setHeader(b"allow", b"GET, HEAD")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"metrics are read with GET\n"
 
     def render_GET(self, request: Request) -> bytes:

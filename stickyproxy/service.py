@@ -940,6 +940,11 @@ class ProxyService(MultiService):
                 pool.stop()
                 for backend in [b for b, p in self._leaving.items() if p is pool]:
                     del self._leaving[backend]
+        for name, pool in plan.new_pools.items():
+            self._announce(pool, self.pools.get(name), "added")
+        for name, pool in self.pools.items():
+            if plan.pools.get(name) is not pool:
+                self._announce(pool, plan.pools.get(name), "removed")
         self.config = config
         self.pools = plan.pools
         self.routers = plan.routers
@@ -954,6 +959,21 @@ class ProxyService(MultiService):
                     "pool {pool}: no backend takes new clients (all in drain or "
                     "maint, or of weight 0); new clients will be refused",
                     pool=pool.name,
+                )
+
+    def _announce(self, pool: Pool, other: Pool | None, kind: str) -> None:
+        """
+        Tell the event stream's subscribers (the metrics) of the backends
+        of C{pool} that C{other} lacks, as C{"added"} (C{pool} is new) or
+        C{"removed"} (C{pool} is retired): a pool built or dropped by a
+        reload does not say so itself.
+        """
+        present = ("absent", "present")
+        old, new = present if kind == "added" else present[::-1]
+        for backend in pool.backends:
+            if other is None or other.get(backend.name) is None:
+                self.events.backend_changed(
+                    StateChange(pool.name, backend, kind, old, new, "reload")
                 )
 
     def _stop_monitor(self, name: str) -> None:

@@ -16,6 +16,8 @@ from twisted.python.failure import Failure
 
 from stickyproxy import AdminState, ConfigError, load_config
 from stickyproxy.core._clients import ClientSet
+from stickyproxy.metrics import proxy_registry
+from stickyproxy.model import ProbeRan
 from stickyproxy.persistence._cookie import cookie
 from stickyproxy.persistence._registry import StrategyRegistry
 from stickyproxy.persistence._sourceip import source_ip
@@ -498,6 +500,47 @@ class BackendChangeTests(ReloadTestCase):
         self.assertEqual(pool["a"].admin_state, AdminState.DRAIN)
         self.assertIs(self.proxy.routers["db"].pool, pool)
         self.assertIs(self.proxy.listeners["web"].factory.router.pool, pool)
+
+
+class ReloadMetricsTests(ReloadTestCase):
+    def test_gone_backends_leave_metrics(self):
+        """
+        The series of backends a reload takes away with their pool (the
+        pool removed, or built afresh without them) leave C{/metrics}, as
+        those of a backend removed from a kept pool do; a backend the new
+        pool keeps keeps its series, and one a later reload brings back
+        counts again.
+        """
+        registry = proxy_registry(self.proxy)
+        for pool, backend in [("spare", "s"), ("app", "a"), ("app", "b")]:
+            self.proxy.events.probe_ran(ProbeRan(pool, backend, True, "ok", 0.1))
+        data = self.changed()
+        del data["pool"]["spare"]
+        data["pool"]["app"]["retries"] = 5
+        del data["pool"]["app"]["backend"][1]
+        self.reload(data)
+        probed = {
+            (sample.labels["pool"], sample.labels["backend"])
+            for family in registry.collect()
+            if family.name == "stickyproxy_probe_duration_seconds"
+            for sample in family.samples
+            if sample.name.endswith("_count")
+        }
+        self.assertEqual(probed, {("app", "a")})
+        # Back with a pool built afresh again: counted where a scrape sees.
+        data["pool"]["app"]["retries"] = 4
+        data["pool"]["app"]["backend"].append(
+            {"name": "b", "address": "127.0.0.1:9002"}
+        )
+        self.reload(data)
+        self.proxy.events.probe_ran(ProbeRan("app", "b", True, "ok", 0.1))
+        self.assertEqual(
+            registry.get_sample_value(
+                "stickyproxy_probe_duration_seconds_count",
+                {"pool": "app", "backend": "b"},
+            ),
+            1,
+        )
 
 
 class RejectedTests(ReloadTestCase):

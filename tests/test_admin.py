@@ -802,6 +802,18 @@ class ChangeTests(AdminTestCase):
         self.assertEqual((self.b.weight, self.b.admin_state), (2, AdminState.READY))
         self.assertEqual(self.changes, [])
 
+    def test_null(self):
+        """
+        A JSON C{null} is named as such in the error, not as Python's type.
+        """
+        self.assertError(
+            400,
+            "PUT",
+            self.path,
+            r"^weight: expected an integer from 0 to 256, got null$",
+            body={"weight": None},
+        )
+
     def test_deeply_nested_body(self):
         """
         A body nested deeper than the JSON parser recurses gets 400, not a

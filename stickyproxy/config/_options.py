@@ -81,6 +81,7 @@ def describe(value: object) -> str:
         str: "a string",
         list: "an array",
         dict: "a table",
+        type(None): "null",  # JSON's, in a body of the admin API
     }.get(type(value), type(value).__name__)
     if isinstance(value, bool | int | float) or (
         isinstance(value, str) and len(value) <= 40

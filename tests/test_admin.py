@@ -142,7 +142,7 @@ class ListenerTests(TestCase):
         """
         With C{[admin]}, the proxy listens there (on 127.0.0.1 when the
         endpoint names no interface) with a site over L{AdminRoot}, and logs
-        no warning about it.
+        no warning about it; its port's log lines name it.
         """
         reactor = MemoryReactorClock()
         data = config_data()
@@ -156,6 +156,7 @@ class ListenerTests(TestCase):
         self.assertIsInstance(factory.resource, AdminRoot)
         self.assertIs(factory, proxy.admin.factory)
         self.assertFalse(factory.displayTracebacks)
+        self.assertEqual(factory.logPrefix(), "stickyproxy admin listener")
 
     def test_no_admin(self):
         """

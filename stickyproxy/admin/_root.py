@@ -151,5 +151,9 @@ def admin_site(service: ProxyService, reactor: object) -> Site:
 class _QuietSite(Site):
     noisy = False
 
+    def logPrefix(self) -> str:
+        # Its port's "... starting on 8081" names it as the frontends do.
+        return "stickyproxy admin listener"
+
     def log(self, request: http.Request) -> None:
         pass

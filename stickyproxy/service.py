@@ -809,7 +809,6 @@ class ProxyService(MultiService):
         plan.admin = ListenerService(
             self.reactor, new.listen, self._admin_site, "admin.listen", switchable=False
         )
-        plan.admin.setName("admin")
         plan.new_listeners.append(plan.admin)
         if self.config.frontends:
             plan.changes.append(f"admin: listens on {new.listen}")
@@ -913,7 +912,6 @@ class ProxyService(MultiService):
                 self.events,
                 adopted,
             )
-            monitor.setName(f"health:{name}")
             monitor.setServiceParent(self)
             self.monitors[name] = monitor
         for step in plan.steps:

@@ -158,6 +158,21 @@ class ListenerTests(TestCase):
         self.assertFalse(factory.displayTracebacks)
         self.assertEqual(factory.logPrefix(), "stickyproxy admin listener")
 
+    def test_frontend_names_free(self):
+        """
+        Any frontend name may sit beside the admin listener and the health
+        monitors: a frontend called C{admin} or C{health:app} no longer
+        collides with their service names (a traceback at start).
+        """
+        data = config_data()
+        data["frontend"][0]["name"] = "admin"
+        data["frontend"][1]["name"] = "health:app"
+        proxy = ProxyService(
+            load_config(data, REGISTRY), MemoryReactorClock(), REGISTRY
+        )
+        self.assertEqual(set(proxy.listeners), {"admin", "health:app"})
+        self.assertIsNotNone(proxy.admin)
+
     def test_no_admin(self):
         """
         Without C{[admin]}, nothing more listens.

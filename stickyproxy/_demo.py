@@ -28,6 +28,8 @@ DEMO_BACKENDS = ("demo1", "demo2", "demo3")
 DEMO_LISTEN = {
     "tcp": "tcp:7000:interface=127.0.0.1",
     "http": "tcp:8080:interface=127.0.0.1",
+    # HAProxy's customary stats port: the dashboard, API and metrics.
+    "admin": "tcp:8404:interface=127.0.0.1",
 }
 DEMO_COOKIE = "STICKY"
 
@@ -161,13 +163,19 @@ def _backends(
 
 
 def demo_config_data(
-    listen: str | None, mode: str | None, backends: dict[str, ListenerService]
+    listen: str | None,
+    mode: str | None,
+    backends: dict[str, ListenerService],
+    admin: str | None = None,
 ) -> dict[str, object]:
     """
     The demo's configuration, as the tables a config file would hold.
 
     :param listen: where the one demo frontend of C{mode} listens; both
         demo frontends on their usual ports when C{mode} is C{None}.
+    :param admin: where the admin listener (dashboard, API, metrics)
+        listens; on its usual port when the whole demo runs on its usual
+        ports, else nowhere.
     """
     modes = ("tcp", "http") if mode is None else (mode,)
     frontends: list[dict[str, object]] = []
@@ -204,7 +212,12 @@ def demo_config_data(
             "backend": _backends(backends, "http"),
             "health": {"type": "http", "path": "/healthz", "interval": 2.0},
         }
-    return {"frontend": frontends, "pool": pools}
+    data: dict[str, object] = {"frontend": frontends, "pool": pools}
+    if admin is None and listen is None and mode is None:
+        admin = DEMO_LISTEN["admin"]
+    if admin is not None:
+        data["admin"] = {"listen": admin}
+    return data
 
 
 def _port(listener: ListenerService) -> int:
@@ -237,6 +250,10 @@ class DemoService(MultiService):
                 port=address.port,
                 cookie=DEMO_COOKIE,
             )
+        admin = self._proxy.admin
+        address = None if admin is None else admin.address()
+        if address is not None:
+            self.log.info(_ADMIN_HINT, host=address.host, port=address.port)
 
 
 _TCP_HINT = (
@@ -245,6 +262,11 @@ _TCP_HINT = (
     "greets you each time; from another source address (nc -s 127.0.0.2 {host} "
     '{port}) you may land elsewhere. Without nc: python3 -c "import socket; '
     "print(socket.create_connection(('{host}', {port})).recv(100).decode())\""
+)
+_ADMIN_HINT = (
+    "demo dashboard: open http://{host}:{port}/ to watch the backends live and "
+    "drain one; the JSON API is at http://{host}:{port}/api/backends and "
+    "Prometheus metrics at http://{host}:{port}/metrics"
 )
 _HTTP_HINT = (
     "demo frontend {frontend}: HTTP with cookie persistence on {host}:{port}, three "

@@ -232,11 +232,13 @@ class Options(usage.Options):
                 + ", ".join(given or ["--demo"])
             )
         if self["demo"]:
-            extra = [flag for flag in given if flag not in ("--mode", "--listen")]
+            extra = [
+                flag for flag in given if flag not in ("--mode", "--listen", "--admin")
+            ]
             if extra:
                 raise usage.UsageError(
                     "--demo brings its own backends and settings; it takes only "
-                    f"--mode and --listen, not {', '.join(extra)}"
+                    f"--mode, --listen and --admin, not {', '.join(extra)}"
                 )
         if not (self["config"] or self["demo"] or self["backends"]):
             raise usage.UsageError(
@@ -366,7 +368,9 @@ def _config(
     config: ProxyConfig
     if demo_ports is not None:
         config = load_config(
-            demo_config_data(options["listen"], options.demo_mode(), demo_ports),
+            demo_config_data(
+                options["listen"], options.demo_mode(), demo_ports, options["admin"]
+            ),
             registry,
         )
     elif options["config"]:

@@ -201,12 +201,15 @@ class MakeServiceTests(TestCase):
         """
         C{--demo} starts three TCP and three web backends in the process, a
         source-ip TCP frontend and a cookie HTTP frontend in front of them,
-        and once started, logs what to try at each frontend's address.
+        and the admin listener on 127.0.0.1:8404, and once started, logs what
+        to try at each frontend's address and where the dashboard is.
         """
         reactor = PortAssigningReactor()
         proxy = _makeService(_options("--demo"), reactor)
         ports = [(port, interface) for port, _, _, interface in reactor.tcpServers]
-        self.assertEqual(ports[6:], [(7000, "127.0.0.1"), (8080, "127.0.0.1")])
+        self.assertEqual(
+            ports[6:], [(7000, "127.0.0.1"), (8080, "127.0.0.1"), (8404, "127.0.0.1")]
+        )
         for pool, first in (("demo-tcp", 0), ("demo-http", 3)):
             backends = [(b.name, b.address) for b in proxy.pools[pool].backends]
             self.assertEqual(
@@ -223,6 +226,8 @@ class MakeServiceTests(TestCase):
         hints = {e["frontend"]: e["log_format"] for e in events if "frontend" in e}
         self.assertIn("nc {host} {port}", hints["demo-tcp"])
         self.assertIn("curl -s -c jar -b jar", hints["demo-http"])
+        dashboard = [e for e in events if "demo dashboard" in e.get("log_format", "")]
+        self.assertEqual([e["port"] for e in dashboard], [8404])
 
     def test_demo_echo_survives_half_close(self):
         """
@@ -256,6 +261,28 @@ class MakeServiceTests(TestCase):
         )
         self.assertEqual(list(proxy.routers), ["demo-http"])
         self.assertEqual(reactor.tcpServers[-1][0], 9999)
+        self.assertIsNone(proxy.admin)
+
+    def test_demo_admin(self):
+        """
+        C{--demo --admin X} puts the demo's admin listener at X, also with
+        C{--listen}.
+        """
+        reactor = PortAssigningReactor()
+        proxy = _makeService(
+            _options(
+                "--demo",
+                "--mode",
+                "http",
+                "--listen",
+                "tcp:9999",
+                "--admin",
+                "tcp:9998",
+            ),
+            reactor,
+        )
+        self.assertEqual(reactor.tcpServers[-1][0:4:3], (9998, "127.0.0.1"))
+        self.assertIsNotNone(proxy.admin)
 
     def test_error_exits_with_one_line(self):
         """

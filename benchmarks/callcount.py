@@ -216,8 +216,8 @@ def drive(port: int, count: int, keep_alive: bool, cookie: bool) -> None:
 # The proxy process.
 
 _CHILD = r"""
-import cProfile, os, sys
-tree, config, stats, log = sys.argv[1:5]
+import cProfile, os, sys, time
+tree, config, stats, log, mode = sys.argv[1:6]
 # This tree's stickyproxy (and plugins), never an installed one.
 sys.path[:] = [tree] + [
     p for p in sys.path
@@ -239,6 +239,7 @@ options.parseOptions(["--config", config])
 service = makeService(options)
 service.startService()
 profiler = cProfile.Profile()
+started = [0.0]
 
 def say(word):
     os.write(1, word + b"\n")  # at once, not through the reactor
@@ -253,10 +254,17 @@ class Control(LineReceiver):
     def lineReceived(self, line):
         if line == b"start":
             say(b"started")
-            profiler.enable()
+            if mode == "cpu":
+                started[0] = time.process_time()
+            else:
+                profiler.enable()
         elif line == b"stop":
-            profiler.disable()
-            profiler.dump_stats(stats)
+            if mode == "cpu":
+                with open(stats, "w") as f:
+                    f.write(repr(time.process_time() - started[0]))
+            else:
+                profiler.disable()
+                profiler.dump_stats(stats)
             say(b"stopped")
             reactor.stop()
 
@@ -286,11 +294,14 @@ def measure(
     count: int,
     warmup: int,
     scratch: Path,
-) -> pstats.Stats:
+    mode: str = "profile",
+) -> Path:
     """
     Run the proxy of C{tree} for one scenario.
 
-    :returns: the profile of C{count} requests, after C{warmup} others.
+    :param mode: C{"profile"}, or C{"cpu"}: no profiler, only the CPU time.
+    :returns: where it wrote the profile of C{count} requests, after
+        C{warmup} others (or the seconds of CPU they took).
     """
     template, keep_alive, cookie = SCENARIOS[scenario]
     port = _free_port()
@@ -306,7 +317,13 @@ def measure(
     stats = scratch / f"{tree.name}-{scenario}.pstats"
     log = scratch / f"{tree.name}-{scenario}.log"
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(tree), str(config), str(stats), str(log)],
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            *map(str, (tree, config, stats, log)),
+            mode,
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         cwd=scratch,
@@ -327,7 +344,7 @@ def measure(
         if child.poll() is None:
             child.kill()
             child.wait()
-    return pstats.Stats(str(stats))
+    return stats
 
 
 def per_request(stats: pstats.Stats, count: int) -> tuple[float, float]:
@@ -379,6 +396,39 @@ def baseline_tree(revision: str, scratch: Path) -> Iterator[Path]:
         )
 
 
+def cpu_time(
+    trees: dict[str, Path],
+    scenarios: list[str],
+    ports: list[int],
+    args: argparse.Namespace,
+    scratch: Path,
+    label: str,
+) -> None:
+    """
+    Print the CPU time per request of each tree, unprofiled: the least of
+    C{args.cpu} rounds, the trees taking turns so that a busy spell of the
+    machine falls on both.
+    """
+    print(
+        f"CPU microseconds per request, least of {args.cpu} rounds of "
+        f"{args.requests} requests after {args.warmup}{label}"
+    )
+    for scenario in scenarios:
+        best: dict[str, float] = {}
+        for _ in range(args.cpu):
+            for name, tree in trees.items():
+                path = measure(
+                    tree, scenario, ports, args.requests, args.warmup, scratch, "cpu"
+                )
+                spent = float(path.read_text()) / args.requests * 1e6
+                best[name] = min(best.get(name, spent), spent)
+        line = "  ".join(f"{name} {spent:7.1f}" for name, spent in best.items())
+        if "baseline" in best:
+            line += f"  ratio {best['current'] / best['baseline']:.3f}"
+        print(f"{scenario:14} {line}")
+        sys.stdout.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", default="72347fe", help="git revision")
@@ -390,6 +440,14 @@ def main() -> None:
     )
     parser.add_argument(
         "--no-baseline", action="store_true", help="measure the current tree only"
+    )
+    parser.add_argument(
+        "--cpu",
+        type=int,
+        metavar="ROUNDS",
+        default=0,
+        help="instead, CPU time per request, unprofiled: the least of ROUNDS "
+        "interleaved runs of each tree (noisier than calls)",
     )
     args = parser.parse_args()
     scenarios = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -406,6 +464,9 @@ def main() -> None:
                     baseline_tree(args.baseline, scratch)
                 )
             label = "" if args.no_baseline else f" (baseline: {args.baseline})"
+            if args.cpu:
+                cpu_time(trees, scenarios, ports, args, scratch, label)
+                return
             print(
                 f"calls per request, {args.requests} requests after "
                 f"{args.warmup}{label}"
@@ -413,9 +474,10 @@ def main() -> None:
             print(f"{'scenario':14} {'tree':9} {'all calls':>10} {'python':>8}")
             for scenario in scenarios:
                 for name, tree in trees.items():
-                    stats = measure(
+                    path = measure(
                         tree, scenario, ports, args.requests, args.warmup, scratch
                     )
+                    stats = pstats.Stats(str(path))
                     total, python = per_request(stats, args.requests)
                     print(f"{scenario:14} {name:9} {total:10.1f} {python:8.1f}")
                     if args.top:

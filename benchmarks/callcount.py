@@ -101,7 +101,10 @@ class _Backend(socketserver.BaseRequestHandler):
         buffered = b""
         while True:
             while b"\r\n\r\n" not in buffered:
-                data = sock.recv(65536)
+                try:
+                    data = sock.recv(65536)
+                except OSError:  # the proxy stopped, with this one open
+                    return
                 if not data:
                     return
                 buffered += data

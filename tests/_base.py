@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from stickyproxy.core._pool import Pool
-from stickyproxy.model import Backend
+from stickyproxy.model import Backend, RequestFinished
 from stickyproxy.testing import assert_provides
 
 
@@ -123,3 +123,37 @@ class SpiedPool(Pool):
     def report_status(self, backend: Backend, status: int) -> None:
         self._record("status", backend, status)
         super().report_status(backend, status)
+
+
+def finished_request(
+    status=200,
+    backend="a",
+    frontend="web",
+    pool="p",
+    persistence="new",
+    strategy=None,
+    bytes_in=0,
+    bytes_out=0,
+    total_time=0.01,
+    ended="ok",
+):
+    """
+    A L{RequestFinished} event, as a frontend publishes it, with defaults
+    for everything a test does not care about.
+    """
+    return RequestFinished(
+        frontend=frontend,
+        pool=pool,
+        backend=backend,
+        client="192.0.2.1",
+        method="GET",
+        target="/",
+        status=status,
+        persistence=persistence,
+        strategy=strategy,
+        bytes_in=bytes_in,
+        bytes_out=bytes_out,
+        head_time=None if status is None else total_time,
+        total_time=total_time,
+        ended=ended,
+    )

@@ -21,7 +21,6 @@ from stickyproxy.interfaces import IListableStickTable, IStickTableStrategy
 from stickyproxy.model import (
     AdminState,
     ConnectionOpened,
-    RequestFinished,
     TableEntry,
 )
 from stickyproxy.persistence._affinity import TableAffinity
@@ -36,7 +35,7 @@ from stickyproxy.service import ProxyService
 from stickyproxy.tap import Options, _makeService
 from stickyproxy.testing import SlowStickTable, make_pool, routing_context
 
-from tests._base import TestCase
+from tests._base import TestCase, finished_request
 from tests.test_service import BusyReactor
 
 REGISTRY = StrategyRegistry.of([source_ip, cookie])
@@ -317,8 +316,14 @@ class BackendsTests(AdminTestCase):
         """
         events = self.proxy.events
         for status, outcome in [(200, "new"), (200, "hit"), (502, "hit")]:
-            events.request_finished(_finished("a", status, outcome))
-        events.request_finished(_finished(None, 503, "none", ended="no-backend"))
+            events.request_finished(
+                finished_request(status, pool="app", persistence=outcome)
+            )
+        events.request_finished(
+            finished_request(
+                503, backend=None, pool="app", persistence="none", ended="no-backend"
+            )
+        )
         events.connection_opened(
             ConnectionOpened("db", "app", "a", "10.0.0.1:1", "redispatch", "x")
         )
@@ -335,25 +340,6 @@ class BackendsTests(AdminTestCase):
         self.assertEqual(self.get("/api/pools")[0]["no_backend"], 1)
 
 
-def _finished(backend, status, persistence, ended="ok"):
-    return RequestFinished(
-        frontend="web",
-        pool="app",
-        backend=backend,
-        client="10.0.0.1",
-        method="GET",
-        target="/",
-        status=status,
-        persistence=persistence,
-        strategy=None,
-        bytes_in=0,
-        bytes_out=0,
-        head_time=0.0,
-        total_time=0.0,
-        ended=ended,
-    )
-
-
 class TrafficCounterTests(TestCase):
     def test_survives_removal(self):
         """
@@ -361,8 +347,8 @@ class TrafficCounterTests(TestCase):
         counting from where it was.
         """
         counter = TrafficCounter()
-        counter.request_finished(_finished("a", 200, "new"))
-        counter.request_finished(_finished("a", 200, "hit"))
+        counter.request_finished(finished_request(pool="app", persistence="new"))
+        counter.request_finished(finished_request(pool="app", persistence="hit"))
         self.assertEqual(counter.traffic("app", "a").requests, 2)
         self.assertEqual(counter.traffic("app", "zz").requests, 0)
 

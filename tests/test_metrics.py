@@ -18,7 +18,6 @@ from stickyproxy import (
     EventStream,
     Health,
     ProbeRan,
-    RequestFinished,
     StrategyRegistry,
     load_config,
 )
@@ -28,7 +27,7 @@ from stickyproxy.persistence._sourceip import source_ip
 from stickyproxy.service import ProxyService
 from stickyproxy.testing import make_backend, make_pool
 
-from tests._base import TestCase
+from tests._base import TestCase, finished_request
 from tests.test_admin import TOKEN, AdminTestCase
 
 URL = "http://admin.invalid/"
@@ -46,36 +45,6 @@ class FakeProxy:
     def __attrs_post_init__(self):
         for pool in self.pools.values():
             pool.observe(self.events.backend_changed)
-
-
-def request(
-    status=200,
-    backend="a",
-    frontend="web",
-    pool="p",
-    persistence="new",
-    strategy=None,
-    bytes_in=0,
-    bytes_out=0,
-    total_time=0.01,
-    ended="ok",
-):
-    return RequestFinished(
-        frontend=frontend,
-        pool=pool,
-        backend=backend,
-        client="192.0.2.1",
-        method="GET",
-        target="/",
-        status=status,
-        persistence=persistence,
-        strategy=strategy,
-        bytes_in=bytes_in,
-        bytes_out=bytes_out,
-        head_time=None if status is None else total_time,
-        total_time=total_time,
-        ended=ended,
-    )
 
 
 def opened(backend="a", persistence="new", strategy=None, frontend="l4", pool="p"):
@@ -225,7 +194,7 @@ class ResourceTests(MetricsTestCase):
         """
         other = FakeProxy({"q": make_pool("x", name="q")})
         second = MetricsResource(other)
-        self.events.request_finished(request())
+        self.events.request_finished(finished_request())
         self.assertEqual(
             self.scrape().value(
                 "stickyproxy_requests_total", frontend="web", backend="a", code="200"
@@ -395,15 +364,15 @@ class StateTests(MetricsTestCase):
         a removed one has none, neither gauges nor counters, while the
         others' counters go on counting.
         """
-        self.events.request_finished(request(backend="a"))
-        self.events.request_finished(request(backend="b"))
+        self.events.request_finished(finished_request(backend="a"))
+        self.events.request_finished(finished_request(backend="b"))
         self.events.connection_opened(opened(backend="b"))
         self.events.connection_closed(closed(backend="b", bytes_in=5))
         self.events.probe_ran(ProbeRan("p", "b", False, "refused", 0.1))
         self.pool.add(make_backend("c"))
         self.pool.set_admin_state("b", AdminState.MAINT)
         self.pool.remove("b")
-        self.events.request_finished(request(backend="a"))
+        self.events.request_finished(finished_request(backend="a"))
         scrape = self.scrape()
         self.assertEqual(
             scrape.label_sets("stickyproxy_backend_up"),
@@ -424,13 +393,13 @@ class StateTests(MetricsTestCase):
         A backend removed and added again under the same name (a deploy)
         counts afresh, in series a scrape sees.
         """
-        self.events.request_finished(request(backend="b"))
+        self.events.request_finished(finished_request(backend="b"))
         self.events.probe_ran(ProbeRan("p", "b", False, "refused", 0.1))
         self.pool.set_admin_state("b", AdminState.MAINT)
         self.pool.remove("b")
         self.pool.add(make_backend("b"))
-        self.events.request_finished(request(backend="b"))
-        self.events.request_finished(request(backend="b"))
+        self.events.request_finished(finished_request(backend="b"))
+        self.events.request_finished(finished_request(backend="b"))
         self.events.probe_ran(ProbeRan("p", "b", True, "ok", 0.1))
         scrape = self.scrape()
         self.assertEqual(
@@ -452,7 +421,7 @@ class StateTests(MetricsTestCase):
         """
         self.pool.set_admin_state("b", AdminState.MAINT)
         self.pool.remove("b")
-        self.events.request_finished(request(backend="b", bytes_out=5))
+        self.events.request_finished(finished_request(backend="b", bytes_out=5))
         self.events.connection_opened(opened(backend="b"))
         self.events.connection_closed(closed(backend="b", bytes_in=5))
         self.events.probe_ran(ProbeRan("p", "b", False, "refused", 0.1))
@@ -465,7 +434,7 @@ class StateTests(MetricsTestCase):
             1,
         )
         self.pool.add(make_backend("b"))
-        self.events.request_finished(request(backend="b"))
+        self.events.request_finished(finished_request(backend="b"))
         self.events.connection_closed(closed(backend="b", bytes_in=7))
         scrape = self.scrape()
         self.assertEqual(
@@ -491,8 +460,8 @@ class StateTests(MetricsTestCase):
         """
         self.proxy.pools["q"] = make_pool("a", name="q")
         self.proxy.pools["q"].observe(self.events.backend_changed)
-        self.events.request_finished(request(frontend="web", pool="p"))
-        self.events.request_finished(request(frontend="api", pool="q"))
+        self.events.request_finished(finished_request(frontend="web", pool="p"))
+        self.events.request_finished(finished_request(frontend="api", pool="q"))
         self.events.probe_ran(ProbeRan("q", "a", True, "ok", 0.1))
         self.pool.set_admin_state("a", AdminState.MAINT)
         self.pool.remove("a")
@@ -530,11 +499,13 @@ class TrafficTests(MetricsTestCase):
         backend and status code; one that no backend served, or that got
         no response, has an empty backend or code.
         """
-        self.events.request_finished(request(200))
-        self.events.request_finished(request(200))
-        self.events.request_finished(request(502, backend="b"))
-        self.events.request_finished(request(503, backend=None, persistence="none"))
-        self.events.request_finished(request(None, ended="abandoned"))
+        self.events.request_finished(finished_request(200))
+        self.events.request_finished(finished_request(200))
+        self.events.request_finished(finished_request(502, backend="b"))
+        self.events.request_finished(
+            finished_request(503, backend=None, persistence="none")
+        )
+        self.events.request_finished(finished_request(None, ended="abandoned"))
         scrape = self.scrape()
         name = "stickyproxy_requests_total"
         self.assertEqual(scrape.value(name, frontend="web", backend="a", code="200"), 2)
@@ -549,11 +520,19 @@ class TrafficTests(MetricsTestCase):
         connection given a backend, by strategy (empty when none knew the
         client) and outcome; requests never routed are not decisions.
         """
-        self.events.request_finished(request(strategy="cookie", persistence="hit"))
-        self.events.request_finished(request(strategy="cookie", persistence="hit"))
-        self.events.request_finished(request(strategy="cookie", persistence="invalid"))
-        self.events.request_finished(request(strategy=None, persistence="new"))
-        self.events.request_finished(request(503, backend=None, persistence="none"))
+        self.events.request_finished(
+            finished_request(strategy="cookie", persistence="hit")
+        )
+        self.events.request_finished(
+            finished_request(strategy="cookie", persistence="hit")
+        )
+        self.events.request_finished(
+            finished_request(strategy="cookie", persistence="invalid")
+        )
+        self.events.request_finished(finished_request(strategy=None, persistence="new"))
+        self.events.request_finished(
+            finished_request(503, backend=None, persistence="none")
+        )
         self.events.connection_opened(
             opened(strategy="source-ip", persistence="redispatch")
         )
@@ -578,10 +557,12 @@ class TrafficTests(MetricsTestCase):
         times per frontend; an upgraded request (a tunnel, timed to its
         end) is left out.
         """
-        self.events.request_finished(request(total_time=0.02))
-        self.events.request_finished(request(total_time=3.0, backend="b"))
-        self.events.request_finished(request(frontend="api", total_time=0.2))
-        self.events.request_finished(request(101, total_time=600.0, ended="upgraded"))
+        self.events.request_finished(finished_request(total_time=0.02))
+        self.events.request_finished(finished_request(total_time=3.0, backend="b"))
+        self.events.request_finished(finished_request(frontend="api", total_time=0.2))
+        self.events.request_finished(
+            finished_request(101, total_time=600.0, ended="upgraded")
+        )
         scrape = self.scrape()
         name = "stickyproxy_request_duration_seconds"
         self.assertEqual(scrape.value(f"{name}_count", frontend="web"), 2)
@@ -602,8 +583,8 @@ class TrafficTests(MetricsTestCase):
         C{stickyproxy_http_bytes_total} adds up body bytes each way, per
         frontend and backend.
         """
-        self.events.request_finished(request(bytes_in=10, bytes_out=100))
-        self.events.request_finished(request(404, bytes_out=50))
+        self.events.request_finished(finished_request(bytes_in=10, bytes_out=100))
+        self.events.request_finished(finished_request(404, bytes_out=50))
         scrape = self.scrape()
         name = "stickyproxy_http_bytes_total"
         self.assertEqual(

@@ -489,9 +489,8 @@ def _arguments(request: Request, *known: str) -> dict[str, str]:
     for name, values in (request.args or {}).items():
         text = name.decode("utf-8", "replace")
         if text not in known:
-            expected = ", ".join(known) or "none"
             raise ApiError(
-                400, f"unknown query argument {text!r} (expected: {expected})"
+                400, f"unknown query argument {text!r} (expected: {_names(known)})"
             )
         if len(values) != 1:
             raise ApiError(400, f"query argument {text!r} given more than once")

@@ -8,6 +8,7 @@ A leaf: it imports nothing else from the package, so any layer may use it.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 
 import attrs
 
@@ -90,6 +91,68 @@ class Backend:
 
 
 @attrs.frozen
+class AdminRecord:
+    """
+    A backend's runtime admin state, as other proxies or worker processes
+    receive it: enough for theirs to match.
+
+    :ivar drain_deadline: when a draining backend goes to maintenance at
+        the latest, in the clock's seconds (a reactor's are the epoch's, so
+        they mean the same on hosts whose clocks agree), or C{None}.
+    """
+
+    pool: str
+    backend: str
+    admin_state: AdminState
+    weight: int
+    drain_deadline: float | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """
+        :returns: the record as JSON-ready values (L{from_json} reads them).
+        """
+        return {
+            "pool": self.pool,
+            "backend": self.backend,
+            "admin_state": self.admin_state.value,
+            "weight": self.weight,
+            "drain_deadline": self.drain_deadline,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> AdminRecord:
+        """
+        Read what L{to_json} wrote (it may come from another process).
+
+        :raises ValueError: a field is missing or of the wrong kind.
+        """
+        pool, backend = data.get("pool"), data.get("backend")
+        state, weight = data.get("admin_state"), data.get("weight")
+        deadline = data.get("drain_deadline")
+        if not isinstance(pool, str) or not isinstance(backend, str):
+            raise ValueError("pool and backend: expected strings")
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
+            raise ValueError(f"weight: expected an integer >= 0, got {weight!r}")
+        if deadline is not None and (
+            isinstance(deadline, bool) or not isinstance(deadline, (int, float))
+        ):
+            raise ValueError(f"drain_deadline: expected a number, got {deadline!r}")
+        try:
+            admin_state = AdminState(state)
+        except ValueError:
+            raise ValueError(
+                f"admin_state: expected ready, drain or maint, got {state!r}"
+            ) from None
+        return cls(
+            pool,
+            backend,
+            admin_state,
+            weight,
+            None if deadline is None else float(deadline),
+        )
+
+
+@attrs.frozen
 class TableEntry:
     """
     One binding of a stick table, as an operator sees it.
@@ -110,9 +173,11 @@ class StateChange:
     """
     One change of a backend's state, as observers receive it.
 
-    :ivar kind: C{"health"} or C{"admin"}; or a change to the pool's set of
-        backends: C{"added"}, C{"removed"} (old and new are C{"absent"} and
-        C{"present"}) or C{"weight"} (the weights, as text).
+    :ivar kind: C{"health"} or C{"admin"}; C{"deadline"}, a new deadline
+        for a drain under way (the times as text, or C{"none"}); or a change
+        to the pool's set of backends: C{"added"}, C{"removed"} (old and new
+        are C{"absent"} and C{"present"}) or C{"weight"} (the weights, as
+        text).
     :ivar old: the state's value before, e.g. C{"up"} or C{"ready"}.
     :ivar new: its value after.
     :ivar reason: why, in words (a probe's result, "operator", ...).

@@ -57,6 +57,10 @@ class DrainStart:
     sessions: int
 
 
+def _deadline(end: float | None) -> str:
+    return "none" if end is None else f"{end:.3f}"
+
+
 @implementer(IBackendPool)
 @attrs.define(eq=False)
 class Pool:
@@ -336,18 +340,31 @@ class Pool:
             Needs the pool's C{clock}.
         :raises KeyError: no backend has that name.
         """
+        backend = self[name]
+        draining = backend.admin_state is AdminState.DRAIN
         # A new deadline for a drain under way keeps how it began.
-        draining = self[name].admin_state is AdminState.DRAIN
         begun = self._drain_starts.get(name) if draining else None
-        self.set_admin_state(name, AdminState.DRAIN, reason)
+        before = self._drain_ends.get(name)
+        self._cancel_drain(name)
+        end = None
         if self.clock is not None:
-            self._drain_starts[name] = begun or DrainStart(
-                self.clock.seconds(), self.sessions(name)
+            now = self.clock.seconds()
+            self._drain_starts[name] = begun or DrainStart(now, self.sessions(name))
+            if deadline is not None:
+                end = self._drain_ends[name] = now + deadline
+        else:
+            assert deadline is None, "drain with a deadline needs a clock"
+        # The deadline is in place before observers hear of the drain, so
+        # that what they read of it (to show it, or send it to other
+        # proxies) is whole.
+        if not draining:
+            old, backend.admin_state = backend.admin_state, AdminState.DRAIN
+            self._changed(backend, "admin", old.value, AdminState.DRAIN.value, reason)
+        elif end != before:
+            self._changed(
+                backend, "deadline", _deadline(before), _deadline(end), reason
             )
-        if deadline is not None:
-            assert self.clock is not None, "drain with a deadline needs a clock"
-            end = self.clock.seconds() + deadline
-            self._drain_ends[name] = end
+        if end is not None:
             self._check_drain(name, end)
 
     def drain_deadline(self, name: str) -> float | None:

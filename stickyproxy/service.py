@@ -292,10 +292,17 @@ def build_pool(config: PoolConfig, reactor: Any) -> Pool:
         build_backend(backend, reactor, config.connect_timeout)
         for backend in config.backends
     ]
-    return Pool(
+    # The balancer reads the pool's session count, through the pool it is
+    # built into: a forward reference, resolved at the first pick.
+    pool: Pool = Pool(
         name=config.name,
         backends=tuple(backends),
-        balancer=make_balancer(config.balance, config.balance_factor),
+        balancer=make_balancer(
+            config.balance,
+            config.balance_factor,
+            config.session_balance_factor,
+            sessions=lambda name: pool.sessions(name),
+        ),
         connect_timeout=config.connect_timeout,
         retries=config.retries,
         send_proxy=config.send_proxy,
@@ -306,6 +313,7 @@ def build_pool(config: PoolConfig, reactor: Any) -> Pool:
         on_down=config.health.on_down,
         clock=reactor,
     )
+    return pool
 
 
 def build_monitor(

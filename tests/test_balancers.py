@@ -2,6 +2,7 @@
 Tests for L{stickyproxy._balancers}.
 """
 
+import math
 import random
 from collections import Counter
 
@@ -12,12 +13,16 @@ from stickyproxy.core._balancers import (
     BALANCERS,
     ConsistentHash,
     LeastConnections,
+    LeastSessions,
     PowerOfTwoChoices,
     RoundRobin,
+    SessionCap,
+    bounded,
     make_balancer,
     rendezvous_order,
 )
 from stickyproxy.interfaces import IBalancer
+from stickyproxy.model import StateChange
 from stickyproxy.testing import make_backend
 
 from tests._base import TestCase
@@ -192,3 +197,143 @@ class ConsistentHashTests(TestCase):
         first.active = 10
         self.assertIs(ConsistentHash().choose(backends, key), first)
         self.assertIs(ConsistentHash(balance_factor=1.25).choose(backends, key), second)
+
+
+class LeastSessionsTests(TestCase):
+    def test_fewest_sessions_per_weight(self):
+        """
+        The backend with the fewest live sessions per unit of weight wins,
+        whatever its open connections.
+        """
+        a, b, c = _backends([1, 2, 1])
+        a.active = 0
+        sessions = {"b0": 3, "b1": 4, "b2": 5}  # per weight: 3, 2, 5
+        balancer = LeastSessions(sessions=sessions.__getitem__)
+        self.assertIs(balancer.choose([a, b, c], b""), b)
+
+    def test_new_backend_fills_first(self):
+        """
+        A backend added to a pool whose others hold sessions takes every
+        new session until it holds as many as they do.
+        """
+        backends = _backends([1, 1, 1])
+        sessions = {"b0": 10, "b1": 10, "b2": 0}
+        balancer = LeastSessions(sessions=sessions.__getitem__)
+        picks = []
+        for _ in range(10):
+            name = balancer.choose(backends, b"").name
+            sessions[name] += 1
+            picks.append(name)
+        self.assertEqual(picks, ["b2"] * 10)
+
+    def test_ties_rotate(self):
+        """
+        New sessions arriving before their counts show spread over equally
+        loaded backends instead of all going to the first.
+        """
+        backends = _backends([1, 1, 1])
+        balancer = LeastSessions(sessions=lambda name: 7)
+        picks = {balancer.choose(backends, b"").name for _ in range(3)}
+        self.assertEqual(picks, {"b0", "b1", "b2"})
+
+    def test_made_with_the_pool_count(self):
+        """
+        C{make_balancer} gives C{"leastsessions"} the session count it is
+        given; without one, picking says what is missing.
+        """
+        backends = _backends([1, 1])
+        balancer = make_balancer("leastsessions", sessions={"b0": 1, "b1": 0}.get)
+        self.assertIs(balancer.choose(backends, b""), backends[1])
+        error = self.assertRaises(
+            TypeError, make_balancer("leastsessions").choose, backends, b""
+        )
+        self.assertIn("sessions=", str(error))
+
+
+class BoundedTests(TestCase):
+    @given(
+        st.lists(
+            st.tuples(
+                st.integers(min_value=1, max_value=5),
+                st.integers(min_value=0, max_value=200),
+            ),
+            min_size=1,
+            max_size=8,
+        ),
+        st.floats(min_value=1.01, max_value=3.0),
+    )
+    def test_bound(self, loads, factor):
+        """
+        A backend is allowed exactly when, taking one more, it holds at most
+        C{ceil(factor * share)} of the total with the newcomer (its share
+        by weight); some backend is always allowed.
+        """
+        backends = _backends([weight for weight, _ in loads])
+        counts = {b.name: count for b, (_, count) in zip(backends, loads, strict=True)}
+        allowed = bounded(backends, lambda b: counts[b.name], factor)
+        self.assertTrue(allowed)
+        total = sum(counts.values()) + 1
+        weights = sum(b.weight for b in backends)
+        for backend in backends:
+            limit = factor * total * backend.weight / weights
+            self.assertEqual(
+                backend in allowed, counts[backend.name] + 1 <= math.ceil(limit)
+            )
+
+
+class SessionCapTests(TestCase):
+    def test_over_the_cap_left_out(self):
+        """
+        A backend over C{factor} times its share of the sessions is left out
+        of the inner balancer's candidates; the others are all offered.
+        """
+        backends = _backends([1, 1, 1])
+        # 51 with the newcomer: a share of 17, at most 22 each (ceil 21.25).
+        sessions = {"b0": 30, "b1": 10, "b2": 10}
+        offered = []
+
+        class Inner(RoundRobin):
+            def choose(self, candidates, key):
+                offered.append([b.name for b in candidates])
+                return super().choose(candidates, key)
+
+        cap = SessionCap(Inner(), 1.25, sessions.__getitem__)
+        self.assertEqual(cap.choose(backends, b"").name, "b1")
+        self.assertEqual(offered, [["b1", "b2"]])
+        sessions["b0"] = 14  # 35 in all: at most 15 each (ceil 14.58)
+        cap.choose(backends, b"")
+        self.assertEqual(offered[-1], ["b0", "b1", "b2"])
+
+    def test_hash_keeps_its_order(self):
+        """
+        In front of C{hash}, a key whose first backend is over the cap goes
+        to the next one in its order: the cap bounds sessions, as
+        C{balance_factor} bounds connections.
+        """
+        backends = _backends([1, 1, 1])
+        key = b"client"
+        first, second, _ = rendezvous_order(key, backends)
+        sessions = dict.fromkeys((b.name for b in backends), 0)
+        sessions[first.name] = 10
+        capped = make_balancer("hash", None, 1.25, sessions=sessions.__getitem__)
+        self.assertIs(make_balancer("hash").choose(backends, key), first)
+        self.assertIs(capped.choose(backends, key), second)
+
+    def test_interface(self):
+        """
+        The cap provides L{IBalancer} under the name of the balancer it
+        wraps, and passes the pool's changes on to it.
+        """
+        inner = RoundRobin()
+        backends = _backends([1, 1])
+        cap = make_balancer("roundrobin", None, 1.5, sessions=lambda name: 0)
+        self.assertIsInstance(cap, SessionCap)
+        self.assertProvides(IBalancer, cap)
+        self.assertEqual(cap.name, "roundrobin")
+        cap = SessionCap(inner, 1.5, lambda name: 0)
+        cap.choose(backends, b"")
+        self.assertTrue(inner._current)
+        cap.backend_changed(
+            StateChange("pool", backends[0], "weight", "1", "2", "operator")
+        )
+        self.assertEqual(inner._current, {})

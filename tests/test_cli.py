@@ -132,7 +132,7 @@ class FlagErrorTests(TestCase):
         self.assertTrue(
             line.startswith(
                 "stickyproxy: --balance: expected one of "
-                "roundrobin, leastconn, random2, hash, got 'random'"
+                "roundrobin, leastconn, random2, hash, leastsessions, got 'random'"
             ),
             line,
         )

@@ -467,6 +467,41 @@ class ErrorTests(TestCase):
             "above 1.0",
         )
 
+    def test_session_balance_factor(self):
+        """
+        C{session_balance_factor} goes with any balancer, above 1; anything
+        else is named with what is expected.
+        """
+        for balance in ("roundrobin", "hash", "leastsessions"):
+            data = _with(
+                lambda d, b=balance: d["pool"]["pg"].update(
+                    balance=b, session_balance_factor=1.25
+                )
+            )
+            pool = load_config(data, REGISTRY).pools["pg"]
+            self.assertEqual(
+                (pool.balance, pool.session_balance_factor), (balance, 1.25)
+            )
+        self.assertIsNone(
+            load_config(GOOD, REGISTRY).pools["pg"].session_balance_factor
+        )
+        for bad in (1.0, 0.5, "x"):
+            self.assertConfigError(
+                lambda d, bad=bad: d["pool"]["pg"].update(session_balance_factor=bad),
+                "pool.pg.session_balance_factor",
+                "number",
+            )
+        self.assertConfigError(
+            lambda d: d["pool"]["pg"].update(session_balance_factor=1.0),
+            "pool.pg.session_balance_factor",
+            "a number above 1.0 (e.g. 1.25)",
+        )
+        self.assertConfigError(
+            lambda d: d["pool"]["pg"].update(balance="fewest"),
+            "pool.pg.balance",
+            "leastsessions",
+        )
+
 
 class FileTests(TestCase):
     def write(self, text):
@@ -758,6 +793,26 @@ class HealthConfigTests(TestCase):
         self.assertFalse(pool.passive_panic)
         self.assertFalse(build_pool(pool, MemoryReactorClock()).passive_panic)
         self.assertTrue(build_pool(self.health({}), MemoryReactorClock()).passive_panic)
+
+    def test_leastsessions_counts_the_pool(self):
+        """
+        A pool built with C{leastsessions} places new clients by its own
+        session count (L{Pool.sessions}: here a strategy's live bindings),
+        and C{session_balance_factor} caps any balancer by that count.
+        """
+        config = attrs.evolve(self.health({}), balance="leastsessions")
+        pool = build_pool(config, MemoryReactorClock())
+        held = {"pg1": 5, "pg2": 2}
+        pool.add_session_source(held.__getitem__)
+        candidates = pool.backends
+        self.assertEqual(pool.choose(candidates, b"").name, "pg2")
+        held["pg2"] = 9
+        self.assertEqual(pool.choose(candidates, b"").name, "pg1")
+        config = attrs.evolve(config, balance="roundrobin", session_balance_factor=1.1)
+        pool = build_pool(config, MemoryReactorClock())
+        pool.add_session_source(held.__getitem__)
+        picks = {pool.choose(candidates, b"").name for _ in range(4)}
+        self.assertEqual(picks, {"pg1"})
 
     def test_http(self):
         """

@@ -302,6 +302,17 @@ class BalancerFollowsTests(TestCase):
             backend.active -= 1
         return Counter(backend.name for backend in chosen)
 
+    def _pool(self, balance):
+        """
+        A pool of a and b whose balancer counts the pool's sessions.
+        """
+        pool = Pool(
+            "p",
+            (make_backend("a"), make_backend("b")),
+            make_balancer(balance, sessions=lambda name: pool.sessions(name)),
+        )
+        return pool
+
     def test_balancers_follow(self):
         """
         After C{add}, the new backend gets about its share; after
@@ -309,9 +320,7 @@ class BalancerFollowsTests(TestCase):
         shares follow the new weights.
         """
         for name in BALANCERS:
-            pool = Pool(
-                "p", (make_backend("a"), make_backend("b")), make_balancer(name)
-            )
+            pool = self._pool(name)
             self.assertEqual(set(self._picks(pool, 300)), {"a", "b"}, name)
             pool.add(make_backend("c"))
             counts = self._picks(pool, 3000)

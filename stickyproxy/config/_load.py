@@ -76,6 +76,7 @@ class PoolConfig:
     backends: tuple[BackendConfig, ...]
     balance: str = "roundrobin"
     balance_factor: float | None = None
+    session_balance_factor: float | None = None
     connect_timeout: float = 3.0
     retries: int = 2
     send_proxy: str | None = None
@@ -254,11 +255,15 @@ def _pool(name: str, reader: OptionReader) -> PoolConfig:
         )
     if factor is not None and factor <= 1.0:
         raise reader.fail("balance_factor", "a number above 1.0 (e.g. 1.25)")
+    session_factor = reader.optional_number("session_balance_factor")
+    if session_factor is not None and session_factor <= 1.0:
+        raise reader.fail("session_balance_factor", "a number above 1.0 (e.g. 1.25)")
     pool = PoolConfig(
         name=name,
         backends=backends,
         balance=balance,
         balance_factor=factor,
+        session_balance_factor=session_factor,
         connect_timeout=reader.number("connect_timeout", 3.0, bounds=bounds.TIMEOUT),
         retries=reader.integer("retries", 2, bounds=bounds.RETRIES),
         send_proxy=reader.optional_string("send_proxy"),

@@ -1,10 +1,17 @@
 """
 Balancers: the first pick for a client with no binding.
 
-All four take the candidate list the router allows (backends accepting new
-clients, minus those that already failed this client), so none of them
+All of them take the candidate list the router allows (backends accepting
+new clients, minus those that already failed this client), so none of them
 knows about health or persistence.  Each follows the pool's changes
 (L{IBalancer.backend_changed}); only round-robin keeps anything per backend.
+
+Two read the pool's live session counts, which the pool hands them as a
+function at construction (L{make_balancer}'s C{sessions}), so that
+L{IBalancer} stays as it is: L{LeastSessions}, and L{SessionCap}, the
+bounded-load cap on sessions that goes in front of any balancer.  There is
+one bounded-load rule (L{bounded}), for C{hash}'s connections and for the
+cap's sessions.
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ from stickyproxy.model import Backend, StateChange
 
 #: The pool changes after which a balancer's per-backend state is stale.
 SET_CHANGES = frozenset({"added", "removed", "weight"})
+
+#: How many live sessions the named backend holds (L{Pool.sessions}).
+SessionCount = Callable[[str], int]
 
 
 class _Stateless:
@@ -95,9 +105,35 @@ class RoundRobin:
             self._current.clear()
 
 
-def _load(backend: Backend) -> float:
+def _per_weight(count: float, backend: Backend) -> float:
     weight = backend.effective_weight
-    return backend.active / weight if weight > 0 else float("inf")
+    return count / weight if weight > 0 else float("inf")
+
+
+def _load(backend: Backend) -> float:
+    return _per_weight(backend.active, backend)
+
+
+def bounded(
+    backends: Sequence[Backend], count: Callable[[Backend], int], factor: float
+) -> list[Backend]:
+    """
+    The backends that may take one more client under bounded load
+    (Mirrokni, Thorup and Zadimoghaddam): with it, a backend holds at most
+    C{ceil(factor * share)}, its share being its weight's part of the total
+    (the newcomer included).  Never empty when C{backends} is not: some
+    backend is at or below its share.
+
+    :param count: what a backend holds (open connections, sessions).
+    :param factor: above 1.
+    """
+    total_weight = sum(max(b.weight, 1) for b in backends)
+    total = sum(count(b) for b in backends) + 1
+    return [
+        b
+        for b in backends
+        if count(b) < math.ceil(factor * total * max(b.weight, 1) / total_weight)
+    ]
 
 
 @implementer(IBalancer)
@@ -111,14 +147,73 @@ class LeastConnections(_Stateless):
     name = "leastconn"
     _turn: int = 0
 
+    def load(self, backend: Backend) -> float:
+        """
+        :returns: what the backend holds per unit of its weight.
+        """
+        return _load(backend)
+
     def choose(self, candidates: Sequence[Backend], key: bytes) -> Backend | None:
         if not candidates:
             return None
         self._turn += 1
         count = len(candidates)
         start = self._turn % count
-        rotated = [candidates[(start + i) % count] for i in range(count)]
-        return min(rotated, key=_load)
+        return min(
+            (candidates[(start + i) % count] for i in range(count)), key=self.load
+        )
+
+
+@implementer(IBalancer)
+@attrs.define(eq=False)
+class LeastSessions(LeastConnections):
+    """
+    The backend with the fewest live sessions per unit of weight: a new or
+    recovered backend takes the new sessions until it holds its share,
+    instead of its round-robin part of them while the old sessions stay
+    where they are.  Ties go round-robin, so that new sessions arriving
+    together, before their counts show, spread over equally loaded
+    backends rather than all going to the first.
+
+    :ivar sessions: the pool's count (L{Pool.sessions}).
+    """
+
+    name = "leastsessions"
+    sessions: SessionCount = attrs.field(kw_only=True)
+
+    def load(self, backend: Backend) -> float:
+        return _per_weight(self.sessions(backend.name), backend)
+
+
+@implementer(IBalancer)
+@attrs.define(eq=False)
+class SessionCap:
+    """
+    Bounded load on sessions in front of any balancer
+    (C{session_balance_factor}): a backend whose live sessions would go
+    over C{factor} times its weighted share is left out of the candidates
+    the balancer picks from.
+
+    :ivar balancer: picks among the backends under the cap.
+    :ivar factor: above 1.
+    :ivar sessions: the pool's count (L{Pool.sessions}).
+    """
+
+    balancer: IBalancer
+    factor: float
+    sessions: SessionCount
+
+    @property
+    def name(self) -> str:
+        return str(self.balancer.name)
+
+    def choose(self, candidates: Sequence[Backend], key: bytes) -> Backend | None:
+        sessions = self.sessions
+        allowed = bounded(candidates, lambda b: sessions(b.name), self.factor)
+        return self.balancer.choose(allowed, key)
+
+    def backend_changed(self, change: StateChange) -> None:
+        self.balancer.backend_changed(change)
 
 
 @implementer(IBalancer)
@@ -157,27 +252,41 @@ class ConsistentHash(_Stateless):
         order = rendezvous_order(key, candidates)
         if not order or self.balance_factor is None:
             return order[0] if order else None
-        total_weight = sum(max(b.weight, 1) for b in order)
-        total_active = sum(b.active for b in order) + 1
-        for backend in order:
-            share = total_active * max(backend.weight, 1) / total_weight
-            if backend.active < math.ceil(self.balance_factor * share):
-                return backend
-        return order[0]
+        allowed = bounded(order, lambda b: b.active, self.balance_factor)
+        return allowed[0] if allowed else order[0]
 
 
-BALANCERS: dict[str, Callable[[float | None], IBalancer]] = {
-    "roundrobin": lambda factor: RoundRobin(),
-    "leastconn": lambda factor: LeastConnections(),
-    "random2": lambda factor: PowerOfTwoChoices(),
-    "hash": lambda factor: ConsistentHash(balance_factor=factor),
+def _no_sessions(name: str) -> int:
+    raise TypeError("this balancer needs the pool's session count (sessions=)")
+
+
+#: Each configurable balancer by name, built from the C{hash} balance
+#: factor and the pool's session count.
+BALANCERS: dict[str, Callable[[float | None, SessionCount], IBalancer]] = {
+    "roundrobin": lambda factor, sessions: RoundRobin(),
+    "leastconn": lambda factor, sessions: LeastConnections(),
+    "random2": lambda factor, sessions: PowerOfTwoChoices(),
+    "hash": lambda factor, sessions: ConsistentHash(balance_factor=factor),
+    "leastsessions": lambda factor, sessions: LeastSessions(sessions=sessions),
 }
 
 
-def make_balancer(name: str, balance_factor: float | None = None) -> IBalancer:
+def make_balancer(
+    name: str,
+    balance_factor: float | None = None,
+    session_balance_factor: float | None = None,
+    sessions: SessionCount = _no_sessions,
+) -> IBalancer:
     """
     Build a balancer by its configured name (one of L{BALANCERS}).
 
     :param balance_factor: the bounded-load factor of C{"hash"}.
+    :param session_balance_factor: if given, the balancer picks only among
+        backends under this bound on sessions (L{SessionCap}).
+    :param sessions: the pool's session count, for C{"leastsessions"} and
+        C{session_balance_factor}.
     """
-    return BALANCERS[name](balance_factor)
+    balancer = BALANCERS[name](balance_factor, sessions)
+    if session_balance_factor is not None:
+        balancer = SessionCap(balancer, session_balance_factor, sessions)
+    return balancer

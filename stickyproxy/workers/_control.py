@@ -1,0 +1,624 @@
+"""
+The control channel between the parent process and each worker: AMP
+(L{twisted.protocols.amp}) over the pipe the process model gives a worker.
+
+The parent owns the admin state, the health checks and the admin listener;
+the workers serve the traffic.  So the parent tells every worker each
+backend's admin state (ready, drain, maint, weight) and health, and the
+backends added or removed through its admin API; a worker that (re)starts
+first receives all of it.  A worker tells the parent what only it sees:
+passive health signals, and how many sessions and connections it holds.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import attrs
+from zope.interface import implementer
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionClosed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from stickyproxy.config._options import ConfigError
+from stickyproxy.core._adminsync import PEER, AdminSync, admin_record
+from stickyproxy.core._events import IgnoreEvents
+from stickyproxy.core._pool import Pool
+from stickyproxy.interfaces import IPassiveHealth
+from stickyproxy.model import AdminRecord, AdminState, Backend, Health, StateChange
+from stickyproxy.service import ProxyService
+
+#: How often (seconds) a worker tells the parent its session counts, when
+#: they changed.
+LOAD_INTERVAL = 1.0
+
+#: Where the workers' changes come from, as the parent's logs say it.
+PARENT = "parent"
+
+
+class _JSON(amp.Argument):
+    """
+    A JSON value of any size: AMP limits a value to 64 KiB, so the text is
+    cut into as many keys as it needs (C{name}, C{name.1}, C{name.2} ...).
+    """
+
+    def toBox(
+        self,
+        name: bytes,
+        strings: dict[bytes, bytes],
+        objects: dict[str, Any],
+        proto: amp.AMP,
+    ) -> None:
+        data = json.dumps(objects.pop(name.decode("ascii"))).encode("utf-8")
+        size = amp.MAX_VALUE_LENGTH
+        for index, start in enumerate(range(0, len(data), size)):
+            key = name if index == 0 else b"%s.%d" % (name, index)
+            strings[key] = data[start : start + size]
+
+    def fromBox(
+        self,
+        name: bytes,
+        strings: dict[bytes, bytes],
+        objects: dict[str, Any],
+        proto: amp.AMP,
+    ) -> None:
+        parts = [strings.pop(name)]
+        while (key := b"%s.%d" % (name, len(parts))) in strings:
+            parts.append(strings.pop(key))
+        objects[name.decode("ascii")] = json.loads(b"".join(parts))
+
+
+# Parent to worker
+
+
+class SetAdmin(amp.Command):
+    """
+    A backend's admin state (an L{AdminRecord}): the worker's matches it.
+    """
+
+    arguments = [
+        (b"pool", amp.Unicode()),
+        (b"backend", amp.Unicode()),
+        (b"admin_state", amp.Unicode()),
+        (b"weight", amp.Integer()),
+        (b"drain_deadline", amp.Float(optional=True)),
+    ]
+    response = [(b"applied", amp.Boolean())]
+
+
+class SetHealth(amp.Command):
+    """
+    A backend's health, as the parent's checks found it.
+    """
+
+    arguments = [
+        (b"pool", amp.Unicode()),
+        (b"backend", amp.Unicode()),
+        (b"health", amp.Unicode()),
+        (b"reason", amp.Unicode()),
+    ]
+    response = [(b"applied", amp.Boolean())]
+
+
+class AddBackend(amp.Command):
+    """
+    A backend added to a pool at run time: its table, as a config file's
+    C{[[pool.NAME.backend]]} (what L{ProxyService.new_backend} reads), and
+    its health.
+    """
+
+    arguments = [
+        (b"pool", amp.Unicode()),
+        (b"table", _JSON()),
+        (b"health", amp.Unicode()),
+    ]
+    response = [(b"applied", amp.Boolean())]
+
+
+class RemoveBackend(amp.Command):
+    """
+    A backend removed from a pool at run time.
+    """
+
+    arguments = [(b"pool", amp.Unicode()), (b"backend", amp.Unicode())]
+    response = [(b"applied", amp.Boolean())]
+
+
+class KeepBackends(amp.Command):
+    """
+    The backends a pool has in the parent: a worker that (re)starts removes
+    the others (removed at run time before it started).
+    """
+
+    arguments = [(b"pool", amp.Unicode()), (b"backends", _JSON())]
+    response = [(b"removed", amp.Integer())]
+
+
+# Worker to parent
+
+
+class ConnectFailed(amp.Command):
+    """
+    Passive health: a worker's connect to a backend failed.
+    """
+
+    arguments = [
+        (b"pool", amp.Unicode()),
+        (b"backend", amp.Unicode()),
+        (b"reason", amp.Unicode()),
+    ]
+    requiresAnswer = False
+
+
+class ConnectSucceeded(amp.Command):
+    """
+    Passive health: a worker's connect to a backend worked.
+    """
+
+    arguments = [(b"pool", amp.Unicode()), (b"backend", amp.Unicode())]
+    requiresAnswer = False
+
+
+class ResponseStatus(amp.Command):
+    """
+    Passive health: a backend answered a worker's request with C{status}.
+    """
+
+    arguments = [
+        (b"pool", amp.Unicode()),
+        (b"backend", amp.Unicode()),
+        (b"status", amp.Integer()),
+    ]
+    requiresAnswer = False
+
+
+class Load(amp.Command):
+    """
+    What a worker holds of each backend: C{[[pool, backend, active,
+    sessions], ...]}.
+    """
+
+    arguments = [(b"backends", _JSON())]
+    requiresAnswer = False
+
+
+def _log_failure(failure: Failure, log: Logger, what: str) -> None:
+    """
+    Log a command that failed, unless the other side went away (the
+    process model logs that, and restarts the worker).
+    """
+    if not failure.check(ConnectionClosed, amp.ProtocolSwitched):
+        log.failure("control channel: {what}", failure, what=what)
+
+
+def _send(
+    protocol: amp.AMP, log: Logger, command: type[amp.Command], **arguments: object
+) -> None:
+    """
+    Send a command whose answer nobody waits for; log a failure.
+    """
+    if protocol.transport is None or protocol.boxSender is None:
+        return
+    sent: Deferred[object] | None = protocol.callRemote(command, **arguments)
+    if sent is not None:
+        sent.addErrback(_log_failure, log, command.__name__)
+
+
+def backend_table(backend: Backend) -> dict[str, object]:
+    """
+    :returns: a backend as a C{[[pool.NAME.backend]]} table.
+    """
+    return {
+        "name": backend.name,
+        "address": backend.address,
+        "weight": backend.weight,
+        "route": backend.route,
+        "admin_state": backend.admin_state.value,
+    }
+
+
+# The parent's end
+
+
+@attrs.define(eq=False)
+class _Workers(IgnoreEvents):
+    """
+    What the parent's channels share: the workers connected now, what each
+    holds, and the one subscription to the parent's event stream that
+    sends its changes to all of them.
+    """
+
+    service: ProxyService
+    channels: dict[int, ParentControl] = attrs.field(factory=dict)
+    # What each worker last said it holds: (pool, backend) -> (active, sessions).
+    loads: dict[int, dict[tuple[str, str], tuple[int, int]]] = attrs.field(factory=dict)
+    sync: AdminSync = attrs.field(init=False)
+    # The pools given a session count of the workers (a reload adds new ones).
+    _counted: weakref.WeakSet[Pool] = attrs.field(init=False, factory=weakref.WeakSet)
+
+    def __attrs_post_init__(self) -> None:
+        self.sync = AdminSync(lambda: self.service.pools, self.publish)
+
+    def join(self, channel: ParentControl) -> None:
+        if not self.channels:
+            self.service.events.subscribe(self)
+        self.channels[channel.worker_id] = channel
+
+    def leave(self, channel: ParentControl) -> None:
+        if self.channels.get(channel.worker_id) is channel:
+            del self.channels[channel.worker_id]
+            self.loads.pop(channel.worker_id, None)
+            self.count()
+        if not self.channels:
+            self.service.events.unsubscribe(self)
+
+    def publish(self, record: AdminRecord) -> None:
+        for channel in list(self.channels.values()):
+            channel.send_admin(record)
+
+    def backend_changed(self, change: StateChange) -> None:
+        self.sync.backend_changed(change)
+        if change.kind == "health":
+            for channel in list(self.channels.values()):
+                channel.send_health(change.pool, change.backend, change.reason)
+        elif change.reason.startswith((PEER, "reload")):
+            # A reload's backends are the workers' own: they reload too.
+            return
+        elif change.kind == "added":
+            for channel in list(self.channels.values()):
+                channel.send_added(change.pool, change.backend)
+        elif change.kind == "removed":
+            for channel in list(self.channels.values()):
+                channel.send_removed(change.pool, change.backend.name)
+
+    def sessions(self, pool: str, backend: str) -> int:
+        """
+        :returns: how many sessions the workers hold on a backend.
+        """
+        key = (pool, backend)
+        return sum(load.get(key, (0, 0))[1] for load in self.loads.values())
+
+    def count(self) -> None:
+        """
+        Show the workers' counts in the parent's pools: their open
+        connections as each backend's C{active}, their sessions through a
+        session source (given once to each pool, new ones included).
+        """
+        for pool in self.service.pools.values():
+            if pool not in self._counted:
+                self._counted.add(pool)
+                pool.add_session_source(partial(self.sessions, pool.name))
+            for backend in pool.backends:
+                key = (pool.name, backend.name)
+                backend.active = sum(
+                    load.get(key, (0, 0))[0] for load in self.loads.values()
+                )
+
+
+_WORKERS: weakref.WeakKeyDictionary[ProxyService, _Workers] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class ParentControl(amp.AMP):
+    """
+    The parent's end of one worker's channel.
+    """
+
+    log = Logger()
+
+    def __init__(self, service: ProxyService, worker_id: int) -> None:
+        super().__init__()
+        self.service = service
+        self.worker_id = worker_id
+        workers = _WORKERS.get(service)
+        if workers is None:
+            workers = _WORKERS[service] = _Workers(service)
+        self._workers = workers
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._workers.join(self)
+        self.send_all()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        super().connectionLost(reason)
+        self._workers.leave(self)
+
+    def send_all(self) -> None:
+        """
+        Send the worker everything it follows: every backend (added if it
+        lacks one), its admin state and health, and which backends each
+        pool has (it removes the others).
+        """
+        for pool in self.service.pools.values():
+            for backend in pool.backends:
+                self.send_added(pool.name, backend)
+            for backend in pool.backends:
+                self.send_admin(admin_record(pool, backend))
+                self.send_health(pool.name, backend, "the parent's health checks")
+            names = [backend.name for backend in pool.backends]
+            self._send(KeepBackends, pool=pool.name, backends=names)
+
+    def send_admin(self, record: AdminRecord) -> None:
+        self._send(
+            SetAdmin,
+            pool=record.pool,
+            backend=record.backend,
+            admin_state=record.admin_state.value,
+            weight=record.weight,
+            drain_deadline=record.drain_deadline,
+        )
+
+    def send_health(self, pool: str, backend: Backend, reason: str) -> None:
+        self._send(
+            SetHealth,
+            pool=pool,
+            backend=backend.name,
+            health=backend.health.value,
+            reason=reason,
+        )
+
+    def send_added(self, pool: str, backend: Backend) -> None:
+        self._send(
+            AddBackend,
+            pool=pool,
+            table=backend_table(backend),
+            health=backend.health.value,
+        )
+
+    def send_removed(self, pool: str, backend: str) -> None:
+        self._send(RemoveBackend, pool=pool, backend=backend)
+
+    def _send(self, command: type[amp.Command], **arguments: object) -> None:
+        _send(self, self.log, command, **arguments)
+
+    def _backend(self, pool: str, backend: str) -> tuple[Pool, Backend] | None:
+        live = self.service.pools.get(pool)
+        found = live.get(backend) if live is not None else None
+        return None if live is None or found is None else (live, found)
+
+    @ConnectFailed.responder
+    def connect_failed(self, pool: str, backend: str, reason: str) -> dict[str, object]:
+        found = self._backend(pool, backend)
+        if found is not None:
+            found[0].report_connect_failure(
+                found[1], f"{reason} (worker {self.worker_id})"
+            )
+        return {}
+
+    @ConnectSucceeded.responder
+    def connect_succeeded(self, pool: str, backend: str) -> dict[str, object]:
+        found = self._backend(pool, backend)
+        if found is not None:
+            found[0].report_connect_success(found[1])
+        return {}
+
+    @ResponseStatus.responder
+    def response_status(
+        self, pool: str, backend: str, status: int
+    ) -> dict[str, object]:
+        found = self._backend(pool, backend)
+        if found is not None:
+            found[0].report_status(found[1], status)
+        return {}
+
+    @Load.responder
+    def load(self, backends: list[list[Any]]) -> dict[str, object]:
+        self._workers.loads[self.worker_id] = {
+            (str(pool), str(name)): (int(active), int(sessions))
+            for pool, name, active, sessions in backends
+        }
+        self._workers.count()
+        return {}
+
+
+def parent_control(service: ProxyService, worker_id: int) -> amp.AMP:
+    """
+    The parent's end of a worker's control channel: it sends the worker
+    every admin state and health change of C{service}'s backends (all of
+    them first), and feeds C{service} what the worker reports.
+
+    :param worker_id: the worker's number, for the logs.
+    """
+    return ParentControl(service, worker_id)
+
+
+# The worker's end
+
+
+@implementer(IPassiveHealth)
+class _PassiveToParent:
+    """
+    A worker pool's passive health signals, sent to the parent, whose
+    monitor counts them.  Every failure is sent; a good signal only when
+    it may change something there: after a failure this worker sent, or
+    while the backend is not up.  (Sending each request's would cost the
+    worker an AMP message per request.)
+    """
+
+    def __init__(self, channel: WorkerControl, pool: Pool) -> None:
+        self._channel = channel
+        self._pool = pool.name
+        self._failed: set[str] = set()  # last connect sent was a failure
+        self._bad_status: set[str] = set()  # last status sent was one
+
+    def connect_failed(self, backend: Backend, reason: str) -> None:
+        self._failed.add(backend.name)
+        self._channel.send(
+            ConnectFailed, pool=self._pool, backend=backend.name, reason=reason
+        )
+
+    def connect_succeeded(self, backend: Backend) -> None:
+        if backend.name in self._failed or backend.health is not Health.UP:
+            self._failed.discard(backend.name)
+            self._channel.send(ConnectSucceeded, pool=self._pool, backend=backend.name)
+
+    def response_status(self, backend: Backend, status: int) -> None:
+        config = self._channel.service.config.pools.get(self._pool)
+        statuses = None if config is None else config.health.settings.passive_status
+        bad = statuses is not None and status in statuses
+        if bad or backend.name in self._bad_status or backend.health is not Health.UP:
+            if bad:
+                self._bad_status.add(backend.name)
+            else:
+                self._bad_status.discard(backend.name)
+            self._channel.send(
+                ResponseStatus, pool=self._pool, backend=backend.name, status=status
+            )
+
+
+class WorkerControl(amp.AMP):
+    """
+    A worker's end of its control channel.
+    """
+
+    log = Logger()
+
+    def __init__(self, service: ProxyService) -> None:
+        super().__init__()
+        self.service = service
+        self._sync = AdminSync(lambda: service.pools, lambda record: None)
+        self._timer: IDelayedCall | None = None
+        self._sent_load: object = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.tick()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        super().connectionLost(reason)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def send(self, command: type[amp.Command], **arguments: object) -> None:
+        """
+        Send the parent a command whose answer nobody waits for.
+        """
+        _send(self, self.log, command, **arguments)
+
+    def tick(self) -> None:
+        """
+        Give every pool (a reload may build new ones) the passive health
+        that reports to the parent, and tell the parent what the worker
+        holds, if it changed; again in L{LOAD_INTERVAL}.
+        """
+        self._timer = self.service.reactor.callLater(LOAD_INTERVAL, self.tick)
+        self.follow()
+        load = [
+            [pool.name, backend.name, backend.active, pool.sessions(backend.name)]
+            for pool in self.service.pools.values()
+            for backend in pool.backends
+        ]
+        if load != self._sent_load:
+            self._sent_load = load
+            self.send(Load, backends=load)
+
+    def follow(self) -> None:
+        """
+        Send the passive health signals of every pool to the parent.
+        """
+        for pool in self.service.pools.values():
+            if not isinstance(pool.passive, _PassiveToParent):
+                pool.passive = _PassiveToParent(self, pool)
+
+    def _pool(self, name: str) -> Pool | None:
+        pool = self.service.pools.get(name)
+        if pool is None:
+            self.log.warn(
+                "control channel: the parent named pool {pool}, unknown here "
+                "(a reload under way?)",
+                pool=name,
+            )
+        return pool
+
+    @SetAdmin.responder
+    def set_admin(
+        self,
+        pool: str,
+        backend: str,
+        admin_state: str,
+        weight: int,
+        drain_deadline: float | None,
+    ) -> dict[str, object]:
+        # The parent ends drains (it counts every worker's sessions): a
+        # worker drains with no deadline of its own.
+        record = AdminRecord(pool, backend, AdminState(admin_state), weight, None)
+        return {"applied": self._sync.apply(record, PARENT)}
+
+    @SetHealth.responder
+    def set_health(
+        self, pool: str, backend: str, health: str, reason: str
+    ) -> dict[str, object]:
+        live = self._pool(pool)
+        found = live.get(backend) if live is not None else None
+        if live is None or found is None:
+            return {"applied": False}
+        live.set_health(found, Health(health), f"{PEER} {PARENT}: {reason}")
+        return {"applied": True}
+
+    @AddBackend.responder
+    def add_backend(
+        self, pool: str, table: Mapping[str, object], health: str
+    ) -> dict[str, object]:
+        live = self._pool(pool)
+        if live is None or live.get(str(table.get("name"))) is not None:
+            return {"applied": False}
+        try:
+            backend = self.service.new_backend(pool, table)
+        except ConfigError as error:
+            self.log.error(
+                "control channel: the parent's new backend of pool {pool} is "
+                "refused here: {error}",
+                pool=pool,
+                error=str(error),
+            )
+            return {"applied": False}
+        backend.health = Health(health)
+        live.add(backend, f"{PEER} {PARENT}")
+        return {"applied": True}
+
+    @RemoveBackend.responder
+    def remove_backend(self, pool: str, backend: str) -> dict[str, object]:
+        live = self._pool(pool)
+        if live is None or live.get(backend) is None:
+            return {"applied": False}
+        self._remove(live, backend)
+        return {"applied": True}
+
+    @KeepBackends.responder
+    def keep_backends(self, pool: str, backends: list[str]) -> dict[str, object]:
+        live = self._pool(pool)
+        if live is None:
+            return {"removed": 0}
+        gone = [b.name for b in live.backends if b.name not in set(backends)]
+        for name in gone:
+            self._remove(live, name)
+        return {"removed": len(gone)}
+
+    def _remove(self, pool: Pool, name: str) -> None:
+        """
+        Remove a backend the parent removed (its sessions there were none,
+        or it was in maint: so here too, by the parent's count).
+        """
+        reason = f"{PEER} {PARENT}"
+        pool.set_admin_state(name, AdminState.MAINT, reason)
+        pool.remove(name, reason)
+
+
+def worker_control(service: ProxyService) -> amp.AMP:
+    """
+    A worker's end of its control channel: it makes C{service}'s backends
+    follow the parent's admin states and health, and reports to the parent
+    what only the worker sees (passive health, sessions and connections).
+    """
+    return WorkerControl(service)

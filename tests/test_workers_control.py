@@ -1,0 +1,294 @@
+"""
+Tests for the control channel between the parent and its workers
+(L{stickyproxy.workers._control}): real L{ProxyService}s on memory
+reactors, their two ends connected through L{iosim}, no processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols import amp
+from twisted.test.iosim import IOPump, connect, makeFakeClient, makeFakeServer
+
+from stickyproxy import AdminState, load_config
+from stickyproxy.interfaces import IPassiveHealth
+from stickyproxy.model import Health
+from stickyproxy.persistence._registry import StrategyRegistry
+from stickyproxy.persistence._sourceip import source_ip
+from stickyproxy.service import ProxyService
+from stickyproxy.workers import parent_control, worker_control
+from stickyproxy.workers._control import (
+    LOAD_INTERVAL,
+    ParentControl,
+    WorkerControl,
+    _PassiveToParent,
+)
+
+from tests._base import TestCase
+
+REGISTRY = StrategyRegistry.of([source_ip])
+
+
+def config_data() -> dict[str, Any]:
+    """
+    One TCP frontend on a pool of two backends, checked passively only.
+    """
+    return {
+        "frontend": [
+            {
+                "name": "l4",
+                "listen": "tcp:7000",
+                "pool": "app",
+                "persistence": {"strategy": "source-ip"},
+            }
+        ],
+        "pool": {
+            "app": {
+                "backend": [
+                    {"name": "a", "address": "127.0.0.1:9001"},
+                    {"name": "b", "address": "127.0.0.1:9002"},
+                ],
+                "health": {"passive_fall": 2},
+            },
+        },
+    }
+
+
+def proxy(reactor: MemoryReactorClock) -> ProxyService:
+    return ProxyService(load_config(config_data(), REGISTRY), reactor, REGISTRY)
+
+
+class Worker:
+    """
+    A worker's service, connected to the parent's through a channel.
+    """
+
+    def __init__(self, parent: ProxyService, worker_id: int) -> None:
+        self.reactor = MemoryReactorClock()
+        self.service = proxy(self.reactor)
+        self.channel = worker_control(self.service)
+        self.parent_end = parent_control(parent, worker_id)
+        self.pump: IOPump = connect(
+            self.parent_end,
+            makeFakeServer(self.parent_end),
+            self.channel,
+            makeFakeClient(self.channel),
+        )
+
+    @property
+    def pool(self) -> Any:
+        return self.service.pools["app"]
+
+    def tick(self) -> None:
+        """
+        One load interval passes for the worker; what it sent arrives.
+        """
+        self.reactor.advance(LOAD_INTERVAL)
+        self.pump.flush()
+
+    def stop(self) -> None:
+        """
+        The worker goes away (its channel is closed).
+        """
+        self.pump.clientIO.loseConnection()
+        self.pump.flush()
+
+
+class ControlTests(TestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(1000)
+        self.parent = proxy(self.reactor)
+        self.pool = self.parent.pools["app"]
+
+    def worker(self, worker_id: int = 1) -> Worker:
+        worker = Worker(self.parent, worker_id)
+        worker.pump.flush()
+        return worker
+
+    def flush(self, *workers: Worker) -> None:
+        for worker in workers:
+            worker.pump.flush()
+
+    def test_factories(self) -> None:
+        """
+        The two factories make the two ends' AMP protocols, and a worker's
+        pools report passive health through an L{IPassiveHealth}.
+        """
+        self.assertIsInstance(parent_control(self.parent, 1), ParentControl)
+        self.assertIsInstance(parent_control(self.parent, 1), amp.AMP)
+        self.assertIsInstance(worker_control(self.parent), WorkerControl)
+        worker = self.worker()
+        self.assertIsInstance(worker.pool.passive, _PassiveToParent)
+        self.assertProvides(IPassiveHealth, worker.pool.passive)
+
+    def test_admin_changes_reach_every_worker(self) -> None:
+        """
+        Maint, ready and weight changes made in the parent apply in every
+        worker.
+        """
+        one, two = self.worker(1), self.worker(2)
+        self.pool.set_admin_state("a", AdminState.MAINT)
+        self.pool.set_weight("b", 7)
+        self.flush(one, two)
+        for worker in (one, two):
+            self.assertIs(worker.pool["a"].admin_state, AdminState.MAINT)
+            self.assertEqual(worker.pool["b"].weight, 7)
+        self.pool.set_admin_state("a", AdminState.READY)
+        self.flush(one, two)
+        for worker in (one, two):
+            self.assertIs(worker.pool["a"].admin_state, AdminState.READY)
+
+    def test_drain_ends_in_the_parent(self) -> None:
+        """
+        A drain with a deadline drains the backend in the workers, which do
+        not end it themselves (each sees only its own sessions): at the
+        deadline, the parent's maint reaches them.
+        """
+        one = self.worker(1)
+        one.pool.add_session_source(lambda name: 1)
+        one.tick()
+        self.pool.drain("a", 30.0)
+        self.flush(one)
+        self.assertIs(one.pool["a"].admin_state, AdminState.DRAIN)
+        self.assertIsNone(one.pool.drain_deadline("a"))
+        one.reactor.advance(60)
+        self.assertIs(one.pool["a"].admin_state, AdminState.DRAIN)
+        self.reactor.advance(30)
+        self.flush(one)
+        self.assertIs(self.pool["a"].admin_state, AdminState.MAINT)
+        self.assertIs(one.pool["a"].admin_state, AdminState.MAINT)
+
+    def test_sessions_are_summed(self) -> None:
+        """
+        The parent's pools count the sessions and connections its workers
+        hold; a worker that leaves takes its count with it.
+        """
+        one, two = self.worker(1), self.worker(2)
+        one.pool.add_session_source(lambda name: 3 if name == "a" else 0)
+        two.pool.add_session_source(lambda name: 4 if name == "a" else 0)
+        two.pool["a"].active = 2
+        one.tick()
+        two.tick()
+        self.assertEqual(self.pool.sessions("a"), 7)
+        self.assertEqual(self.pool["a"].active, 2)
+        self.assertEqual(self.pool.sessions("b"), 0)
+        two.stop()
+        self.assertEqual(self.pool.sessions("a"), 3)
+        self.assertEqual(self.pool["a"].active, 0)
+
+    def test_drain_to_maint_on_the_workers_sessions(self) -> None:
+        """
+        A drain with a deadline ends in maint once no worker holds a
+        session on the backend any more.
+        """
+        held = {"a": 2}
+        one = self.worker(1)
+        one.pool.add_session_source(lambda name: held.get(name, 0))
+        one.tick()
+        self.pool.drain("a", 600.0)
+        self.reactor.advance(5)
+        self.assertIs(self.pool["a"].admin_state, AdminState.DRAIN)
+        held["a"] = 0
+        one.tick()
+        self.reactor.advance(1)
+        self.assertIs(self.pool["a"].admin_state, AdminState.MAINT)
+
+    def test_newcomer_receives_everything(self) -> None:
+        """
+        A worker that (re)starts receives every backend's current state:
+        admin state, drain, weight and health, the backends added at run
+        time, and loses those removed at run time.
+        """
+        self.pool.drain("a")
+        self.pool.set_weight("a", 3)
+        self.pool.set_health(self.pool["a"], Health.DOWN, "probe failed")
+        added = self.parent.new_backend("app", {"name": "c", "address": "10.0.0.3:80"})
+        self.pool.add(added, "admin API")
+        self.pool.set_admin_state("b", AdminState.MAINT)
+        self.pool.remove("b", "admin API")
+        worker = self.worker()
+        a = worker.pool["a"]
+        self.assertEqual((a.admin_state, a.weight), (AdminState.DRAIN, 3))
+        self.assertIs(a.health, Health.DOWN)
+        self.assertEqual([b.name for b in worker.pool.backends], ["a", "c"])
+        self.assertEqual(worker.pool["c"].address, "10.0.0.3:80")
+
+    def test_health_from_the_parent(self) -> None:
+        """
+        A backend the parent's checks take down (or bring up) is so in
+        every worker.
+        """
+        one, two = self.worker(1), self.worker(2)
+        self.pool.set_health(self.pool["a"], Health.DOWN, "probe failed")
+        self.flush(one, two)
+        for worker in (one, two):
+            self.assertIs(worker.pool["a"].health, Health.DOWN)
+            self.assertEqual(worker.pool.accepting_new(), [worker.pool["b"]])
+        self.pool.set_health(self.pool["a"], Health.UP, "probe passed")
+        self.flush(one, two)
+        self.assertIs(one.pool["a"].health, Health.UP)
+
+    def test_backends_added_and_removed_at_run_time(self) -> None:
+        """
+        A backend added through the parent's API is added in every worker,
+        with its address, weight and route; one removed is removed.  A
+        reload's are not sent: the workers reload too.
+        """
+        one = self.worker(1)
+        table = {"name": "c", "address": "10.0.0.3:80", "weight": 4, "route": "r"}
+        self.pool.add(self.parent.new_backend("app", table), "admin API")
+        self.flush(one)
+        c = one.pool["c"]
+        self.assertEqual((c.address, c.weight, c.route), ("10.0.0.3:80", 4, "r"))
+        self.pool.remove("c", "admin API")
+        self.flush(one)
+        self.assertIsNone(one.pool.get("c"))
+        reloaded = self.parent.new_backend("app", {"name": "d", "address": "x:1"})
+        self.pool.add(reloaded, "reload")
+        self.flush(one)
+        self.assertIsNone(one.pool.get("d"))
+
+    def test_passive_failures_reach_the_parent(self) -> None:
+        """
+        Failed connects seen by workers are counted by the parent's
+        monitor, whose verdict every worker follows.
+        """
+        one, two = self.worker(1), self.worker(2)
+        one.pool.report_connect_failure(one.pool["a"], "refused")
+        self.flush(one)
+        self.assertIs(self.pool["a"].health, Health.UP)
+        two.pool.report_connect_failure(two.pool["a"], "refused")
+        self.flush(two, one)
+        self.assertIs(self.pool["a"].health, Health.DOWN)
+        self.assertIs(one.pool["a"].health, Health.DOWN)
+        self.assertIs(two.pool["a"].health, Health.DOWN)
+
+    def test_good_signals_sent_when_they_count(self) -> None:
+        """
+        A successful connect is sent only after a failure the worker sent
+        (it resets the parent's count) or while the backend is down, not
+        for every request.
+        """
+        one = self.worker(1)
+        sent: list[str] = []
+        original = one.channel.send
+
+        def spy(command: type[amp.Command], **arguments: object) -> None:
+            sent.append(command.__name__)
+            original(command, **arguments)
+
+        one.channel.send = spy  # type: ignore[method-assign]
+        backend = one.pool["a"]
+        one.pool.report_connect_success(backend)
+        one.pool.report_connect_failure(backend, "refused")
+        one.pool.report_connect_success(backend)
+        one.pool.report_connect_success(backend)
+        self.assertEqual(sent, ["ConnectFailed", "ConnectSucceeded"])
+        self.flush(one)
+        # The success reset the parent's count: one more failure is not two.
+        one.pool.report_connect_failure(backend, "refused")
+        self.flush(one)
+        self.assertIs(self.pool["a"].health, Health.UP)

@@ -799,6 +799,22 @@ class ConnectionTests(HTTPTestCase):
         self.assertEqual(len(connections), 0)
         self.assertTrue(first_t.disconnecting)
 
+    def test_idle_pool_holds_a_burst(self):
+        """
+        By default the backend connections a burst of concurrent requests
+        opened are all kept when their responses end, for the next burst:
+        none is closed only to be opened again.
+        """
+        connections = self.factory.connections[self.pool.get("a")]
+        clients = [self.client(IPv4Address("TCP", "192.0.2.10", p)) for p in range(64)]
+        for protocol, _ in clients:
+            protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: who=a\r\n\r\n")
+        opened = [self.accept() for _ in clients]
+        for backend, _ in opened:
+            backend.dataReceived(OK)
+        self.assertEqual(len(connections), 64)
+        self.assertFalse(any(transport.disconnecting for _, transport in opened))
+
     def test_upgrade_tunnel(self):
         """
         An upgrade request is routed like any other; after the backend's

@@ -23,6 +23,7 @@ from stickyproxy.config._options import ConfigError, OptionReader, join_path
 from stickyproxy.config._settings import HealthSettings, HTTPSettings, StatusRanges
 from stickyproxy.core._balancers import BALANCERS
 from stickyproxy.core._logfile import TO_LOG, TO_STDOUT
+from stickyproxy.core._pool import KEEPALIVE
 from stickyproxy.core._router import PERSISTENCE_TIMEOUT
 from stickyproxy.interfaces import IPersistenceStrategyFactory
 from stickyproxy.model import AdminState, Health
@@ -82,7 +83,7 @@ class PoolConfig:
     send_proxy: str | None = None
     fail_open: bool = False
     passive_panic: bool = True
-    keepalive: int = 32
+    keepalive: int = KEEPALIVE
     keepalive_timeout: float = 30.0
     health: HealthConfig = attrs.field(factory=lambda: HealthConfig())
     path: str = ""
@@ -269,7 +270,7 @@ def _pool(name: str, reader: OptionReader) -> PoolConfig:
         send_proxy=reader.optional_string("send_proxy"),
         fail_open=reader.boolean("fail_open", False),
         passive_panic=reader.boolean("passive_panic", True),
-        keepalive=reader.integer("keepalive", 32, bounds=bounds.KEEPALIVE),
+        keepalive=reader.integer("keepalive", KEEPALIVE, bounds=bounds.KEEPALIVE),
         keepalive_timeout=reader.number(
             "keepalive_timeout", 30.0, bounds=bounds.TIMEOUT
         ),

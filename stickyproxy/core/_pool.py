@@ -61,6 +61,15 @@ def _deadline(end: float | None) -> str:
     return "none" if end is None else f"{end:.3f}"
 
 
+#: Idle HTTP connections kept per backend by default.  They are only opened
+#: as requests need them, so this bounds what a burst leaves behind, and it
+#: sits well above the concurrency of a busy frontend: under the cap, a
+#: request that finds every kept connection busy opens a new one, and the
+#: surplus is closed as it comes back (32 made 4 to 13% of requests under 50
+#: keep-alive clients pay a connect and a close).
+KEEPALIVE = 256
+
+
 @implementer(IBackendPool)
 @attrs.define(eq=False)
 class Pool:
@@ -95,7 +104,7 @@ class Pool:
     fail_open: bool = False
     passive_panic: bool = True
     on_down: str = "keep"
-    keepalive: int = 32
+    keepalive: int = KEEPALIVE
     keepalive_timeout: float = 30.0
     clock: IReactorTime | None = None
     passive: IPassiveHealth | None = None

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import attrs
+from prometheus_client.metrics_core import Metric
 from zope.interface import implementer
 
 from twisted.application.service import MultiService, Service
@@ -469,6 +470,9 @@ class ProxyService(MultiService):
     :ivar config_source: reads the configuration again for
         L{reload_from_source} (C{twistd stickyproxy --config FILE} sets
         it), or C{None}: there is nothing to read.
+    :ivar remote_metrics: collects the counters of the worker processes
+        that serve for this proxy, which its C{/metrics} adds to its own
+        (the control channel sets it), or C{None}.
     """
 
     log = Logger()
@@ -502,6 +506,7 @@ class ProxyService(MultiService):
         )
         self.events = EventStream()
         self.config_source: Callable[[], ProxyConfig] | None = None
+        self.remote_metrics: Callable[[], Deferred[list[Metric]]] | None = None
         # Nothing runs yet: the first configuration is all new.
         self.config = ProxyConfig(frontends=(), pools={})
         self.pools: dict[str, Pool] = {}

@@ -41,6 +41,7 @@ class FakeProxy:
 
     pools: dict
     events: EventStream = attrs.field(factory=EventStream)
+    remote_metrics: object = None
 
     def __attrs_post_init__(self):
         for pool in self.pools.values():

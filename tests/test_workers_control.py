@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols import amp
 from twisted.test.iosim import IOPump, connect, makeFakeClient, makeFakeServer
 
 from stickyproxy import AdminState, load_config
 from stickyproxy.interfaces import IPassiveHealth
+from stickyproxy.metrics import MetricsResource
+from stickyproxy.metrics._merge import counters_from_json, counters_json, merge
 from stickyproxy.model import Health
 from stickyproxy.persistence._registry import StrategyRegistry
 from stickyproxy.persistence._sourceip import source_ip
@@ -26,7 +31,8 @@ from stickyproxy.workers._control import (
     _PassiveToParent,
 )
 
-from tests._base import TestCase
+from tests._base import TestCase, finished_request
+from tests.test_metrics import Scrape
 
 REGISTRY = StrategyRegistry.of([source_ip])
 
@@ -96,7 +102,11 @@ class Worker:
         self.pump.flush()
 
 
-class ControlTests(TestCase):
+class ChannelTestCase(TestCase):
+    """
+    A parent's service, and workers connected to it on demand.
+    """
+
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
         self.reactor.advance(1000)
@@ -112,6 +122,8 @@ class ControlTests(TestCase):
         for worker in workers:
             worker.pump.flush()
 
+
+class ControlTests(ChannelTestCase):
     def test_factories(self) -> None:
         """
         The two factories make the two ends' AMP protocols, and a worker's
@@ -251,6 +263,25 @@ class ControlTests(TestCase):
         self.flush(one)
         self.assertIsNone(one.pool.get("d"))
 
+    def test_worker_reload_after_the_parent(self) -> None:
+        """
+        A worker that reloads after the parent (C{SIGHUP} is passed on
+        once the parent's reload is done) gets the states of the backends
+        the reload added, which it did not have when the parent sent them.
+        """
+        one = self.worker(1)
+        data = config_data()
+        data["pool"]["app"]["backend"].append({"name": "c", "address": "x:1"})
+        config = load_config(data, REGISTRY)
+        self.parent.reload(config)
+        self.pool.set_health(self.pool["c"], Health.DOWN, "init_state")
+        self.flush(one)
+        self.assertIsNone(one.pool.get("c"))
+        one.service.reload(config)
+        one.reactor.advance(0)
+        self.flush(one)
+        self.assertIs(one.pool["c"].health, Health.DOWN)
+
     def test_passive_failures_reach_the_parent(self) -> None:
         """
         Failed connects seen by workers are counted by the parent's
@@ -292,3 +323,106 @@ class ControlTests(TestCase):
         one.pool.report_connect_failure(backend, "refused")
         self.flush(one)
         self.assertIs(self.pool["a"].health, Health.UP)
+
+
+class MetricsTests(ChannelTestCase):
+    """
+    The parent's C{/metrics} shows the workers' counters summed.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.resource = MetricsResource(self.parent)
+        self.stub = StubTreq(self.resource)
+
+    def scrape(self, *workers: Worker) -> Scrape:
+        getting = self.stub.get("http://admin.invalid/metrics")
+        self.flush(*workers)
+        self.stub.flush()
+        response = self.successResultOf(getting)
+        self.assertEqual(response.code, 200)
+        return Scrape(self.successResultOf(self.stub.content(response)).decode())
+
+    def requests(self, worker: Worker, count: int, status: int = 200) -> None:
+        for _ in range(count):
+            worker.service.events.request_finished(
+                finished_request(status=status, pool="app", frontend="web")
+            )
+
+    def test_counters_summed(self) -> None:
+        """
+        Each counter and histogram sample is the sum of the workers'; the
+        parent's gauges appear once.
+        """
+        one, two = self.worker(1), self.worker(2)
+        self.requests(one, 2)
+        self.requests(two, 3)
+        self.requests(two, 1, status=502)
+        scrape = self.scrape(one, two)
+        total = "stickyproxy_requests_total"
+        self.assertEqual(
+            scrape.value(total, frontend="web", backend="a", code="200"), 5
+        )
+        self.assertEqual(
+            scrape.value(total, frontend="web", backend="a", code="502"), 1
+        )
+        self.assertEqual(
+            scrape.value("stickyproxy_request_duration_seconds_count", frontend="web"),
+            6,
+        )
+        self.assertEqual(
+            scrape.by_backend("stickyproxy_backend_up", pool="app"), {"a": 1, "b": 1}
+        )
+
+    def test_departed_workers_still_count(self) -> None:
+        """
+        The counters of a worker gone stay in the sums, so they never go
+        back; its successor's add to them.
+        """
+        one, two = self.worker(1), self.worker(2)
+        self.requests(one, 2)
+        self.requests(two, 3)
+        self.scrape(one, two)
+        two.stop()
+        again = self.worker(2)
+        self.requests(again, 1)
+        scrape = self.scrape(one, again)
+        self.assertEqual(
+            scrape.value(
+                "stickyproxy_requests_total", frontend="web", backend="a", code="200"
+            ),
+            6,
+        )
+
+
+class MergeTests(TestCase):
+    def test_merge(self) -> None:
+        """
+        Samples of counters and histograms with the same name and labels
+        add up; a gauge is the first group's; C{_created} is not summed.
+        """
+        one, two = CollectorRegistry(), CollectorRegistry()
+        for registry, count in ((one, 1), (two, 2)):
+            Counter("c", "", ["x"], registry=registry).labels("1").inc(count)
+            Histogram("h", "", registry=registry, buckets=[1]).observe(0.75 * count)
+            Gauge("g", "", registry=registry).set(count)
+        merged = merge(one.collect(), counters_from_json(counters_json(two)))
+        samples = {
+            (s.name, tuple(s.labels.items())): s.value
+            for family in merged
+            for s in family.samples
+        }
+        self.assertEqual(samples["c_total", (("x", "1"),)], 3)
+        self.assertEqual(samples["h_bucket", (("le", "1.0"),)], 1)
+        self.assertEqual(samples["h_bucket", (("le", "+Inf"),)], 2)
+        self.assertEqual(samples["h_sum", ()], 2.25)
+        self.assertEqual(samples["g", ()], 1)
+        created = [c for f in one.collect() for c in f.samples if c.name == "c_created"]
+        self.assertEqual(samples["c_created", (("x", "1"),)], created[0].value)
+
+    def test_bad_json(self) -> None:
+        """
+        What is not a list of families is a L{ValueError}.
+        """
+        for bad in ([1], [["c", "counter", "", [["c_total", "x", 1]]]], None):
+            self.assertRaises(ValueError, counters_from_json, bad)

@@ -7,9 +7,12 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
+from stickyproxy.metrics._merge import Families, merge
 from stickyproxy.metrics._state import LiveProxy, StateCollector
 from stickyproxy.metrics._traffic import TrafficMetrics
 
@@ -38,6 +41,7 @@ class MetricsResource(Resource):
     """
 
     isLeaf = True
+    log = Logger()
 
     def __init__(self, proxy: LiveProxy) -> None:
         """
@@ -46,6 +50,7 @@ class MetricsResource(Resource):
         """
         super().__init__()
         self.registry = proxy_registry(proxy)
+        self._proxy = proxy
 
     def render(self, request: Request) -> bytes:
         if request.method in (b"GET", b"HEAD"):
@@ -58,10 +63,27 @@ class MetricsResource(Resource):
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"metrics are read with GET\n"
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> bytes | int:
         accept = request.getHeader(b"accept")
         encode, content_type = choose_encoder(
             "" if accept is None else accept.decode("latin-1")
         )
         request.setHeader(b"content-type", content_type.encode("ascii"))
-        return encode(self.registry)
+        remote = self._proxy.remote_metrics
+        if remote is None:
+            return encode(self.registry)
+        # The workers' counters, added to the proxy's own.
+        collecting = remote()
+        collecting.addCallback(
+            lambda others: encode(Families(merge(self.registry.collect(), others)))
+        )
+        collecting.addCallback(request.write)
+        collecting.addErrback(self._failed, request)
+        collecting.addCallback(lambda _: request.finish())
+        return NOT_DONE_YET
+
+    def _failed(self, failure: Failure, request: Request) -> None:
+        self.log.failure("collecting the workers' metrics", failure)
+        request.setResponseCode(500)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.write(b"the workers' metrics could not be collected\n")

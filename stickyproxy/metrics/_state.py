@@ -4,10 +4,12 @@ The gauges of backend state, read from the live pools at each scrape.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+from twisted.internet.defer import Deferred
 
 from stickyproxy.core._events import EventStream
 from stickyproxy.core._pool import Pool
@@ -31,6 +33,14 @@ class LiveProxy(Protocol):
     def events(self) -> EventStream:
         """
         Everything that happens in the proxy.
+        """
+
+    @property
+    def remote_metrics(self) -> Callable[[], Deferred[list[Metric]]] | None:
+        """
+        Where the counters of the processes that serve for the proxy (its
+        workers) come from, to be added to its own; C{None} when it serves
+        alone.
         """
 
 

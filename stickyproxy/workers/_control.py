@@ -7,18 +7,21 @@ the workers serve the traffic.  So the parent tells every worker each
 backend's admin state (ready, drain, maint, weight) and health, and the
 backends added or removed through its admin API; a worker that (re)starts
 first receives all of it.  A worker tells the parent what only it sees:
-passive health signals, and how many sessions and connections it holds.
+passive health signals, how many sessions and connections it holds, and
+(when the parent's C{/metrics} is scraped) its counters.
 """
 
 from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
 import attrs
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
 from zope.interface import implementer
 
 from twisted.internet.defer import Deferred
@@ -33,6 +36,8 @@ from stickyproxy.core._adminsync import PEER, AdminSync, admin_record
 from stickyproxy.core._events import IgnoreEvents
 from stickyproxy.core._pool import Pool
 from stickyproxy.interfaces import IPassiveHealth
+from stickyproxy.metrics import TrafficMetrics
+from stickyproxy.metrics._merge import counters_from_json, counters_json, merge
 from stickyproxy.model import AdminRecord, AdminState, Backend, Health, StateChange
 from stickyproxy.service import ProxyService
 
@@ -132,6 +137,15 @@ class RemoveBackend(amp.Command):
     response = [(b"applied", amp.Boolean())]
 
 
+class Collect(amp.Command):
+    """
+    The worker's counters and histograms (see L{counters_json}), for the
+    parent's C{/metrics}.
+    """
+
+    response = [(b"families", _JSON())]
+
+
 class KeepBackends(amp.Command):
     """
     The backends a pool has in the parent: a worker that (re)starts removes
@@ -177,6 +191,15 @@ class ResponseStatus(amp.Command):
         (b"backend", amp.Unicode()),
         (b"status", amp.Integer()),
     ]
+    requiresAnswer = False
+
+
+class Resync(amp.Command):
+    """
+    The worker reloaded its configuration: the parent sends every
+    backend's admin state and health again.
+    """
+
     requiresAnswer = False
 
 
@@ -232,14 +255,20 @@ def backend_table(backend: Backend) -> dict[str, object]:
 class _Workers(IgnoreEvents):
     """
     What the parent's channels share: the workers connected now, what each
-    holds, and the one subscription to the parent's event stream that
-    sends its changes to all of them.
+    holds and counted, and the one subscription to the parent's event
+    stream that sends its changes to all of them.
     """
+
+    log = Logger()
 
     service: ProxyService
     channels: dict[int, ParentControl] = attrs.field(factory=dict)
     # What each worker last said it holds: (pool, backend) -> (active, sessions).
     loads: dict[int, dict[tuple[str, str], tuple[int, int]]] = attrs.field(factory=dict)
+    # Each worker's counters at the last scrape, and the sum of those of
+    # the workers gone (so that counters never go back when one dies).
+    counters: dict[int, list[Metric]] = attrs.field(factory=dict)
+    departed: list[Metric] = attrs.field(factory=list)
     sync: AdminSync = attrs.field(init=False)
     # The pools given a session count of the workers (a reload adds new ones).
     _counted: weakref.WeakSet[Pool] = attrs.field(init=False, factory=weakref.WeakSet)
@@ -250,15 +279,38 @@ class _Workers(IgnoreEvents):
     def join(self, channel: ParentControl) -> None:
         if not self.channels:
             self.service.events.subscribe(self)
+            self.service.remote_metrics = self.collect
         self.channels[channel.worker_id] = channel
 
     def leave(self, channel: ParentControl) -> None:
-        if self.channels.get(channel.worker_id) is channel:
-            del self.channels[channel.worker_id]
-            self.loads.pop(channel.worker_id, None)
+        worker = channel.worker_id
+        if self.channels.get(worker) is channel:
+            del self.channels[worker]
+            self.loads.pop(worker, None)
+            self.departed = merge(self.departed, self.counters.pop(worker, []))
             self.count()
         if not self.channels:
             self.service.events.unsubscribe(self)
+
+    async def _collect(self) -> list[Metric]:
+        for worker, channel in list(self.channels.items()):
+            try:
+                answer = await channel.callRemote(Collect)
+                self.counters[worker] = counters_from_json(answer["families"])
+            except Exception:
+                # Its last counts stand in (it is going away, most likely).
+                self.log.failure(
+                    "collecting the metrics of worker {worker}", worker=worker
+                )
+        return merge(self.departed, *self.counters.values())
+
+    def collect(self) -> Deferred[list[Metric]]:
+        """
+        Ask every worker for its counters.
+
+        :returns: their sums, those of the workers gone included.
+        """
+        return Deferred.fromCoroutine(self._collect())
 
     def publish(self, record: AdminRecord) -> None:
         for channel in list(self.channels.values()):
@@ -333,20 +385,29 @@ class ParentControl(amp.AMP):
         super().connectionLost(reason)
         self._workers.leave(self)
 
-    def send_all(self) -> None:
+    def send_all(self, backends: bool = True) -> None:
         """
-        Send the worker everything it follows: every backend (added if it
-        lacks one), its admin state and health, and which backends each
-        pool has (it removes the others).
+        Send the worker everything it follows: every backend's admin state
+        and health, and, with C{backends}, the backends themselves (it adds
+        those it lacks, and removes those the parent's pools lack).
         """
         for pool in self.service.pools.values():
-            for backend in pool.backends:
-                self.send_added(pool.name, backend)
+            if backends:
+                for backend in pool.backends:
+                    self.send_added(pool.name, backend)
             for backend in pool.backends:
                 self.send_admin(admin_record(pool, backend))
                 self.send_health(pool.name, backend, "the parent's health checks")
-            names = [backend.name for backend in pool.backends]
-            self._send(KeepBackends, pool=pool.name, backends=names)
+            if backends:
+                names = [backend.name for backend in pool.backends]
+                self._send(KeepBackends, pool=pool.name, backends=names)
+
+    @Resync.responder
+    def resync(self) -> dict[str, object]:
+        # The worker reloaded after the parent (which sent what changed
+        # before the worker had those backends): their states again.
+        self.send_all(backends=False)
+        return {}
 
     def send_admin(self, record: AdminRecord) -> None:
         self._send(
@@ -476,6 +537,19 @@ class _PassiveToParent:
             )
 
 
+class _Reloads(IgnoreEvents):
+    """
+    Calls C{reloaded} when a backend changes because its service reloaded.
+    """
+
+    def __init__(self, reloaded: Callable[[], object]) -> None:
+        self._reloaded = reloaded
+
+    def backend_changed(self, change: StateChange) -> None:
+        if change.reason.startswith("reload"):
+            self._reloaded()
+
+
 class WorkerControl(amp.AMP):
     """
     A worker's end of its control channel.
@@ -489,6 +563,12 @@ class WorkerControl(amp.AMP):
         self._sync = AdminSync(lambda: service.pools, lambda record: None)
         self._timer: IDelayedCall | None = None
         self._sent_load: object = None
+        self._counters = CollectorRegistry()
+        self._traffic = TrafficMetrics(self._counters)
+        service.events.subscribe(self._traffic)
+        self._reloads = _Reloads(self.reloaded)
+        service.events.subscribe(self._reloads)
+        self._resyncing: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -496,9 +576,12 @@ class WorkerControl(amp.AMP):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         super().connectionLost(reason)
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for call in (self._timer, self._resyncing):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._resyncing = None
+        self.service.events.unsubscribe(self._traffic)
+        self.service.events.unsubscribe(self._reloads)
 
     def send(self, command: type[amp.Command], **arguments: object) -> None:
         """
@@ -523,6 +606,20 @@ class WorkerControl(amp.AMP):
             self._sent_load = load
             self.send(Load, backends=load)
 
+    def reloaded(self) -> None:
+        """
+        The worker's service reloaded (some backend changed for that
+        reason): once the reload is over, its pools report passive health
+        to the parent, and it asks the parent for the states of all its
+        backends, new ones included.
+        """
+        if self._resyncing is None or not self._resyncing.active():
+            self._resyncing = self.service.reactor.callLater(0, self._resync)
+
+    def _resync(self) -> None:
+        self.follow()
+        self.send(Resync)
+
     def follow(self) -> None:
         """
         Send the passive health signals of every pool to the parent.
@@ -540,6 +637,10 @@ class WorkerControl(amp.AMP):
                 pool=name,
             )
         return pool
+
+    @Collect.responder
+    def collect(self) -> dict[str, object]:
+        return {"families": counters_json(self._counters)}
 
     @SetAdmin.responder
     def set_admin(

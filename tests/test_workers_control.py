@@ -212,7 +212,8 @@ class ControlTests(ChannelTestCase):
         """
         A worker that (re)starts receives every backend's current state:
         admin state, drain, weight and health, the backends added at run
-        time, and loses those removed at run time.
+        time, and loses those removed at run time; then it is told it has
+        it all.
         """
         self.pool.drain("a")
         self.pool.set_weight("a", 3)
@@ -222,6 +223,7 @@ class ControlTests(ChannelTestCase):
         self.pool.set_admin_state("b", AdminState.MAINT)
         self.pool.remove("b", "admin API")
         worker = self.worker()
+        self.successResultOf(worker.channel.synced)
         a = worker.pool["a"]
         self.assertEqual((a.admin_state, a.weight), (AdminState.DRAIN, 3))
         self.assertIs(a.health, Health.DOWN)

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from zope.interface import implementer
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -194,6 +194,15 @@ class ResponseStatus(amp.Command):
     requiresAnswer = False
 
 
+class Synced(amp.Command):
+    """
+    The parent sent the worker that just connected everything it follows:
+    it may serve.
+    """
+
+    requiresAnswer = False
+
+
 class Resync(amp.Command):
     """
     The worker reloaded its configuration: the parent sends every
@@ -292,25 +301,32 @@ class _Workers(IgnoreEvents):
         if not self.channels:
             self.service.events.unsubscribe(self)
 
-    async def _collect(self) -> list[Metric]:
-        for worker, channel in list(self.channels.items()):
-            try:
-                answer = await channel.callRemote(Collect)
-                self.counters[worker] = counters_from_json(answer["families"])
-            except Exception:
-                # Its last counts stand in (it is going away, most likely).
-                self.log.failure(
-                    "collecting the metrics of worker {worker}", worker=worker
-                )
-        return merge(self.departed, *self.counters.values())
-
     def collect(self) -> Deferred[list[Metric]]:
         """
         Ask every worker for its counters.
 
         :returns: their sums, those of the workers gone included.
         """
-        return Deferred.fromCoroutine(self._collect())
+        asking = [
+            self._ask(worker, channel) for worker, channel in self.channels.items()
+        ]
+        collected = gatherResults(asking)
+        return collected.addCallback(
+            lambda _: merge(self.departed, *self.counters.values())
+        )
+
+    def _ask(self, worker: int, channel: ParentControl) -> Deferred[None]:
+        """
+        Ask one worker for its counters; if it cannot answer (it is going
+        away, most likely), its last ones stand in.
+        """
+
+        def answered(answer: dict[str, Any]) -> None:
+            self.counters[worker] = counters_from_json(answer["families"])
+
+        asking: Deferred[None] = channel.callRemote(Collect).addCallback(answered)
+        asking.addErrback(_log_failure, self.log, f"the metrics of worker {worker}")
+        return asking
 
     def publish(self, record: AdminRecord) -> None:
         for channel in list(self.channels.values()):
@@ -380,6 +396,7 @@ class ParentControl(amp.AMP):
         super().connectionMade()
         self._workers.join(self)
         self.send_all()
+        self._send(Synced)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         super().connectionLost(reason)
@@ -569,6 +586,9 @@ class WorkerControl(amp.AMP):
         self._reloads = _Reloads(self.reloaded)
         service.events.subscribe(self._reloads)
         self._resyncing: IDelayedCall | None = None
+        #: Fires once the parent sent everything the worker follows (every
+        #: backend's state), before which it should not serve.
+        self.synced: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -641,6 +661,12 @@ class WorkerControl(amp.AMP):
     @Collect.responder
     def collect(self) -> dict[str, object]:
         return {"families": counters_json(self._counters)}
+
+    @Synced.responder
+    def parent_synced(self) -> dict[str, object]:
+        if not self.synced.called:
+            self.synced.callback(None)
+        return {}
 
     @SetAdmin.responder
     def set_admin(

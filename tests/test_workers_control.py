@@ -26,6 +26,7 @@ from stickyproxy.service import ProxyService
 from stickyproxy.workers import parent_control, worker_control
 from stickyproxy.workers._control import (
     LOAD_INTERVAL,
+    KeepBackends,
     ParentControl,
     WorkerControl,
     _PassiveToParent,
@@ -428,3 +429,17 @@ class MergeTests(TestCase):
         """
         for bad in ([1], [["c", "counter", "", [["c_total", "x", 1]]]], None):
             self.assertRaises(ValueError, counters_from_json, bad)
+
+    def test_large_values(self) -> None:
+        """
+        A JSON argument larger than AMP's 64 KiB limit on one value travels
+        in several keys, each within the limit, and comes back whole.
+        """
+        names = [f"backend-{n:06d}" for n in range(10000)]
+        box = KeepBackends.makeArguments({"pool": "app", "backends": names}, None)
+        self.assertGreater(len(box), 2)
+        self.assertTrue(
+            all(len(value) <= amp.MAX_VALUE_LENGTH for value in box.values())
+        )
+        parsed = KeepBackends.parseArguments(box, None)
+        self.assertEqual(parsed, {"pool": "app", "backends": names})

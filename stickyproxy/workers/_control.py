@@ -81,6 +81,13 @@ class _JSON(amp.Argument):
         objects[name.decode("ascii")] = json.loads(b"".join(parts))
 
 
+#: The arguments that name a backend.
+_BACKEND: list[tuple[bytes, amp.Argument]] = [
+    (b"pool", amp.Unicode()),
+    (b"backend", amp.Unicode()),
+]
+
+
 # Parent to worker
 
 
@@ -90,8 +97,7 @@ class SetAdmin(amp.Command):
     """
 
     arguments = [
-        (b"pool", amp.Unicode()),
-        (b"backend", amp.Unicode()),
+        *_BACKEND,
         (b"admin_state", amp.Unicode()),
         (b"weight", amp.Integer()),
         (b"drain_deadline", amp.Float(optional=True)),
@@ -105,8 +111,7 @@ class SetHealth(amp.Command):
     """
 
     arguments = [
-        (b"pool", amp.Unicode()),
-        (b"backend", amp.Unicode()),
+        *_BACKEND,
         (b"health", amp.Unicode()),
         (b"reason", amp.Unicode()),
     ]
@@ -133,7 +138,7 @@ class RemoveBackend(amp.Command):
     A backend removed from a pool at run time.
     """
 
-    arguments = [(b"pool", amp.Unicode()), (b"backend", amp.Unicode())]
+    arguments = _BACKEND
     response = [(b"applied", amp.Boolean())]
 
 
@@ -165,8 +170,7 @@ class ConnectFailed(amp.Command):
     """
 
     arguments = [
-        (b"pool", amp.Unicode()),
-        (b"backend", amp.Unicode()),
+        *_BACKEND,
         (b"reason", amp.Unicode()),
     ]
     requiresAnswer = False
@@ -177,7 +181,7 @@ class ConnectSucceeded(amp.Command):
     Passive health: a worker's connect to a backend worked.
     """
 
-    arguments = [(b"pool", amp.Unicode()), (b"backend", amp.Unicode())]
+    arguments = _BACKEND
     requiresAnswer = False
 
 
@@ -187,8 +191,7 @@ class ResponseStatus(amp.Command):
     """
 
     arguments = [
-        (b"pool", amp.Unicode()),
-        (b"backend", amp.Unicode()),
+        *_BACKEND,
         (b"status", amp.Integer()),
     ]
     requiresAnswer = False

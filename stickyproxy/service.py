@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Collection, Mapping
+from enum import Enum
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 from prometheus_client.metrics_core import Metric
@@ -54,6 +55,7 @@ from stickyproxy.config._options import (
 from stickyproxy.core._balancers import make_balancer
 from stickyproxy.core._endpoints import connect_endpoint
 from stickyproxy.core._events import EventStream
+from stickyproxy.core._inherited import AdoptingReactor, HoldingReactor
 from stickyproxy.core._logfile import (
     TO_LOG,
     TO_STDOUT,
@@ -143,6 +145,11 @@ class ListenerService(Service):
     C{timeout_proxy_header} seconds.  TLS listeners (C{ssl:}) negotiate the
     factory's ALPN protocols and log failed handshakes: see
     L{TLSListeningReactor}.
+
+    Under workers (L{stickyproxy.workers}), the parent's listeners are made
+    with C{accept=False}: they open the socket and accept nothing on it;
+    each worker's are made with the C{inherited} socket, which they adopt
+    instead of opening one (see L{stickyproxy.core._inherited}).
     """
 
     log = Logger()
@@ -156,6 +163,8 @@ class ListenerService(Service):
         timeout_proxy_header: float = 10.0,
         timeout_handshake: float = 10.0,
         switchable: bool = True,
+        accept: bool = True,
+        inherited: int | None = None,
     ) -> None:
         self.description = description
         self.path = path
@@ -169,6 +178,10 @@ class ListenerService(Service):
             self._factory = ProxyHeaderWrappingFactory(
                 self._factory, reactor, timeout_proxy_header
             )
+        if inherited is not None:
+            reactor = AdoptingReactor(reactor, inherited)
+        elif not accept:
+            reactor = HoldingReactor(reactor)
         listening = TLSListeningReactor(
             reactor, lambda: self.name or self.path, timeout_handshake
         )
@@ -353,6 +366,23 @@ def build_monitor(
 
 Frontend = HTTPProxyFactory | TCPProxyFactory
 
+
+class Role(Enum):
+    """
+    What a L{ProxyService} does in its process model (see
+    L{stickyproxy.workers}).
+    """
+
+    #: Everything, in this one process: the default.
+    ALONE = "alone"
+    #: The parent of workers: it opens the frontends' sockets and accepts
+    #: nothing on them, and runs the health monitors and the admin listener.
+    PARENT = "parent"
+    #: A worker: it serves on the sockets its parent opened, and runs no
+    #: health monitor and no admin listener.
+    WORKER = "worker"
+
+
 #: The longest a backend that a reload removed from the config drains
 #: before it leaves its pool, sessions or not (seconds).
 LEAVING_DEADLINE = 86400.0
@@ -473,6 +503,7 @@ class ProxyService(MultiService):
     :ivar remote_metrics: collects the counters of the worker processes
         that serve for this proxy, which its C{/metrics} adds to its own
         (the control channel sets it), or C{None}.
+    :ivar role: what it does in its process model.
     """
 
     log = Logger()
@@ -483,6 +514,8 @@ class ProxyService(MultiService):
         reactor: Any,
         registry: StrategyRegistry | None = None,
         secrets: IProxySecrets | None = None,
+        role: Role = Role.ALONE,
+        sockets: Mapping[str, int] | None = None,
     ) -> None:
         """
         Build everything a configuration describes, without listening yet.
@@ -491,11 +524,16 @@ class ProxyService(MultiService):
             plugins when C{None}.
         :param secrets: where strategies without C{keys} get theirs; the
             file in C{config.state_dir} when C{None}.
+        :param sockets: a L{Role.WORKER}'s inherited listening sockets, by
+            frontend name.
         :raises ConfigError: an endpoint or strategy option is wrong, or
-            the secret file in C{config.state_dir} cannot be read or made.
+            the secret file in C{config.state_dir} cannot be read or made,
+            or a worker has no socket for a frontend.
         """
         super().__init__()
         self.reactor = reactor
+        self.role = role
+        self._sockets = dict(sockets or {})
         self.secrets: IProxySecrets = (
             secrets
             if secrets is not None
@@ -628,6 +666,8 @@ class ProxyService(MultiService):
             self._plan_logs(plan, config)
             if self.config.state_dir != config.state_dir and self.config.frontends:
                 plan.changes.append("state_dir: takes effect at the next restart")
+            if self.config.workers != config.workers and self.config.frontends:
+                plan.changes.append("workers: takes effect at the next restart")
             if self._bound:
                 for listener in plan.new_listeners:
                     listener.bind()
@@ -798,10 +838,31 @@ class ProxyService(MultiService):
             join_path(config.path, "listen"),
             config.timeout_proxy_header,
             config.timeout_handshake,
+            accept=self.role is not Role.PARENT,
+            inherited=self._inherited(config, started=listener is not None),
         )
         listener.setName(name)
         plan.listeners[name] = listener
         plan.new_listeners.append(listener)
+
+    def _inherited(self, config: FrontendConfig, started: bool) -> int | None:
+        """
+        :param started: whether the frontend listened elsewhere until now.
+        :returns: the socket a worker serves the frontend on, or C{None}
+            when the process opens its own.
+        :raises ConfigError: the frontend is new, or moved, under workers:
+            they serve only on the sockets their parent opened at start.
+        """
+        if self.role is Role.ALONE or (self.role is Role.PARENT and not self._bound):
+            return None
+        socket = self._sockets.get(config.name) if not started else None
+        if socket is None:
+            raise ConfigError(
+                join_path(config.path, "listen"),
+                "a listener the workers already share: under workers, a new "
+                "or moved listener takes a restart",
+            )
+        return socket
 
     def _plan_admin(self, plan: _Plan, config: ProxyConfig) -> None:
         """
@@ -810,6 +871,8 @@ class ProxyService(MultiService):
         from the running config at each request.
         """
         old, new = self.config.admin, config.admin
+        if self.role is Role.WORKER:
+            return  # its parent's
         if new is None:
             if old is not None:
                 plan.changes.append("admin: stops listening")
@@ -918,6 +981,8 @@ class ProxyService(MultiService):
             self._stop_monitor(name)
         for name, adopted in plan.monitors.items():
             self._stop_monitor(name)
+            if self.role is Role.WORKER:
+                continue  # its parent probes
             monitor = build_monitor(
                 config.pools[name].health,
                 plan.pools[name],
@@ -1211,6 +1276,17 @@ class ProxyService(MultiService):
         self._hurry = True
         if self._drained is not None:
             self._cut_off(self._drained)
+
+    def sockets(self) -> dict[str, int]:
+        """
+        :returns: the descriptors of the frontends' listening sockets, by
+            name: what a L{Role.PARENT}'s workers inherit.
+        """
+        return {
+            name: cast(Any, listener.port).fileno()
+            for name, listener in self.listeners.items()
+            if listener.port is not None
+        }
 
     def addresses(self) -> dict[str, IAddress | None]:
         """

@@ -9,7 +9,7 @@ import platform
 import signal
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from types import FrameType
 from typing import Any
@@ -19,6 +19,7 @@ from zope.interface import provider
 
 from twisted import __version__ as twisted_version
 from twisted.application.service import IService, Service
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import (
     ILogObserver,
     LogEvent,
@@ -27,17 +28,26 @@ from twisted.logger import (
     formatEvent,
     globalLogPublisher,
 )
+from twisted.protocols import amp
 from twisted.python import usage
 
 from stickyproxy import __version__
 from stickyproxy._demo import DemoService, demo_config_data, listen_demo_backends
 from stickyproxy._jsonlog import json_lines_observer, stdout_json_observer
-from stickyproxy.config._load import MODES, ProxyConfig, load_config, read_config_file
+from stickyproxy.config._load import (
+    MODES,
+    ProxyConfig,
+    load_config,
+    read_config_file,
+    read_workers,
+)
 from stickyproxy.config._options import ConfigError
 from stickyproxy.core._balancers import BALANCERS
 from stickyproxy.persistence._registry import StrategyRegistry
 from stickyproxy.persistence._secrets import KEY_FILE, FileSecrets
-from stickyproxy.service import ListenerService, ProxyService
+from stickyproxy.service import ListenerService, ProxyService, Role
+from stickyproxy.workers import ParentLink, WorkerSupervisor, worker_identity
+from stickyproxy.workers._supervisor import KILL_GRACE
 
 LOG_FORMATS = ("text", "json")
 
@@ -62,6 +72,20 @@ def _choice(flag: str, choices: tuple[str, ...]) -> Any:
 _mode = _choice("--mode", MODES)
 _balance = _choice("--balance", tuple(BALANCERS))
 _log_format = _choice("--log-format", LOG_FORMATS)
+
+
+def _workers(value: str) -> int:
+    """
+    The coerce function of C{--workers}: a count, or C{auto}.
+    """
+    try:
+        return read_workers(value if value == "auto" else int(value), "--workers")
+    except ValueError:
+        raise usage.UsageError(
+            f'--workers: expected an integer or "auto", got {value!r}'
+        ) from None
+    except ConfigError as error:
+        raise usage.UsageError(str(error)) from None
 
 
 class Options(usage.Options):
@@ -89,6 +113,14 @@ class Options(usage.Options):
     ]
     optParameters = [
         ["config", "c", None, "The TOML configuration file."],
+        [
+            "workers",
+            None,
+            None,
+            "Worker processes serving the frontends, or auto (one per CPU); "
+            "overrides workers in the config (default: 1, this process).",
+            _workers,
+        ],
         ["mode", None, None, "Frontend mode: tcp (the default) or http.", _mode],
         [
             "listen",
@@ -138,6 +170,8 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["backends"] = []
+        #: The arguments parsed (those a worker is started with).
+        self.argv: list[str] = []
 
     def parseOptions(self, options: Any = None) -> None:
         """
@@ -148,6 +182,7 @@ class Options(usage.Options):
         :raises usage.UsageError: a mistake, when not under C{twistd} (a
             program parsing these options reports it its own way).
         """
+        self.argv = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError as error:
@@ -253,6 +288,10 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--cookie-name names the cookie of --persistence cookie; for "
                 "other strategies' cookies, use --config"
+            )
+        if self["demo"] and (self["workers"] or 1) > 1:
+            raise usage.UsageError(
+                "--demo runs in one process; it does not take --workers"
             )
         if self["check"] and self["demo"]:
             raise usage.UsageError(
@@ -377,12 +416,41 @@ def _config(
         config = read_config_file(options["config"], registry)
     else:
         config = load_config(options.config_data(), registry)
-    return attrs.evolve(config, state_dir=_state_dir(options, config))
+    return attrs.evolve(
+        config,
+        state_dir=_state_dir(options, config),
+        workers=options["workers"] or config.workers,
+    )
 
 
-def _makeService(options: Options, reactor: Any) -> ProxyService:
+def _worker_command(options: Options, config: ProxyConfig) -> list[str]:
     """
-    Build (and bind) the proxy an option set describes, on C{reactor}.
+    :returns: how a worker is started: as this process was, under C{twist}
+        (no pid file, no daemon), logging JSON lines for its parent to
+        relay, with the paths this process resolved.
+    """
+    command = [sys.executable, "-m", "twisted", "stickyproxy", *options.argv]
+    command += ["--state-dir", config.state_dir, "--log-format", "json"]
+    if options["config"]:
+        command += ["--config", options["config"]]
+    return command
+
+
+def _parent_gone(reactor: Any) -> None:
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass  # stopping already
+
+
+def _makeService(
+    options: Options, reactor: Any, environment: Mapping[str, str] = os.environ
+) -> ProxyService:
+    """
+    Build (and bind) the proxy an option set describes, on C{reactor}:
+    the whole proxy, or with C{workers} above 1, the parent of workers
+    (see L{stickyproxy.workers}), or one of them when C{environment} says
+    this process is.
 
     :raises ConfigError: any configuration mistake, including a port in use.
     """
@@ -394,14 +462,52 @@ def _makeService(options: Options, reactor: Any) -> ProxyService:
         for each in ("tcp", "http") if mode is None else (mode,):
             demo_ports.update(listen_demo_backends(reactor, each))
     config = _config(options, registry, demo_ports)
-    proxy = ProxyService(config, reactor, registry)
+    try:
+        identity = worker_identity(environment)
+    except ValueError as error:
+        raise ConfigError(
+            "workers", f"not started by a parent as expected: {error}"
+        ) from None
+    role = Role.ALONE if config.workers == 1 else Role.PARENT
+    if identity is not None:
+        role = Role.WORKER
+    proxy = ProxyService(
+        config,
+        reactor,
+        registry,
+        role=role,
+        sockets=None if identity is None else identity.sockets,
+    )
     if options["config"]:
         # Absolute: twistd changes into its --rundir after this has run.
         options["config"] = os.path.abspath(options["config"])
         proxy.config_source = partial(_config, options, registry)
     if demo_ports is not None:
         DemoService(demo_ports, proxy).setServiceParent(proxy)
-    OnSignal(signal.SIGUSR1, proxy.reopen_logs, reactor).setServiceParent(proxy)
+    reopen: Callable[[], object] = proxy.reopen_logs
+    if role is Role.PARENT:
+        # The proxy's strategies made the cookie secret's file, if they
+        # need one, before any worker reads it.
+        workers = WorkerSupervisor(
+            reactor,
+            config.workers,
+            _worker_command(options, config),
+            environment,
+            proxy.sockets,
+            control=lambda worker: amp.AMP(),
+            kill_after=config.shutdown_timeout + KILL_GRACE,
+        )
+        workers.setServiceParent(proxy)
+
+        def reopen() -> None:
+            proxy.reopen_logs()
+            workers.signal("USR1")
+
+    elif role is Role.WORKER:
+        ParentLink(reactor, amp.AMP(), partial(_parent_gone, reactor)).setServiceParent(
+            proxy
+        )
+    OnSignal(signal.SIGUSR1, reopen, reactor).setServiceParent(proxy)
     proxy.bind()
     proxy.open_logs()
     return proxy
@@ -518,11 +624,30 @@ def install_signal_handlers(proxy: ProxyService, reactor: Any) -> None:
     C{SIGTERM} or C{SIGINT} cuts every connection off at once.  The
     handlers only pass the work to the reactor (C{callFromThread}).  For
     C{twistd} only: a program that embeds the proxy keeps its own signals.
+
+    A parent of workers passes each signal on to them, C{SIGHUP} once its
+    own reload succeeded.  A worker ignores C{SIGINT}: a ^C in a terminal
+    reaches every process of the group, and its parent stops it.
     """
-    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(_reload, proxy))
+    workers = _supervisor(proxy)
+
+    def reload() -> None:
+        if _reload(proxy) and workers is not None:
+            workers.signal("HUP")
+
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
+
+    def stop_now(signum: int) -> None:
+        _stop_now(proxy, signum)
+        if workers is not None:
+            workers.stop_now()
 
     def install() -> None:
-        stops = (signal.SIGTERM, signal.SIGINT)
+        stops: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+        if proxy.role is Role.WORKER:
+            # Its parent stops it: a ^C reaches the whole process group.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            stops = (signal.SIGTERM,)
         reactors: dict[int, Any] = {s: signal.getsignal(s) for s in stops}
         stopping: list[int] = []
 
@@ -532,7 +657,7 @@ def install_signal_handlers(proxy: ProxyService, reactor: Any) -> None:
                 stopping.append(signum)
                 handler(signum, frame)  # the reactor's: it logs and stops
             else:
-                reactor.callFromThread(_stop_now, proxy, signum)
+                reactor.callFromThread(stop_now, signum)
 
         for signum in stops:
             signal.signal(signum, stop)
@@ -548,18 +673,32 @@ def _stop_now(proxy: ProxyService, signum: int) -> None:
     proxy.stop_now()
 
 
-def _reload(proxy: ProxyService) -> None:
+def _supervisor(proxy: ProxyService) -> WorkerSupervisor | None:
+    """
+    :returns: the workers of a parent, or C{None}.
+    """
+    for service in proxy:
+        if isinstance(service, WorkerSupervisor):
+            return service
+    return None
+
+
+def _reload(proxy: ProxyService) -> bool:
     """
     C{SIGHUP}: reload the config file.  The outcome is logged by the
     proxy; a rejected config changes nothing.
+
+    :returns: whether the new configuration runs.
     """
     log.info("received SIGHUP: reloading the configuration")
     try:
         proxy.reload_from_source()
     except ConfigError:
-        pass
+        return False
     except Exception:
         log.failure("reloading the configuration")
+        return False
+    return True
 
 
 def makeService(options: Options) -> IService:

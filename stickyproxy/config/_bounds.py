@@ -70,6 +70,8 @@ MAX_HEADER_SIZE = Bounds(1024, 1024 * 1024)
 MAX_HEADERS = Bounds(1, 10000)
 #: The largest request body, in bytes (C{0}: no limit).
 MAX_BODY_SIZE = Bounds(1, None, off=True)
+#: Worker processes (C{workers}): each costs a whole proxy's memory.
+WORKERS = Bounds(1, 256)
 #: Entries in one stick table (memory is the operator's to spend).
 TABLE_SIZE = Bounds(1)
 #: The prefix lengths source-ip affinity masks addresses to.

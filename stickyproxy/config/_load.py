@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import attrs
 
 from stickyproxy.config import _bounds as bounds
-from stickyproxy.config._options import ConfigError, OptionReader, join_path
+from stickyproxy.config._options import ConfigError, OptionReader, describe, join_path
 from stickyproxy.config._settings import HealthSettings, HTTPSettings, StatusRanges
 from stickyproxy.core._balancers import BALANCERS
 from stickyproxy.core._logfile import TO_LOG, TO_STDOUT
@@ -171,6 +171,8 @@ class ProxyConfig:
         path is relative to the working directory.
     :ivar shutdown_timeout: how long a shutdown waits for requests and
         connections under way, in seconds.
+    :ivar workers: how many worker processes serve the frontends (1: this
+        process serves them itself); see L{stickyproxy.workers}.
     """
 
     frontends: tuple[FrontendConfig, ...]
@@ -178,6 +180,7 @@ class ProxyConfig:
     admin: AdminConfig | None = None
     state_dir: str = "."
     shutdown_timeout: float = 30.0
+    workers: int = 1
 
 
 def same(one: object, other: object) -> bool:
@@ -578,6 +581,7 @@ def load_config(data: Mapping[str, object], registry: StrategyRegistry) -> Proxy
     shutdown_timeout = top.number(
         "shutdown_timeout", 30.0, bounds=bounds.SHUTDOWN_TIMEOUT
     )
+    workers = read_workers(top.value("workers", 1), "workers")
     top.finish()
     return ProxyConfig(
         frontends=frontends,
@@ -585,6 +589,41 @@ def load_config(data: Mapping[str, object], registry: StrategyRegistry) -> Proxy
         admin=admin,
         state_dir=state_dir,
         shutdown_timeout=shutdown_timeout,
+        workers=workers,
+    )
+
+
+def cpu_count() -> int:
+    """
+    :returns: the CPUs this process may run on (its affinity, as C{taskset}
+        or a container's cpuset sets it), at least 1.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def read_workers(value: object, path: str) -> int:
+    """
+    Read a worker count: an integer in L{bounds.WORKERS}, or C{"auto"},
+    one per CPU (nginx's C{worker_processes auto}).
+
+    :param path: what the error calls it (C{workers}, C{--workers}).
+    :raises ConfigError: anything else.
+    """
+    if value == "auto":
+        return cpu_count()
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and bounds.WORKERS.allows(value)
+    ):
+        return value
+    raise ConfigError(
+        path,
+        f'expected {bounds.WORKERS.describe("an integer")} or "auto", '
+        f"got {describe(value)}",
     )
 
 

@@ -501,7 +501,7 @@ def _makeService(
 
         def reopen() -> None:
             proxy.reopen_logs()
-            workers.signal("USR1")
+            workers.signal_all(signal.SIGUSR1)
 
     elif role is Role.WORKER:
         ParentLink(reactor, amp.AMP(), partial(_parent_gone, reactor)).setServiceParent(
@@ -633,7 +633,7 @@ def install_signal_handlers(proxy: ProxyService, reactor: Any) -> None:
 
     def reload() -> None:
         if _reload(proxy) and workers is not None:
-            workers.signal("HUP")
+            workers.signal_all(signal.SIGHUP)
 
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
 

@@ -7,6 +7,7 @@ restarts the ones that die, signals them, and stops them.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -132,12 +133,13 @@ def _event(
 
 def describe_exit(reason: Failure) -> str:
     """
-    :returns: how a process ended: C{"exited with status 1"}, C{"was
-        killed by signal 9"}.
+    :returns: how a process ended: C{"exited with status 1"}, C{"ended
+        by signal 9"} (a worker that stopped on C{SIGTERM} ends by it, as
+        C{twist} does, once it has stopped gracefully).
     """
     value = reason.value
     if isinstance(value, ProcessTerminated) and value.signal is not None:
-        return f"was killed by signal {value.signal}"
+        return f"ended by signal {value.signal}"
     if isinstance(value, ProcessDone | ProcessTerminated):
         return f"exited with status {value.exitCode}"
     return f"ended ({reason.getErrorMessage()})"
@@ -317,7 +319,7 @@ class WorkerSupervisor(Service):
         lived = self.reactor.seconds() - process.started
         if self._stopping is not None:
             self.log.info(
-                "worker {worker} (pid {pid}) {status}",
+                "worker {worker} (pid {pid}) stopped: it {status}",
                 worker=process.worker,
                 pid=process.pid,
                 status=describe_exit(reason),
@@ -338,13 +340,13 @@ class WorkerSupervisor(Service):
         slot.restart = self.reactor.callLater(delay, self.start, worker)
         return delay
 
-    def signal(self, name: str) -> None:
+    def signal_all(self, signum: int) -> None:
         """
-        Send every running worker the signal C{name} (C{"HUP"}, C{"USR1"}).
+        Send every running worker the signal C{signum}.
         """
         for transport in self.workers.values():
             try:
-                transport.signalProcess(name)
+                transport.signalProcess(signum)
             except ProcessExitedAlready:
                 pass
 
@@ -367,7 +369,7 @@ class WorkerSupervisor(Service):
         ).addCallback(lambda _: None)
         if running:
             self.log.info("stopping {count} workers", count=len(running))
-            self.signal("TERM")
+            self.signal_all(signal.SIGTERM)
             self._kill = self.reactor.callLater(self.kill_after, self._kill_all)
             stopping.addBoth(self._stopped)
         return stopping
@@ -383,7 +385,7 @@ class WorkerSupervisor(Service):
         Have the workers stop at once (a second C{SIGTERM} to each, which
         cuts off its connections): a second C{SIGTERM} to the parent.
         """
-        self.signal("TERM")
+        self.signal_all(signal.SIGTERM)
 
     def _kill_all(self) -> None:
         self._kill = None
@@ -394,4 +396,4 @@ class WorkerSupervisor(Service):
                 workers=", ".join(str(worker) for worker in self.workers),
                 timeout=self.kill_after,
             )
-        self.signal("KILL")
+        self.signal_all(signal.SIGKILL)

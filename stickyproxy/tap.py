@@ -28,7 +28,6 @@ from twisted.logger import (
     formatEvent,
     globalLogPublisher,
 )
-from twisted.protocols import amp
 from twisted.python import usage
 
 from stickyproxy import __version__
@@ -46,7 +45,13 @@ from stickyproxy.core._balancers import BALANCERS
 from stickyproxy.persistence._registry import StrategyRegistry
 from stickyproxy.persistence._secrets import KEY_FILE, FileSecrets
 from stickyproxy.service import ListenerService, ProxyService, Role
-from stickyproxy.workers import ParentLink, WorkerSupervisor, worker_identity
+from stickyproxy.workers import (
+    ParentLink,
+    WorkerSupervisor,
+    parent_control,
+    worker_control,
+    worker_identity,
+)
 from stickyproxy.workers._supervisor import KILL_GRACE
 
 LOG_FORMATS = ("text", "json")
@@ -494,7 +499,7 @@ def _makeService(
             _worker_command(options, config),
             environment,
             proxy.sockets,
-            control=lambda worker: amp.AMP(),
+            control=partial(parent_control, proxy),
             kill_after=config.shutdown_timeout + KILL_GRACE,
         )
         workers.setServiceParent(proxy)
@@ -504,9 +509,10 @@ def _makeService(
             workers.signal_all(signal.SIGUSR1)
 
     elif role is Role.WORKER:
-        ParentLink(reactor, amp.AMP(), partial(_parent_gone, reactor)).setServiceParent(
-            proxy
+        link = ParentLink(
+            reactor, worker_control(proxy), partial(_parent_gone, reactor)
         )
+        link.setServiceParent(proxy)
     OnSignal(signal.SIGUSR1, reopen, reactor).setServiceParent(proxy)
     proxy.bind()
     proxy.open_logs()

@@ -22,12 +22,13 @@ from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 
 from stickyproxy import ConfigError, load_config
+from stickyproxy._jsonlog import event_as_json_line
 from stickyproxy.config._load import cpu_count
 from stickyproxy.core._inherited import AdoptingReactor, HoldingReactor
 from stickyproxy.persistence._registry import StrategyRegistry
 from stickyproxy.persistence._sourceip import source_ip
 from stickyproxy.service import ProxyService, Role
-from stickyproxy.tap import Options, _makeService
+from stickyproxy.tap import OnSignal, Options, _makeService
 from stickyproxy.workers import (
     ParentLink,
     WorkerIdentity,
@@ -363,6 +364,20 @@ class RelayTests(TestCase):
             formatEvent(event), "[worker 3] backend a down\nTraceback: boom"
         )
 
+    def test_json_log_format(self):
+        """
+        With C{--log-format json}, a relayed line keeps the worker's id and
+        fields, and its text says which worker it came from.
+        """
+        events: list[Any] = []
+        record = {"log_text": "hi", "log_level": "info", "backend": "a"}
+        relay_line(json.dumps(record).encode(), 2, 9, False, events.append)
+        line = json.loads(event_as_json_line(events[0]))
+        self.assertEqual(
+            (line["worker"], line["worker_pid"], line["backend"], line["log_text"]),
+            (2, 9, "a", "[worker 2] hi"),
+        )
+
     def test_plain_lines(self):
         """
         A line that is not a JSON event is relayed as text: a warning from
@@ -621,6 +636,23 @@ class MakeServiceTests(TestCase):
         self.assertEqual(command[1:4], ["-m", "twisted", "stickyproxy"])
         self.assertEqual(command[-2:], ["--log-format", "json"])
         self.assertIn("--state-dir", command)
+
+    def test_parent_passes_usr1_on(self):
+        """
+        C{SIGUSR1} to a parent reopens its log files and reaches every
+        worker.
+        """
+        reactor = FakeProcessReactor()
+        proxy = _makeService(self._options("2"), reactor, environment={})
+        [supervisor] = [s for s in proxy if isinstance(s, WorkerSupervisor)]
+        supervisor.startService()
+        [usr1] = [s for s in proxy if isinstance(s, OnSignal)]
+        self.assertEqual(usr1.signum, signal.SIGUSR1)
+        usr1.action()
+        self.assertEqual(
+            [spawned[0].signals for spawned in reactor.spawned],
+            [[signal.SIGUSR1]] * 2,
+        )
 
     def test_alone_and_worker(self):
         """

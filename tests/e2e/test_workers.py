@@ -15,6 +15,7 @@ import os
 import re
 import signal
 
+from tests._certificates import write_self_signed
 from tests.e2e._harness import (
     EXIT_TIMEOUT,
     HOST,
@@ -22,6 +23,7 @@ from tests.e2e._harness import (
     STARTUP_TIMEOUT,
     HTTPE2ETestCase,
     free_port,
+    http_config,
 )
 
 #: The most requests a test makes while waiting for something to happen.
@@ -212,3 +214,55 @@ class WorkersTests(HTTPE2ETestCase):
             self.assertIn(f"[worker {worker}] Received SIGTERM", output)
             self.assertIn(f"worker {worker} (pid {pid}) stopped", output)
             self.assertRaises(ProcessLookupError, os.kill, pid, 0)
+
+
+class SharedSocketKindsTests(HTTPE2ETestCase):
+    """
+    Workers serving an C{ssl:} frontend (the shared socket is plain TCP;
+    each worker does TLS) and a C{unix:} one.
+    """
+
+    def test_tls_and_unix(self):
+        """
+        Both frontends serve through the workers, and keep serving after a
+        worker is killed: the UNIX socket's path stays while the parent
+        holds it, and goes when the parent stops.
+        """
+        self.backends = self.start_http_backends("b1")
+        key, cert = write_self_signed(self.workdir)
+        port = free_port()
+        path = self.workdir / "proxy.sock"
+        backend = {"b1": self.backends["b1"].port}
+        tls = http_config(port, backend, name="tls").replace(
+            f'"tcp:{port}:interface={HOST}"',
+            f'"ssl:{port}:interface={HOST}:privateKey={key}:certKey={cert}"',
+        )
+        unix = http_config(0, backend, name="unix").replace(
+            f'"tcp:0:interface={HOST}"', f'"unix:{path}"'
+        )
+        proxy = self.start_proxy_with_config("workers = 2\n" + tls + unix, port)
+        self.wait(
+            lambda: (
+                len(re.findall(r"\[worker \d\] Starting reactor", proxy.output())) == 2
+            ),
+            STARTUP_TIMEOUT * 2,
+            "both workers to run",
+            proxy,
+        )
+
+        def both_serve() -> None:
+            for url, args in (
+                (f"https://{HOST}:{port}/", ("--cacert", str(cert))),
+                ("http://localhost/", ("--unix-socket", str(path))),
+            ):
+                result = self.curl(url, *args)
+                self.assertEqual(result.backend, "b1", result.describe())
+
+        both_serve()
+        pid = int(STARTED.findall(proxy.output())[0][1])
+        os.kill(pid, signal.SIGKILL)
+        self.wait_for_line(proxy, rf"\(pid {pid}\) ended by signal 9", IO_TIMEOUT)
+        self.assertTrue(path.exists())
+        both_serve()
+        proxy.stop(EXIT_TIMEOUT)
+        self.assertFalse(path.exists())

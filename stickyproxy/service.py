@@ -146,10 +146,11 @@ class ListenerService(Service):
     factory's ALPN protocols and log failed handshakes: see
     L{TLSListeningReactor}.
 
-    Under workers (L{stickyproxy.workers}), the parent's listeners are made
-    with C{accept=False}: they open the socket and accept nothing on it;
-    each worker's are made with the C{inherited} socket, which they adopt
-    instead of opening one (see L{stickyproxy.core._inherited}).
+    Under workers (L{stickyproxy.workers}), listeners are made with
+    C{accept=False}: they open the socket and accept nothing on it (until
+    L{start_accepting}).  The parent's stay so; each worker's are made with
+    the C{inherited} socket, which they adopt instead of opening one (see
+    L{stickyproxy.core._inherited}), and accept once the worker may serve.
     """
 
     log = Logger()
@@ -178,9 +179,12 @@ class ListenerService(Service):
             self._factory = ProxyHeaderWrappingFactory(
                 self._factory, reactor, timeout_proxy_header
             )
+        # Made holding its socket, and told to accept since.
+        self._held = not accept
+        self._accepting = False
         if inherited is not None:
             reactor = AdoptingReactor(reactor, inherited)
-        elif not accept:
+        if not accept:
             reactor = HoldingReactor(reactor)
         listening = TLSListeningReactor(
             reactor, lambda: self.name or self.path, timeout_handshake
@@ -239,6 +243,18 @@ class ListenerService(Service):
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
+        if self._held and self._accepting:
+            cast(Any, port).startReading()
+
+    def start_accepting(self) -> None:
+        """
+        Accept connections, on a listener made with C{accept=False}, from
+        now on (or as soon as it listens).
+        """
+        if self._held and not self._accepting:
+            self._accepting = True
+            if self.port is not None:
+                cast(Any, self.port).startReading()
 
     def privilegedStartService(self) -> None:
         self.bind()
@@ -378,8 +394,9 @@ class Role(Enum):
     #: The parent of workers: it opens the frontends' sockets and accepts
     #: nothing on them, and runs the health monitors and the admin listener.
     PARENT = "parent"
-    #: A worker: it serves on the sockets its parent opened, and runs no
-    #: health monitor and no admin listener.
+    #: A worker: it serves on the sockets its parent opened (once told to:
+    #: L{ProxyService.start_accepting}), and runs no health monitor and no
+    #: admin listener.
     WORKER = "worker"
 
 
@@ -838,7 +855,7 @@ class ProxyService(MultiService):
             join_path(config.path, "listen"),
             config.timeout_proxy_header,
             config.timeout_handshake,
-            accept=self.role is not Role.PARENT,
+            accept=self.role is Role.ALONE,
             inherited=self._inherited(config, started=listener is not None),
         )
         listener.setName(name)
@@ -1276,6 +1293,14 @@ class ProxyService(MultiService):
         self._hurry = True
         if self._drained is not None:
             self._cut_off(self._drained)
+
+    def start_accepting(self) -> None:
+        """
+        Have a L{Role.WORKER} accept connections on its frontends: once it
+        knows its backends' states from its parent.
+        """
+        for listener in self.listeners.values():
+            listener.start_accepting()
 
     def sockets(self) -> dict[str, int]:
         """

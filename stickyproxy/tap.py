@@ -509,9 +509,10 @@ def _makeService(
             workers.signal_all(signal.SIGUSR1)
 
     elif role is Role.WORKER:
-        link = ParentLink(
-            reactor, worker_control(proxy), partial(_parent_gone, reactor)
-        )
+        control = worker_control(proxy)
+        # Serve once the parent sent every backend's state.
+        control.synced.addCallback(lambda _: proxy.start_accepting())
+        link = ParentLink(reactor, control, partial(_parent_gone, reactor))
         link.setServiceParent(proxy)
     OnSignal(signal.SIGUSR1, reopen, reactor).setServiceParent(proxy)
     proxy.bind()

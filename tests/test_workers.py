@@ -111,18 +111,29 @@ class FakeProcess:
         raise NotImplementedError()
 
 
+def _readable(port: Any, descriptor: int) -> Any:
+    """
+    Give a memory reactor's port what a real one has that listeners use.
+    """
+    port.reading = True
+    port.stopReading = lambda: setattr(port, "reading", False)
+    port.startReading = lambda: setattr(port, "reading", True)
+    port.fileno = lambda: descriptor
+    return port
+
+
 class PortReactor(MemoryReactorClock):
     """
-    A memory reactor whose TCP ports stop reading (as a real reactor's
-    do), with their port number as their descriptor.
+    A memory reactor whose TCP ports, listened on or adopted, stop and
+    start reading (as a real reactor's do); a listened one has its port
+    number as its descriptor.
     """
 
     def listenTCP(self, port: int, *args: Any, **kwargs: Any) -> Any:
-        listening = super().listenTCP(port, *args, **kwargs)
-        listening.reading = True
-        listening.stopReading = lambda: setattr(listening, "reading", False)
-        listening.fileno = lambda: port
-        return listening
+        return _readable(super().listenTCP(port, *args, **kwargs), port)
+
+    def adoptStreamPort(self, fileno: int, *args: Any) -> Any:
+        return _readable(super().adoptStreamPort(fileno, *args), fileno)
 
 
 @implementer(IReactorProcess)
@@ -530,10 +541,11 @@ class RoleTests(TestCase):
 
     def test_worker(self):
         """
-        A worker adopts its inherited sockets, one per frontend, and runs
-        no health monitor and no admin listener.
+        A worker adopts its inherited sockets, one per frontend, and
+        accepts nothing on them until told to; it runs no health monitor
+        and no admin listener.
         """
-        reactor = MemoryReactorClock()
+        reactor = PortReactor()
         web = socket.socket().detach()
         db = socket.socket().detach()
         proxy = ProxyService(
@@ -549,6 +561,9 @@ class RoleTests(TestCase):
             [(web, socket.AF_INET), (db, socket.AF_INET)],
         )
         self.assertEqual(reactor.tcpServers, [])
+        self.assertEqual([p.reading for p in proxy_ports(proxy)], [False, False])
+        proxy.start_accepting()
+        self.assertEqual([p.reading for p in proxy_ports(proxy)], [True, True])
         self.assertEqual(proxy.monitors, {})
         self.assertIsNone(proxy.admin)
 
@@ -657,7 +672,8 @@ class MakeServiceTests(TestCase):
     def test_alone_and_worker(self):
         """
         With one worker, the proxy runs alone; in a process its parent
-        started, it is a worker, linked to its parent.
+        started, it is a worker, linked to its parent, which serves once
+        its parent sent it every backend's state.
         """
         reactor = FakeProcessReactor()
         alone = _makeService(self._options("1"), reactor, environment={})
@@ -675,5 +691,9 @@ class MakeServiceTests(TestCase):
             },
         )
         self.assertIs(worker.role, Role.WORKER)
-        self.assertEqual(len([s for s in worker if isinstance(s, ParentLink)]), 1)
+        [link] = [s for s in worker if isinstance(s, ParentLink)]
         self.assertEqual(reactor.adoptedPorts[0][0], descriptor)
+        [port] = proxy_ports(worker)
+        self.assertFalse(port.reading)
+        link.control.parent_synced()  # type: ignore[attr-defined]
+        self.assertTrue(port.reading)

@@ -745,7 +745,7 @@ class WorkerControl(amp.AMP):
         pool.remove(name, reason)
 
 
-def worker_control(service: ProxyService) -> amp.AMP:
+def worker_control(service: ProxyService) -> WorkerControl:
     """
     A worker's end of its control channel: it makes C{service}'s backends
     follow the parent's admin states and health, and reports to the parent

@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from treq.testing import StubTreq
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols import amp
 from twisted.test.iosim import IOPump, connect, makeFakeClient, makeFakeServer
 
@@ -40,9 +40,11 @@ REGISTRY = StrategyRegistry.of([source_ip])
 
 def config_data() -> dict[str, Any]:
     """
-    One TCP frontend on a pool of two backends, checked passively only.
+    One TCP frontend on a pool of two backends, checked passively only,
+    and an admin listener (where the parent serves C{/metrics}).
     """
     return {
+        "admin": {"listen": "tcp:8081"},
         "frontend": [
             {
                 "name": "l4",
@@ -281,8 +283,7 @@ class ControlTests(ChannelTestCase):
         self.flush(one)
         self.assertIsNone(one.pool.get("c"))
         one.service.reload(config)
-        one.reactor.advance(0)
-        self.flush(one)
+        one.tick()
         self.assertIs(one.pool["c"].health, Health.DOWN)
 
     def test_passive_failures_reach_the_parent(self) -> None:
@@ -376,6 +377,30 @@ class MetricsTests(ChannelTestCase):
         self.assertEqual(
             scrape.by_backend("stickyproxy_backend_up", pool="app"), {"a": 1, "b": 1}
         )
+
+    def test_no_admin_no_counting(self) -> None:
+        """
+        Without an admin listener in the configuration, a worker counts
+        nothing (its requests publish no event at all), until a reload
+        brings one.
+        """
+        data = config_data()
+        del data["admin"]
+        service = ProxyService(load_config(data, REGISTRY), self.reactor, REGISTRY)
+        channel = worker_control(service)
+        channel.makeConnection(StringTransport())
+        self.assertFalse(service.events.active)
+        service.reload(load_config(config_data(), REGISTRY))
+        self.reactor.advance(LOAD_INTERVAL)
+        service.events.request_finished(finished_request(pool="app"))
+        families = counters_from_json(channel.collect()["families"])
+        counted = [
+            sample.value
+            for family in families
+            for sample in family.samples
+            if sample.name == "stickyproxy_requests_total"
+        ]
+        self.assertEqual(counted, [1.0])
 
     def test_departed_workers_still_count(self) -> None:
         """

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from stickyproxy.config._load import ProxyConfig
 from stickyproxy.config._options import ConfigError
 from stickyproxy.core._adminsync import PEER, AdminSync, admin_record
 from stickyproxy.core._events import IgnoreEvents
@@ -392,7 +393,8 @@ class ParentControl(amp.AMP):
         self.worker_id = worker_id
         workers = _WORKERS.get(service)
         if workers is None:
-            workers = _WORKERS[service] = _Workers(service)
+            # A proxy, not the service: the entry must not keep its key.
+            workers = _WORKERS[service] = _Workers(weakref.proxy(service))
         self._workers = workers
 
     def connectionMade(self) -> None:
@@ -557,19 +559,6 @@ class _PassiveToParent:
             )
 
 
-class _Reloads(IgnoreEvents):
-    """
-    Calls C{reloaded} when a backend changes because its service reloaded.
-    """
-
-    def __init__(self, reloaded: Callable[[], object]) -> None:
-        self._reloaded = reloaded
-
-    def backend_changed(self, change: StateChange) -> None:
-        if change.reason.startswith("reload"):
-            self._reloaded()
-
-
 class WorkerControl(amp.AMP):
     """
     A worker's end of its control channel.
@@ -583,12 +572,9 @@ class WorkerControl(amp.AMP):
         self._sync = AdminSync(lambda: service.pools, lambda record: None)
         self._timer: IDelayedCall | None = None
         self._sent_load: object = None
+        self._config: ProxyConfig | None = None  # the one followed
         self._counters = CollectorRegistry()
-        self._traffic = TrafficMetrics(self._counters)
-        service.events.subscribe(self._traffic)
-        self._reloads = _Reloads(self.reloaded)
-        service.events.subscribe(self._reloads)
-        self._resyncing: IDelayedCall | None = None
+        self._traffic: TrafficMetrics | None = None
         #: Fires once the parent sent everything the worker follows (every
         #: backend's state), before which it should not serve.
         self.synced: Deferred[None] = Deferred()
@@ -599,12 +585,11 @@ class WorkerControl(amp.AMP):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         super().connectionLost(reason)
-        for call in (self._timer, self._resyncing):
-            if call is not None and call.active():
-                call.cancel()
-        self._timer = self._resyncing = None
-        self.service.events.unsubscribe(self._traffic)
-        self.service.events.unsubscribe(self._reloads)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._traffic is not None:
+            self.service.events.unsubscribe(self._traffic)
 
     def send(self, command: type[amp.Command], **arguments: object) -> None:
         """
@@ -614,12 +599,20 @@ class WorkerControl(amp.AMP):
 
     def tick(self) -> None:
         """
-        Give every pool (a reload may build new ones) the passive health
-        that reports to the parent, and tell the parent what the worker
-        holds, if it changed; again in L{LOAD_INTERVAL}.
+        Follow the worker's configuration, if it is new (see L{follow}),
+        and tell the parent what the worker holds, if it changed; again in
+        L{LOAD_INTERVAL}.
         """
         self._timer = self.service.reactor.callLater(LOAD_INTERVAL, self.tick)
-        self.follow()
+        config = self.service.config
+        if config is not self._config:
+            reloaded = self._config is not None
+            self._config = config
+            self.follow()
+            if reloaded:
+                # After the parent's reload (which sent the states of
+                # backends the worker did not have yet): all of them again.
+                self.send(Resync)
         load = [
             [pool.name, backend.name, backend.active, pool.sessions(backend.name)]
             for pool in self.service.pools.values()
@@ -629,27 +622,20 @@ class WorkerControl(amp.AMP):
             self._sent_load = load
             self.send(Load, backends=load)
 
-    def reloaded(self) -> None:
-        """
-        The worker's service reloaded (some backend changed for that
-        reason): once the reload is over, its pools report passive health
-        to the parent, and it asks the parent for the states of all its
-        backends, new ones included.
-        """
-        if self._resyncing is None or not self._resyncing.active():
-            self._resyncing = self.service.reactor.callLater(0, self._resync)
-
-    def _resync(self) -> None:
-        self.follow()
-        self.send(Resync)
-
     def follow(self) -> None:
         """
-        Send the passive health signals of every pool to the parent.
+        Send the passive health signals of every pool (a reload may build
+        new ones) to the parent; count the traffic for the parent's
+        C{/metrics} once the configuration has an admin listener (without
+        one, the worker's requests publish no event: that costs them
+        nothing).
         """
         for pool in self.service.pools.values():
             if not isinstance(pool.passive, _PassiveToParent):
                 pool.passive = _PassiveToParent(self, pool)
+        if self._traffic is None and self.service.config.admin is not None:
+            self._traffic = TrafficMetrics(self._counters)
+            self.service.events.subscribe(self._traffic)
 
     def _pool(self, name: str) -> Pool | None:
         pool = self.service.pools.get(name)

@@ -301,6 +301,23 @@ class ControlTests(ChannelTestCase):
         self.assertIs(one.pool["a"].health, Health.DOWN)
         self.assertIs(two.pool["a"].health, Health.DOWN)
 
+    def test_passive_panic_in_every_worker(self) -> None:
+        """
+        When passive checks alone took every backend down, the workers try
+        them anyway, as the parent would (C{passive_panic}): they know the
+        backends are down by passive checks alone.
+        """
+        one, two = self.worker(1), self.worker(2)
+        for name in ("a", "b"):
+            for _ in range(2):
+                one.pool.report_connect_failure(one.pool[name], "refused")
+        self.flush(one, two)
+        self.assertTrue(self.pool.panic)
+        for worker in (one, two):
+            self.assertIs(worker.pool["a"].health, Health.DOWN)
+            self.assertTrue(worker.pool.panic)
+            self.assertEqual(len(worker.pool.accepting_new()), 2)
+
     def test_good_signals_sent_when_they_count(self) -> None:
         """
         A successful connect is sent only after a failure the worker sent

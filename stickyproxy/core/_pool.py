@@ -440,6 +440,13 @@ class Pool:
             self._serving = self._accepting = None
             self._check_panic()
 
+    def passive_down(self, backend: Backend) -> bool:
+        """
+        :returns: whether passive checks alone took C{backend} down (see
+            L{set_health}), for places that follow this pool's health.
+        """
+        return backend in self._passive_marks
+
     def set_ramp(self, backend: Backend, ramp: float) -> None:
         """
         Set the share of its weight a slowly starting backend gets.

@@ -108,13 +108,16 @@ class SetAdmin(amp.Command):
 
 class SetHealth(amp.Command):
     """
-    A backend's health, as the parent's checks found it.
+    A backend's health, as the parent's checks found it, and whether
+    passive checks alone took it down (so that a worker tries it anyway
+    when every backend is so, as the parent does: C{passive_panic}).
     """
 
     arguments = [
         *_BACKEND,
         (b"health", amp.Unicode()),
         (b"reason", amp.Unicode()),
+        (b"passive", amp.Boolean()),
     ]
     response = [(b"applied", amp.Boolean())]
 
@@ -339,8 +342,12 @@ class _Workers(IgnoreEvents):
     def backend_changed(self, change: StateChange) -> None:
         self.sync.backend_changed(change)
         if change.kind == "health":
-            for channel in list(self.channels.values()):
-                channel.send_health(change.pool, change.backend, change.reason)
+            # (A new pool's, during a reload, is not among the pools yet:
+            # the workers ask for it after their own reload.)
+            pool = self.service.pools.get(change.pool)
+            if pool is not None:
+                for channel in list(self.channels.values()):
+                    channel.send_health(pool, change.backend, change.reason)
         elif change.reason.startswith((PEER, "reload")):
             # A reload's backends are the workers' own: they reload too.
             return
@@ -419,7 +426,7 @@ class ParentControl(amp.AMP):
                     self.send_added(pool.name, backend)
             for backend in pool.backends:
                 self.send_admin(admin_record(pool, backend))
-                self.send_health(pool.name, backend, "the parent's health checks")
+                self.send_health(pool, backend, "the parent's health checks")
             if backends:
                 names = [backend.name for backend in pool.backends]
                 self._send(KeepBackends, pool=pool.name, backends=names)
@@ -441,13 +448,14 @@ class ParentControl(amp.AMP):
             drain_deadline=record.drain_deadline,
         )
 
-    def send_health(self, pool: str, backend: Backend, reason: str) -> None:
+    def send_health(self, pool: Pool, backend: Backend, reason: str) -> None:
         self._send(
             SetHealth,
-            pool=pool,
+            pool=pool.name,
             backend=backend.name,
             health=backend.health.value,
             reason=reason,
+            passive=pool.passive_down(backend),
         )
 
     def send_added(self, pool: str, backend: Backend) -> None:
@@ -673,13 +681,13 @@ class WorkerControl(amp.AMP):
 
     @SetHealth.responder
     def set_health(
-        self, pool: str, backend: str, health: str, reason: str
+        self, pool: str, backend: str, health: str, reason: str, passive: bool
     ) -> dict[str, object]:
         live = self._pool(pool)
         found = live.get(backend) if live is not None else None
         if live is None or found is None:
             return {"applied": False}
-        live.set_health(found, Health(health), f"{PEER} {PARENT}: {reason}")
+        live.set_health(found, Health(health), f"{PEER} {PARENT}: {reason}", passive)
         return {"applied": True}
 
     @AddBackend.responder

@@ -5,6 +5,7 @@ does (and which, like the real reactor, refuses a negative delay).
 """
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from stickyproxy.config._settings import HealthSettings
@@ -124,6 +125,41 @@ class IdleTimerTests(TestCase):
             if clock.calls:
                 clock.run_next()
         self.assertEqual(len(fired), 1)
+
+    def test_restart_sooner_replaces_the_call(self):
+        """
+        An L{IdleTimer} restarted for a shorter wait fires at its new end,
+        from a new pending call: the one due later is cancelled, never
+        reset to an earlier time (the reactor's linear search).
+        """
+        clock = Clock()
+        fired = []
+        timer = IdleTimer(clock, 60.0, lambda: fired.append("long"))
+        [first] = clock.getDelayedCalls()
+        clock.advance(5)
+        timer.restart(10.0, lambda: fired.append(clock.seconds()))
+        self.assertFalse(first.active())
+        [pending] = clock.getDelayedCalls()
+        self.assertEqual(pending.getTime(), 15.0)
+        clock.advance(10)
+        self.assertEqual(fired, [15.0])
+
+    def test_restart_later_keeps_the_call(self):
+        """
+        An L{IdleTimer} restarted for a longer wait keeps its pending call,
+        which re-arms itself for the rest when it comes.
+        """
+        clock = Clock()
+        fired = []
+        timer = IdleTimer(clock, 10.0, lambda: fired.append("short"))
+        [first] = clock.getDelayedCalls()
+        clock.advance(5)
+        timer.restart(60.0, lambda: fired.append(clock.seconds()))
+        self.assertEqual(clock.getDelayedCalls(), [first])
+        clock.advance(59.9)
+        self.assertEqual(fired, [])
+        clock.advance(0.1)
+        self.assertEqual(fired, [65.0])
 
 
 class MonitorScheduleTests(TestCase):

@@ -4,10 +4,13 @@ Tests for L{stickyproxy.Router}: who wins, retries, and failover.
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 
 from stickyproxy import AdminState, NoBackendAvailable, Outcome, Router
 from stickyproxy.core._balancers import RoundRobin
+from stickyproxy.core._endpoints import connect_endpoint, connect_quietly
 from stickyproxy.model import Health
 from stickyproxy.persistence._sourceip import source_ip
 from stickyproxy.testing import make_pool, routing_context
@@ -234,6 +237,20 @@ class DispatchTests(TestCase):
         decision, conn = self.successResultOf(result)
         self.assertEqual((decision.backend.name, conn), ("b", "conn-b"))
         self.assertEqual(self.pool.get("a").active, 0)
+
+    def test_one_connect_timer(self):
+        """
+        A connect to a backend at a literal IP address is timed by the
+        router alone: its endpoint's connector schedules no call of its own.
+        """
+        reactor = MemoryReactorClock()
+        router = Router(self.pool, [], reactor)
+        endpoint = connect_endpoint(reactor, "127.0.0.1:8080", 3.0)
+        router.dispatch(self.ctx, lambda backend: connect_quietly(endpoint, Protocol()))
+        [(host, port, _, timeout, _)] = reactor.tcpClients
+        self.assertEqual((host, port, timeout), ("127.0.0.1", 8080, None))
+        [timer] = reactor.getDelayedCalls()
+        self.assertEqual(timer.getTime(), 3.0)
 
     def test_cancel(self):
         """

@@ -52,9 +52,15 @@ def connect_endpoint(
     """
     Make the client endpoint for a backend address.
 
+    A literal IP address gets a plain TCP endpoint, chosen once: no name
+    is resolved per connection.  Its connects have no timer of their own
+    (the connector's): whoever connects times them, as the router does
+    with the pool's C{connect_timeout}, so a connection costs one timer.
+
     :param address: C{host:port}, C{[v6]:port}, or any Twisted client
         endpoint string (C{tcp:host=...:port=...}, C{unix:path=...}).
-    :param timeout: the connect timeout in seconds.
+    :param timeout: the connect timeout in seconds of a host name's
+        endpoint (each attempt of a name with several addresses).
     :raises ValueError: the address cannot be parsed.
     """
     parts = host_port(address)
@@ -62,10 +68,12 @@ def connect_endpoint(
         endpoint: IStreamClientEndpoint = clientFromString(reactor, address)
         return endpoint
     host, port = parts
+    # timeout=None: the connector schedules no call (TCP4ClientEndpoint's
+    # annotation says float; the connector checks for None).
     if address.startswith("["):
-        return TCP6ClientEndpoint(reactor, host, port, timeout)
+        return TCP6ClientEndpoint(reactor, host, port, None)
     if isinstance(ip_address(host), ipaddress.IPv4Address):
-        return TCP4ClientEndpoint(reactor, host, port, timeout)
+        return TCP4ClientEndpoint(reactor, host, port, None)  # type: ignore[arg-type]
     return HostnameEndpoint(reactor, host.encode("ascii"), port, timeout)
 
 

@@ -358,6 +358,42 @@ class ProxyHeaderTests(TestCase):
         self.assertEqual(v1_header(src, dst), b"PROXY UNKNOWN\r\n")
         self.assertEqual(v2_header(src, dst)[12:13], b"\x20")
 
+    def test_addresses_read_once(self):
+        """
+        The addresses of a pair of hosts are parsed and written once: the
+        next headers between them differ in their ports only, and are
+        built without reading an address again.
+        """
+        from stickyproxy.core import _proxyheader
+
+        parsed = []
+
+        def ip_address(host):
+            parsed.append(host)
+            return ipaddress.ip_address(host)
+
+        self.patch(_proxyheader, "ip_address", ip_address)
+        _proxyheader._v1_start.cache_clear()
+        _proxyheader._v2_start.cache_clear()
+        dst = IPv4Address("TCP", "192.0.2.200", 80)
+        headers = [
+            (v1_header(src, dst), v2_header(src, dst))
+            for src in (
+                IPv4Address("TCP", "192.0.2.100", 40000),
+                IPv4Address("TCP", "192.0.2.100", 40001),
+            )
+        ]
+        self.assertEqual(
+            [v1 for v1, _ in headers],
+            [
+                b"PROXY TCP4 192.0.2.100 192.0.2.200 40000 80\r\n",
+                b"PROXY TCP4 192.0.2.100 192.0.2.200 40001 80\r\n",
+            ],
+        )
+        info, _ = ProxyHeaderParser().feed(headers[1][1])
+        self.assertEqual((info.source.host, info.source.port), ("192.0.2.100", 40001))
+        self.assertEqual(len(parsed), 4)  # v1 and v2: two hosts each, once
+
 
 class ProxyHeaderReceiverTests(TestCase):
     """

@@ -19,6 +19,7 @@ from stickyproxy.core._balancers import (
     SessionCap,
     bounded,
     make_balancer,
+    rendezvous_first,
     rendezvous_order,
 )
 from stickyproxy.interfaces import IBalancer
@@ -171,6 +172,36 @@ class ConsistentHashTests(TestCase):
             else:
                 moved += 1
         self.assertLess(abs(moved / len(keys) - 1 / count), 0.5 / count)
+
+    def test_order_is_stable(self):
+        """
+        The order of a key's backends is the same in every process and
+        release: proxies and workers that share a config route a client
+        alike, and an upgrade moves nobody.
+        """
+        backends = _backends([1, 1, 2, 1])
+        self.assertEqual(
+            [
+                [b.name for b in rendezvous_order(key, backends)]
+                for key in (b"10.0.0.1", b"10.0.0.2", b"\x0a\x00\x00\x03")
+            ],
+            [
+                ["b1", "b3", "b2", "b0"],
+                ["b1", "b3", "b2", "b0"],
+                ["b2", "b0", "b1", "b3"],
+            ],
+        )
+
+    @settings(max_examples=50)
+    @given(st.lists(st.integers(min_value=0, max_value=5), max_size=6), st.binary())
+    def test_first_without_sorting(self, weights, key):
+        """
+        L{rendezvous_first} names the first backend of the key's order, or
+        C{None} when there is none.
+        """
+        backends = _backends(weights)
+        order = rendezvous_order(key, backends)
+        self.assertIs(rendezvous_first(key, backends), order[0] if order else None)
 
     @settings(max_examples=20)
     @given(st.lists(st.integers(min_value=1, max_value=5), min_size=2, max_size=4))

@@ -19,7 +19,9 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from hashlib import blake2b
+from typing import Any
 
 import attrs
 from zope.interface import implementer
@@ -44,13 +46,28 @@ class _Stateless:
         pass
 
 
-def _unit_hash(key: bytes, name: str) -> float:
+@lru_cache(maxsize=4096)
+def _name_hash(name: str) -> Any:
     """
-    A stable hash of (key, backend name) in the open interval (0, 1),
-    identical in every process.
+    The hash state after a backend's name: each key's hash goes on from a
+    copy of it, so the name is encoded and hashed once, not per client.
     """
-    digest = blake2b(name.encode("utf-8") + b"\0" + key, digest_size=8).digest()
-    return (int.from_bytes(digest, "big") + 1) / (2.0**64 + 2)
+    return blake2b(name.encode("utf-8") + b"\0", digest_size=8)
+
+
+def _scores(key: bytes, backends: Sequence[Backend]) -> list[float]:
+    """
+    Each backend's weighted rendezvous score for C{key}: its weight over
+    -ln of a stable hash of (name, key) in the open interval (0, 1), the
+    same in every process.
+    """
+    scores = []
+    for backend in backends:
+        state = _name_hash(backend.name).copy()
+        state.update(key)
+        unit = (int.from_bytes(state.digest(), "big") + 1) / (2.0**64 + 2)
+        scores.append(-max(backend.weight, 1) / math.log(unit))
+    return scores
 
 
 def rendezvous_order(key: bytes, backends: Sequence[Backend]) -> list[Backend]:
@@ -63,11 +80,20 @@ def rendezvous_order(key: bytes, backends: Sequence[Backend]) -> list[Backend]:
     """
     if len(backends) <= 1:
         return list(backends)
+    scores = _scores(key, backends)
+    order = sorted(range(len(backends)), key=scores.__getitem__, reverse=True)
+    return [backends[index] for index in order]
 
-    def score(backend: Backend) -> float:
-        return -max(backend.weight, 1) / math.log(_unit_hash(key, backend.name))
 
-    return sorted(backends, key=score, reverse=True)
+def rendezvous_first(key: bytes, backends: Sequence[Backend]) -> Backend | None:
+    """
+    The first backend of L{rendezvous_order}, with no sort: where C{key}
+    belongs, or C{None} when there are no backends.
+    """
+    if len(backends) <= 1:
+        return backends[0] if backends else None
+    scores = _scores(key, backends)
+    return backends[scores.index(max(scores))]
 
 
 @implementer(IBalancer)

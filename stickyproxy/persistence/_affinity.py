@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from stickyproxy.config import _bounds as bounds
 from stickyproxy.config._options import OptionReader
-from stickyproxy.core._balancers import SET_CHANGES, rendezvous_order
+from stickyproxy.core._balancers import SET_CHANGES, rendezvous_first
 from stickyproxy.interfaces import (
     IBackendPool,
     IPersistenceStrategy,
@@ -92,16 +92,14 @@ class HashAffinity:
             return None
         tried = context.tried
         if tried:
-            order = rendezvous_order(
+            return rendezvous_first(
                 key, [b for b in self.pool.backends if b not in tried]
             )
-            return order[0] if order else None
         first = self._first.get(key)
         if first is None:
-            order = rendezvous_order(key, self.pool.backends)
-            if not order:
+            first = rendezvous_first(key, self.pool.backends)
+            if first is None:
                 return None
-            first = order[0]
             if len(self._first) >= HASHED_KEYS:
                 self._first.clear()  # cheaper than LRU bookkeeping on every hit
             self._first[key] = first

@@ -126,18 +126,28 @@ class IdleTimerTests(TestCase):
                 clock.run_next()
         self.assertEqual(len(fired), 1)
 
+    def restarted(self, first, then):
+        """
+        An L{IdleTimer} made for C{first} seconds, restarted 5 seconds
+        later for C{then} seconds.
+
+        :returns: its clock, the times it fired at, and its first call.
+        """
+        clock = Clock()
+        fired = []
+        timer = IdleTimer(clock, first, lambda: fired.append("first"))
+        [call] = clock.getDelayedCalls()
+        clock.advance(5)
+        timer.restart(then, lambda: fired.append(clock.seconds()))
+        return clock, fired, call
+
     def test_restart_sooner_replaces_the_call(self):
         """
         An L{IdleTimer} restarted for a shorter wait fires at its new end,
         from a new pending call: the one due later is cancelled, never
         reset to an earlier time (the reactor's linear search).
         """
-        clock = Clock()
-        fired = []
-        timer = IdleTimer(clock, 60.0, lambda: fired.append("long"))
-        [first] = clock.getDelayedCalls()
-        clock.advance(5)
-        timer.restart(10.0, lambda: fired.append(clock.seconds()))
+        clock, fired, first = self.restarted(60.0, 10.0)
         self.assertFalse(first.active())
         [pending] = clock.getDelayedCalls()
         self.assertEqual(pending.getTime(), 15.0)
@@ -149,12 +159,7 @@ class IdleTimerTests(TestCase):
         An L{IdleTimer} restarted for a longer wait keeps its pending call,
         which re-arms itself for the rest when it comes.
         """
-        clock = Clock()
-        fired = []
-        timer = IdleTimer(clock, 10.0, lambda: fired.append("short"))
-        [first] = clock.getDelayedCalls()
-        clock.advance(5)
-        timer.restart(60.0, lambda: fired.append(clock.seconds()))
+        clock, fired, first = self.restarted(10.0, 60.0)
         self.assertEqual(clock.getDelayedCalls(), [first])
         clock.advance(59.9)
         self.assertEqual(fired, [])

@@ -93,10 +93,12 @@ class Router:
         :raises NoBackendAvailable: nobody may take it.
         """
         # Strict: stateless strategies must name the client's own backend,
-        # not their next choice after it failed.
-        skipped = [] if self.strict else list(tried)
-        if skipped or context.tried:
-            context.tried = skipped
+        # not their next choice after it failed.  (No list is made for the
+        # usual request, which has tried nothing.)
+        if tried and not self.strict:
+            context.tried = list(tried)
+        elif context.tried:
+            context.tried = []
         found: Backend | None = None
         finder: IPersistenceStrategy | None = None
         for strategy in self.strategies:

@@ -303,7 +303,7 @@ class _Exchange:
             if name == b"host":
                 host = value
             lines += [name, b": ", value, b"\r\n"]
-        peer = ctx.peer_host.encode("ascii")
+        peer = self.client.peer_bytes
         forwarded_for.append(peer)
         lines += [b"x-forwarded-for: ", b", ".join(forwarded_for), b"\r\n"]
         proto = b"https" if ctx.secure else b"http"
@@ -696,6 +696,7 @@ class HTTPProxyProtocol(Protocol):
         self.factory.clients.add(self)
         no_delay(self.transport)
         self.peer_host, self.peer_port = client_host(self.transport.getPeer())
+        self.peer_bytes = self.peer_host.encode("ascii", "replace")  # X-Forwarded-For
         # A property of the connection, not of each request on it.
         self.peer_trusted = in_networks(self.peer_host, self.settings.trusted_proxies)
         self.secure = ISSLTransport.providedBy(self.transport)

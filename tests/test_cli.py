@@ -26,7 +26,7 @@ from stickyproxy._jsonlog import (
 )
 from stickyproxy.core._balancers import BALANCERS
 from stickyproxy.persistence._secrets import KEY_FILE
-from stickyproxy.tap import Options, check_config, run_check
+from stickyproxy.tap import Options, check_config, freeze_after_startup, run_check
 
 from tests._base import TestCase
 from tests._plugins import ALWAYS_FIRST
@@ -461,3 +461,23 @@ class JSONLinesTests(TestCase):
             },
         )
         self.assertEqual(record["log_text"], "starting on 80")
+
+
+class FreezeTests(TestCase):
+    def test_startup_objects_frozen(self):
+        """
+        Once the reactor has started, what was made before it is out of the
+        garbage collector's sight (L{gc.freeze}), so that full collections
+        do not walk it while clients wait; nothing is frozen before.
+        """
+        import gc
+
+        reactor = MemoryReactorClock()
+        freeze_after_startup(reactor)
+        self.assertEqual(gc.get_freeze_count(), 0)
+        [(freeze, _, _)] = reactor.triggers["after"]["startup"]
+        self.addCleanup(gc.unfreeze)
+        made_before = [object()]
+        freeze()
+        self.assertGreater(gc.get_freeze_count(), 0)
+        self.assertFalse(any(o is made_before for o in gc.get_objects()))

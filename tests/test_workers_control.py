@@ -419,6 +419,25 @@ class MetricsTests(ChannelTestCase):
         ]
         self.assertEqual(counted, [1.0])
 
+    def test_successor_before_the_loss(self) -> None:
+        """
+        A worker's successor (the same id) that connects before its
+        predecessor's channel is seen lost takes nothing from the sums.
+        """
+        first = self.worker(1)
+        self.requests(first, 2)
+        self.scrape(first)
+        successor = self.worker(1)
+        first.stop()
+        self.requests(successor, 1)
+        scrape = self.scrape(successor)
+        self.assertEqual(
+            scrape.value(
+                "stickyproxy_requests_total", frontend="web", backend="a", code="200"
+            ),
+            3,
+        )
+
     def test_departed_workers_still_count(self) -> None:
         """
         The counters of a worker gone stay in the sums, so they never go

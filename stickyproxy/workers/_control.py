@@ -278,12 +278,16 @@ class _Workers(IgnoreEvents):
     log = Logger()
 
     service: ProxyService
-    channels: dict[int, ParentControl] = attrs.field(factory=dict)
+    # By channel, not worker id: a worker's successor may connect before
+    # its channel is known to be lost.
+    channels: list[ParentControl] = attrs.field(factory=list)
     # What each worker last said it holds: (pool, backend) -> (active, sessions).
-    loads: dict[int, dict[tuple[str, str], tuple[int, int]]] = attrs.field(factory=dict)
+    loads: dict[ParentControl, dict[tuple[str, str], tuple[int, int]]] = attrs.field(
+        factory=dict
+    )
     # Each worker's counters at the last scrape, and the sum of those of
     # the workers gone (so that counters never go back when one dies).
-    counters: dict[int, list[Metric]] = attrs.field(factory=dict)
+    counters: dict[ParentControl, list[Metric]] = attrs.field(factory=dict)
     departed: list[Metric] = attrs.field(factory=list)
     sync: AdminSync = attrs.field(init=False)
     # The pools given a session count of the workers (a reload adds new ones).
@@ -296,14 +300,13 @@ class _Workers(IgnoreEvents):
         if not self.channels:
             self.service.events.subscribe(self)
             self.service.remote_metrics = self.collect
-        self.channels[channel.worker_id] = channel
+        self.channels.append(channel)
 
     def leave(self, channel: ParentControl) -> None:
-        worker = channel.worker_id
-        if self.channels.get(worker) is channel:
-            del self.channels[worker]
-            self.loads.pop(worker, None)
-            self.departed = merge(self.departed, self.counters.pop(worker, []))
+        if channel in self.channels:
+            self.channels.remove(channel)
+            self.loads.pop(channel, None)
+            self.departed = merge(self.departed, self.counters.pop(channel, []))
             self.count()
         if not self.channels:
             self.service.events.unsubscribe(self)
@@ -314,29 +317,28 @@ class _Workers(IgnoreEvents):
 
         :returns: their sums, those of the workers gone included.
         """
-        asking = [
-            self._ask(worker, channel) for worker, channel in self.channels.items()
-        ]
+        asking = [self._ask(channel) for channel in self.channels]
         collected = gatherResults(asking)
         return collected.addCallback(
             lambda _: merge(self.departed, *self.counters.values())
         )
 
-    def _ask(self, worker: int, channel: ParentControl) -> Deferred[None]:
+    def _ask(self, channel: ParentControl) -> Deferred[None]:
         """
         Ask one worker for its counters; if it cannot answer (it is going
         away, most likely), its last ones stand in.
         """
 
         def answered(answer: dict[str, Any]) -> None:
-            self.counters[worker] = counters_from_json(answer["families"])
+            self.counters[channel] = counters_from_json(answer["families"])
 
         asking: Deferred[None] = channel.callRemote(Collect).addCallback(answered)
-        asking.addErrback(_log_failure, self.log, f"the metrics of worker {worker}")
+        what = f"the metrics of worker {channel.worker_id}"
+        asking.addErrback(_log_failure, self.log, what)
         return asking
 
     def publish(self, record: AdminRecord) -> None:
-        for channel in list(self.channels.values()):
+        for channel in list(self.channels):
             channel.send_admin(record)
 
     def backend_changed(self, change: StateChange) -> None:
@@ -346,16 +348,16 @@ class _Workers(IgnoreEvents):
             # the workers ask for it after their own reload.)
             pool = self.service.pools.get(change.pool)
             if pool is not None:
-                for channel in list(self.channels.values()):
+                for channel in list(self.channels):
                     channel.send_health(pool, change.backend, change.reason)
         elif change.reason.startswith((PEER, "reload")):
             # A reload's backends are the workers' own: they reload too.
             return
         elif change.kind == "added":
-            for channel in list(self.channels.values()):
+            for channel in list(self.channels):
                 channel.send_added(change.pool, change.backend)
         elif change.kind == "removed":
-            for channel in list(self.channels.values()):
+            for channel in list(self.channels):
                 channel.send_removed(change.pool, change.backend.name)
 
     def sessions(self, pool: str, backend: str) -> int:
@@ -504,7 +506,7 @@ class ParentControl(amp.AMP):
 
     @Load.responder
     def load(self, backends: list[list[Any]]) -> dict[str, object]:
-        self._workers.loads[self.worker_id] = {
+        self._workers.loads[self] = {
             (str(pool), str(name)): (int(active), int(sessions))
             for pool, name, active, sessions in backends
         }

@@ -153,12 +153,14 @@ def bounded(
     :param count: what a backend holds (open connections, sessions).
     :param factor: above 1.
     """
-    total_weight = sum(max(b.weight, 1) for b in backends)
-    total = sum(count(b) for b in backends) + 1
+    counts = [count(b) for b in backends]
+    weights = [max(b.weight, 1) for b in backends]
+    total_weight = sum(weights)
+    total = sum(counts) + 1
     return [
         b
-        for b in backends
-        if count(b) < math.ceil(factor * total * max(b.weight, 1) / total_weight)
+        for b, held, weight in zip(backends, counts, weights, strict=True)
+        if held < math.ceil(factor * total * weight / total_weight)
     ]
 
 

@@ -13,7 +13,7 @@ adds one by shipping a module under C{twisted/plugins/}.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
 
@@ -322,6 +322,59 @@ class IStickTable(Interface):
         :returns: how many bindings are stored (expired ones may linger
             until the next sweep; for a shared table, those it holds
             locally).
+        """
+
+
+class ISharedStore(Interface):
+    """
+    The proxy's one connection to a store it shares with other proxies
+    (Redis): learned bindings, admin states and session counts go through
+    it.  It reconnects by itself; while it is down, every call fails at
+    once, so nothing ever waits on a store that is not there.
+    """
+
+    up = Attribute("bool: whether the store is connected now")
+    timeout = Attribute(
+        "float: the longest a request may wait on the store, in seconds; "
+        "who asks it on a request's path bounds the wait with this"
+    )
+
+    def key(*parts: str) -> str:
+        """
+        :returns: C{parts} joined with C{":"} under the store's prefix: the
+            name of a key or channel of this proxy's configuration.
+        """
+
+    def call(command: str, *args: object) -> Deferred[Any]:
+        """
+        Send one command (C{"GET"}, C{"SET"}, ...).
+
+        :returns: a L{Deferred} with the reply (bulk strings as C{bytes},
+            integers as C{int}, C{None} for nil); failing at once with
+            L{stickyproxy.store.StoreUnavailable} while the store is down,
+            later with the server's error or the connection's loss.
+        """
+
+    def subscribe(channel: str, receive: Callable[[bytes], None]) -> None:
+        """
+        Call C{receive} with each message published on C{channel}, across
+        reconnections (what is published while the store is down is lost:
+        read the state again in a L{when_up} callback).
+        """
+
+    def publish(channel: str, message: bytes) -> Deferred[int]:
+        """
+        Publish C{message} on C{channel}.
+
+        :returns: a L{Deferred} with how many subscribers got it, failing
+            as L{call} does.
+        """
+
+    def when_up(callback: Callable[[], None]) -> None:
+        """
+        Call C{callback} each time the store is connected: the first time
+        and after each loss (read the state, write back what was kept
+        meanwhile); at once too if it is up now.
         """
 
 

@@ -81,6 +81,7 @@ from stickyproxy.interfaces import (
 from stickyproxy.model import AdminState, Backend, StateChange
 from stickyproxy.persistence._registry import StrategyRegistry
 from stickyproxy.persistence._secrets import KEY_FILE, FileSecrets
+from stickyproxy.store import RedisStore, build_store
 from stickyproxy.tcp._connectionlog import ConnectionLog
 from stickyproxy.tcp._splice import TCPProxyFactory
 
@@ -514,6 +515,9 @@ class ProxyService(MultiService):
     :ivar secrets: the proxy's secret, kept in C{stickyproxy.key} in the
         config's C{state_dir}, from which strategies without C{keys} derive
         theirs (L{IKeyedStrategyFactory}); read or made only if one does.
+    :ivar store: the store shared with other proxies (C{[store]}), or
+        C{None}; made from the first configuration and kept as it is by
+        reloads.
     :ivar config_source: reads the configuration again for
         L{reload_from_source} (C{twistd stickyproxy --config FILE} sets
         it), or C{None}: there is nothing to read.
@@ -564,6 +568,11 @@ class ProxyService(MultiService):
         self.remote_metrics: Callable[[], Deferred[list[Metric]]] | None = None
         # Nothing runs yet: the first configuration is all new.
         self.config = ProxyConfig(frontends=(), pools={})
+        # One store for the proxy's life: a reload keeps it as it is.
+        self.store: RedisStore | None = None
+        if config.store is not None:
+            self.store = build_store(config.store, reactor)
+            self.store.setServiceParent(self)
         self.pools: dict[str, Pool] = {}
         self.monitors: dict[str, HealthMonitor] = {}
         self.routers: dict[str, Router] = {}
@@ -685,6 +694,8 @@ class ProxyService(MultiService):
                 plan.changes.append("state_dir: takes effect at the next restart")
             if self.config.workers != config.workers and self.config.frontends:
                 plan.changes.append("workers: takes effect at the next restart")
+            if self.config.frontends and not same(self.config.store, config.store):
+                plan.changes.append("store: takes effect at the next restart")
             if self._bound:
                 for listener in plan.new_listeners:
                     listener.bind()

@@ -36,12 +36,14 @@ URL = "http://admin.invalid/"
 @attrs.define
 class FakeProxy:
     """
-    What the metrics read of a proxy: its pools and its event stream.
+    What the metrics read of a proxy: its pools, its event stream and its
+    store (none).
     """
 
     pools: dict
     events: EventStream = attrs.field(factory=EventStream)
     remote_metrics: object = None
+    store: None = None
 
     def __attrs_post_init__(self):
         for pool in self.pools.values():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -162,6 +163,37 @@ class AdminConfig:
 
 
 @attrs.frozen
+class StoreConfig:
+    """
+    The C{[store]} table: the Redis server several proxies share.
+
+    :ivar url: the C{url} as given, for messages (see L{location}).
+    :ivar endpoint: the server as a Twisted client endpoint string.
+    :ivar password: from the URL, or C{None}.
+    :ivar username: from the URL (Redis 6 ACLs), or C{None}.
+    :ivar db: the database number.
+    :ivar timeout: the longest a request waits on the store, in seconds.
+    :ivar prefix: the namespace of every key and channel.
+    """
+
+    url: str = attrs.field(repr=False)
+    endpoint: str
+    password: str | None = attrs.field(default=None, repr=False)
+    username: str | None = None
+    db: int = 0
+    timeout: float = 0.05
+    prefix: str = "stickyproxy"
+
+    @property
+    def location(self) -> str:
+        """
+        The server, as log lines show it: the endpoint and database, never
+        the password.
+        """
+        return f"{self.endpoint} db {self.db}"
+
+
+@attrs.frozen
 class ProxyConfig:
     """
     The whole configuration.
@@ -178,6 +210,7 @@ class ProxyConfig:
     frontends: tuple[FrontendConfig, ...]
     pools: Mapping[str, PoolConfig] = attrs.field(converter=_frozen_mapping)
     admin: AdminConfig | None = None
+    store: StoreConfig | None = None
     state_dir: str = "."
     shutdown_timeout: float = 30.0
     workers: int = 1
@@ -575,6 +608,7 @@ def load_config(data: Mapping[str, object], registry: StrategyRegistry) -> Proxy
                 f"frontend[{index}].name", f"duplicate frontend name {name!r}"
             )
     admin = _admin(top.table("admin")) if top.has("admin") else None
+    store = _store(top.table("store")) if top.has("store") else None
     state_dir = top.string("state_dir", ".")
     if not state_dir or "\0" in state_dir:
         raise top.fail("state_dir", "a directory path")
@@ -587,6 +621,7 @@ def load_config(data: Mapping[str, object], registry: StrategyRegistry) -> Proxy
         frontends=frontends,
         pools=pools,
         admin=admin,
+        store=store,
         state_dir=state_dir,
         shutdown_timeout=shutdown_timeout,
         workers=workers,
@@ -680,6 +715,73 @@ def _admin(reader: OptionReader) -> AdminConfig:
         )
     reader.finish()
     return AdminConfig(listen=loopback_by_default(listen), token=token)
+
+
+_STORE_URL = (
+    "a Redis URL: redis://[[user]:password@]host[:port][/db] or "
+    "unix:///path/to/redis.sock[?db=N&password=...]"
+)
+#: What a store prefix may hold: it starts every key and channel name.
+_PREFIX = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _store(reader: OptionReader) -> StoreConfig:
+    url = reader.string("url")
+    try:
+        store = _store_url(url)
+    except ValueError as error:
+        # Not echoed: it may hold a password.
+        raise ConfigError(
+            reader.key("url"), f"expected {_STORE_URL}; {error}"
+        ) from None
+    prefix = reader.string("prefix", "stickyproxy")
+    if not _PREFIX.fullmatch(prefix):
+        raise reader.fail("prefix", "letters, digits, '.', '_' or '-'")
+    timeout = reader.number("timeout", 0.05, bounds=bounds.PERSISTENCE_TIMEOUT)
+    reader.finish()
+    return attrs.evolve(store, timeout=timeout, prefix=prefix)
+
+
+def _store_url(url: str) -> StoreConfig:
+    """
+    :raises ValueError: C{url} is not a Redis URL (saying why).
+    """
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"db", "password"})
+    if unknown:
+        raise ValueError(f"unknown query argument {unknown[0]!r}")
+    password = parts.password
+    if password is None and "password" in query:
+        password = query["password"][-1]
+    elif password is not None:
+        password = urllib.parse.unquote(password)
+    username = urllib.parse.unquote(parts.username) if parts.username else None
+    db = query["db"][-1] if "db" in query else "0"
+    if parts.scheme == "redis":
+        if not parts.hostname:
+            raise ValueError("no host")
+        port = parts.port or 6379
+        path = parts.path.lstrip("/")
+        if path:
+            db = path
+        host = parts.hostname.replace(":", "\\:")
+        endpoint = f"tcp:host={host}:port={port}"
+    elif parts.scheme == "unix":
+        if not parts.path.startswith("/"):
+            raise ValueError("expected an absolute socket path")
+        endpoint = "unix:path=" + parts.path.replace(":", "\\:")
+    else:
+        raise ValueError(f"scheme {parts.scheme + ':' if parts.scheme else 'none'}")
+    if not db.isdigit():
+        raise ValueError(f"the database must be a number, not {db!r}")
+    return StoreConfig(
+        url=url,
+        endpoint=endpoint,
+        password=password,
+        username=username,
+        db=int(db),
+    )
 
 
 def _read_token(path: str, key: str) -> str:

@@ -14,6 +14,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from stickyproxy.metrics._merge import Families, merge
 from stickyproxy.metrics._state import LiveProxy, StateCollector
+from stickyproxy.metrics._store import StoreCollector
 from stickyproxy.metrics._traffic import TrafficMetrics
 
 
@@ -27,6 +28,7 @@ def proxy_registry(proxy: LiveProxy) -> CollectorRegistry:
     registry = CollectorRegistry()
     proxy.events.subscribe(TrafficMetrics(registry))
     registry.register(StateCollector(proxy))
+    registry.register(StoreCollector(proxy))
     return registry
 
 

@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from stickyproxy.core._events import EventStream
 from stickyproxy.core._pool import Pool
 from stickyproxy.model import AdminState
+from stickyproxy.store import RedisStore
 
 BACKEND = ("pool", "backend")
 
@@ -41,6 +42,12 @@ class LiveProxy(Protocol):
         Where the counters of the processes that serve for the proxy (its
         workers) come from, to be added to its own; C{None} when it serves
         alone.
+        """
+
+    @property
+    def store(self) -> RedisStore | None:
+        """
+        The store shared with other proxies, or C{None} without one.
         """
 
 

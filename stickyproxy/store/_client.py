@@ -1,0 +1,161 @@
+"""
+The client seam of the store: one connection to Redis, as
+L{stickyproxy.store.RedisStore} uses it, and the real one over
+C{txredisapi}'s protocol.
+
+The store makes its connections through a L{Connector}, so unit tests give
+it a fake (C{tests/_fakeredis.py}) driven by a L{twisted.internet.task.Clock}.
+Only the protocol of C{txredisapi} is used: its factories reconnect on the
+global reactor, which this project never touches; connecting, reconnection
+and every timer are ours, on the injected reactor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.protocol import Factory
+
+#: What a subscriber connection is told of each message: its channel and
+#: payload.
+Receiver = Callable[[bytes, bytes], None]
+
+
+class RedisConnection(Protocol):
+    """
+    One connection to Redis, ready for commands (authenticated and on its
+    database).
+    """
+
+    def execute(self, command: str, *args: object) -> Deferred[Any]:
+        """
+        Send one command.
+
+        :returns: a L{Deferred} firing with the reply (bulk strings as
+            C{bytes}, integers as C{int}, C{None} for nil, lists for
+            arrays), or failing with the server's error, or with the
+            connection's loss.
+        """
+
+    def subscribe(self, channel: bytes) -> Deferred[Any]:
+        """
+        Subscribe a subscriber connection to C{channel}.
+        """
+
+    def when_lost(self) -> Deferred[None]:
+        """
+        :returns: a L{Deferred} that fires once the connection is gone.
+        """
+
+    def close(self) -> None:
+        """
+        Drop the connection (what is still pending fails).
+        """
+
+
+class Connector(Protocol):
+    """
+    Makes connections to the store.
+    """
+
+    def __call__(self, receive: Receiver | None) -> Deferred[RedisConnection]:
+        """
+        Connect, authenticate and select the database.
+
+        :param receive: for a subscriber connection, what it is told of each
+            message; C{None} for a connection that sends commands.
+        """
+
+
+@attrs.define(eq=False)
+class _TxRedisConnection:
+    """
+    A L{RedisConnection} over a C{txredisapi} protocol.
+    """
+
+    protocol: Any
+
+    def execute(self, command: str, *args: object) -> Deferred[Any]:
+        result: Deferred[Any] = self.protocol.execute_command(command, *args)
+        return result
+
+    def subscribe(self, channel: bytes) -> Deferred[Any]:
+        result: Deferred[Any] = self.protocol.subscribe([channel])
+        return result
+
+    def when_lost(self) -> Deferred[None]:
+        lost: Deferred[None] = self.protocol.whenDisconnected().addCallback(
+            lambda _: None
+        )
+        return lost
+
+    def close(self) -> None:
+        self.protocol.transport.abortConnection()
+
+
+@attrs.frozen
+class TxRedisConnector:
+    """
+    The real L{Connector}: C{txredisapi}'s protocol over a Twisted client
+    endpoint (C{tcp:} or C{unix:}), its timers on C{reactor}.
+
+    :ivar endpoint: the client endpoint string of the server.
+    """
+
+    reactor: Any
+    endpoint: str
+    password: str | None = attrs.field(default=None, repr=False)
+    username: str | None = None
+    db: int = 0
+
+    def __call__(self, receive: Receiver | None) -> Deferred[RedisConnection]:
+        # Imported here: the module installs the global reactor when
+        # imported, which must not happen before twistd chose one.
+        import txredisapi  # type: ignore[import-untyped]
+
+        if receive is None:
+            protocol = txredisapi.RedisProtocol(charset=None, convertNumbers=False)
+        else:
+            protocol = _subscriber(txredisapi, receive)
+        # Its only timer (resuming after a bulk reply) runs on our reactor.
+        protocol.callLater = self.reactor.callLater
+        factory = Factory.forProtocol(lambda: protocol)
+        factory.noisy = False  # no "Starting factory" line per connection
+        connected = clientFromString(self.reactor, self.endpoint).connect(factory)
+        return Deferred.fromCoroutine(self._ready(connected))
+
+    async def _ready(self, connected: Deferred[Any]) -> RedisConnection:
+        protocol = await connected
+        connection = _TxRedisConnection(protocol)
+        try:
+            await protocol.whenConnected()
+            if self.password is not None:
+                await connection.execute(
+                    "AUTH", *filter(None, (self.username, self.password))
+                )
+            if self.db:
+                await connection.execute("SELECT", self.db)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+
+def _subscriber(txredisapi: Any, receive: Receiver) -> Any:
+    """
+    A C{txredisapi} subscriber protocol that hands each message to
+    C{receive}.
+    """
+
+    class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+        def messageReceived(
+            self, pattern: object, channel: bytes, message: bytes
+        ) -> None:
+            receive(channel, message)
+
+    return Subscriber(charset=None, convertNumbers=False)

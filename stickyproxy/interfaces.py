@@ -504,6 +504,21 @@ class IPersistenceStrategyFactory(Interface):
         """
 
 
+class IStickTableStore(Interface):
+    """
+    Where one frontend's strategies keep stick tables that several proxies
+    share (C{store = "redis"} on a table): a binding one proxy learns is
+    honoured by the others.
+    """
+
+    def table(name: str, timeout: float, size: int) -> IListableStickTable:
+        """
+        A shared table for the strategy called C{name} (its keys are this
+        frontend's and this name's), whose bindings expire after C{timeout}
+        idle seconds, and of which at most C{size} are kept locally.
+        """
+
+
 class IProxySecrets(Interface):
     """
     The proxy's own secret, from which strategies derive the keys they
@@ -549,6 +564,30 @@ class IKeyedStrategyFactory(IPersistenceStrategyFactory):
         """
         Like C{build}, with the proxy's secrets to derive keys from when the
         options configure none.
+        """
+
+
+class IStoreStrategyFactory(IKeyedStrategyFactory):
+    """
+    An L{IKeyedStrategyFactory} whose strategies may keep what they learn
+    in the store the proxy shares with others (C{store = "redis"}).
+
+    L{stickyproxy.service.ProxyService} calls L{build_stored} instead of
+    C{build_keyed} on factories that provide this.
+    """
+
+    def build_stored(
+        options: Mapping[str, object],
+        pool: IBackendPool,
+        reactor: IReactorTime,
+        path: str,
+        secrets: IProxySecrets,
+        tables: IStickTableStore | None,
+    ) -> IPersistenceStrategy:
+        """
+        Like C{build_keyed}, with where the frontend's shared tables are
+        kept, or C{None} when the proxy has no store (C{[store]}): a table
+        that asks for one is then a L{stickyproxy.ConfigError}.
         """
 
 

@@ -77,10 +77,12 @@ from stickyproxy.interfaces import (
     IPersistenceStrategy,
     IProxyEvents,
     IProxySecrets,
+    IStoreStrategyFactory,
 )
 from stickyproxy.model import AdminState, Backend, StateChange
 from stickyproxy.persistence._registry import StrategyRegistry
 from stickyproxy.persistence._secrets import KEY_FILE, FileSecrets
+from stickyproxy.persistence.tables._redis import RedisTables
 from stickyproxy.store import RedisStore, build_store
 from stickyproxy.tcp._connectionlog import ConnectionLog
 from stickyproxy.tcp._splice import TCPProxyFactory
@@ -960,13 +962,20 @@ class ProxyService(MultiService):
         """
         before = pool.session_sources
         strategies: list[IPersistenceStrategy] = []
+        tables = None
+        if self.store is not None:
+            tables = RedisTables(self.store, self.reactor, config.name)
         try:
             for persistence in config.persistence:
                 factory = self.registry.get(
                     persistence.strategy, join_path(persistence.path, "strategy")
                 )
                 arguments = (persistence.options, pool, self.reactor, persistence.path)
-                if IKeyedStrategyFactory.providedBy(factory):
+                if IStoreStrategyFactory.providedBy(factory):
+                    strategies.append(
+                        factory.build_stored(*arguments, self.secrets, tables)
+                    )
+                elif IKeyedStrategyFactory.providedBy(factory):
                     strategies.append(factory.build_keyed(*arguments, self.secrets))
                 else:
                     strategies.append(factory.build(*arguments))

@@ -205,6 +205,13 @@ class FakeRedis:
     def _get(self, key: bytes) -> bytes | None:
         return self.data[key] if self._live(key) else None
 
+    def _getex(self, key: bytes, *options: bytes) -> bytes | None:
+        value = self._get(key)
+        upper = [o.upper() for o in options]
+        if value is not None and b"PX" in upper:
+            self._set_expiry(key, options[upper.index(b"PX") + 1])
+        return value
+
     def _mget(self, *keys: bytes) -> list[bytes | None]:
         return [self._get(key) for key in keys]
 
@@ -250,6 +257,14 @@ class FakeRedis:
             for key in list(self.data)
             if self._live(key) and fnmatch.fnmatchcase(key, pattern)
         ]
+
+    def _scan(self, cursor: bytes, *options: bytes) -> list[Any]:
+        """
+        Everything in one go (cursor 0 back), as a small database may.
+        """
+        upper = [o.upper() for o in options]
+        pattern = options[upper.index(b"MATCH") + 1] if b"MATCH" in upper else b"*"
+        return [b"0", self._keys(pattern)]
 
     def _hset(self, key: bytes, *pairs: bytes) -> int:
         table = self.data[key] if self._live(key) else {}

@@ -15,13 +15,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from stickyproxy.config import _bounds as bounds
-from stickyproxy.config._options import OptionReader
+from stickyproxy.config._options import ConfigError, OptionReader
 from stickyproxy.core._balancers import SET_CHANGES, rendezvous_first
 from stickyproxy.interfaces import (
     IBackendPool,
+    IListableStickTable,
     IPersistenceStrategy,
     IRoutingContext,
     IStickTable,
+    IStickTableStore,
     IStickTableStrategy,
 )
 from stickyproxy.model import Backend, StateChange
@@ -169,23 +171,42 @@ def read_affinity(
     pool: IBackendPool,
     clock: IReactorTime,
     key: TableKey,
+    tables: IStickTableStore | None = None,
 ) -> IPersistenceStrategy:
     """
     Read C{mode} (C{"hash"}, the default, or C{"table"} with the table
     options) and make the affinity strategy on C{key} it names.
     """
+    reader.elsewhere('expected only with mode = "table"', "store")
     if reader.string("mode", "hash", choices=("hash", "table")) == "hash":
         return HashAffinity(name, pool, key)
-    table = read_table_options(reader, clock)
+    table = read_table_options(reader, clock, name, tables)
     pool.add_session_source(table.count)
     return TableAffinity(name, pool, table, key)
 
 
-def read_table_options(reader: OptionReader, clock: IReactorTime) -> StickTable:
+def read_table_options(
+    reader: OptionReader,
+    clock: IReactorTime,
+    name: str,
+    tables: IStickTableStore | None = None,
+) -> IListableStickTable:
     """
     Read the stick-table options every table-backed strategy shares:
-    C{timeout} (idle seconds, default 1800) and C{size} (default 100000).
+    C{timeout} (idle seconds, default 1800), C{size} (default 100000), and
+    C{store}: C{"memory"} (the default, this proxy's own) or C{"redis"}
+    (shared with other proxies through C{tables}, the proxy's C{[store]}).
+
+    :param name: the strategy's name, which its shared keys start with.
     """
     timeout = reader.number("timeout", 1800.0, bounds=bounds.TABLE_TIMEOUT)
     size = reader.integer("size", 100_000, bounds=bounds.TABLE_SIZE)
-    return StickTable(clock=clock, timeout=timeout, size=size)
+    if reader.string("store", "memory", choices=("memory", "redis")) == "memory":
+        return StickTable(clock=clock, timeout=timeout, size=size)
+    if tables is None:
+        raise ConfigError(
+            reader.key("store"),
+            'expected "memory" when the proxy has no store: "redis" needs a '
+            "[store] table with a url (store.url)",
+        )
+    return tables.table(name, timeout, size)

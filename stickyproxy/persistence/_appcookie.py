@@ -17,12 +17,13 @@ from twisted.plugin import IPlugin
 from stickyproxy.config._options import OptionReader
 from stickyproxy.interfaces import (
     IBackendPool,
-    IKeyedStrategyFactory,
     IPersistenceStrategy,
     IProxySecrets,
     IRoutingContext,
     IStickTable,
+    IStickTableStore,
     IStickTableStrategy,
+    IStoreStrategyFactory,
 )
 from stickyproxy.model import Backend
 from stickyproxy.persistence._affinity import late_backend, read_table_options
@@ -33,7 +34,7 @@ from stickyproxy.persistence._proxycookie import (
     read_keys,
     read_proxy_cookie,
 )
-from stickyproxy.persistence._secrets import KeyedFactory
+from stickyproxy.persistence._secrets import StoreFactory
 from stickyproxy.persistence._sessionid import (
     SessionIdReader,
     read_session_id_options,
@@ -229,9 +230,9 @@ class AppCookiePrefix:
         pass
 
 
-@implementer(IPlugin, IKeyedStrategyFactory)
+@implementer(IPlugin, IStoreStrategyFactory)
 @attrs.frozen
-class AppCookieFactory(KeyedFactory):
+class AppCookieFactory(StoreFactory):
     """
     C{strategy = "app-cookie"}: persistence that follows the application's
     session cookie.
@@ -243,17 +244,22 @@ class AppCookieFactory(KeyedFactory):
         "the application's session cookie: followed, learned, or prefixed"
     )
 
-    def build_keyed(
+    def build_stored(
         self,
         options: Mapping[str, object],
         pool: IBackendPool,
         reactor: IReactorTime,
         path: str,
         secrets: IProxySecrets,
+        tables: IStickTableStore | None,
     ) -> IPersistenceStrategy:
         with OptionReader(options, path) as reader:
             mode = reader.string(
                 "mode", "follow", choices=("follow", "learn", "prefix")
+            )
+            reader.elsewhere(
+                'expected only with mode = "learn" (the others keep no table)',
+                "store",
             )
             if mode == "prefix":
                 reader.elsewhere(
@@ -270,7 +276,7 @@ class AppCookieFactory(KeyedFactory):
                 )
             session = read_session_id_options(reader)
             if mode == "learn":
-                table = read_table_options(reader, reactor)
+                table = read_table_options(reader, reactor, self.name, tables)
                 pool.add_session_source(table.count)
                 return AppCookieLearn(pool, table, session, reactor)
             cookie = read_proxy_cookie(reader, pool, reactor, self.name, secrets)

@@ -16,11 +16,14 @@ from stickyproxy.config._options import OptionReader
 from stickyproxy.interfaces import (
     IBackendPool,
     IPersistenceStrategy,
-    IPersistenceStrategyFactory,
+    IProxySecrets,
     IRoutingContext,
+    IStickTableStore,
+    IStoreStrategyFactory,
 )
 from stickyproxy.persistence._affinity import read_affinity
 from stickyproxy.persistence._proxycookie import _http
+from stickyproxy.persistence._secrets import StoreFactory
 
 
 def _header_value(context: IRoutingContext, header: bytes) -> bytes | None:
@@ -60,9 +63,9 @@ class HeaderKey:
         return text.encode("latin-1")
 
 
-@implementer(IPlugin, IPersistenceStrategyFactory)
+@implementer(IPlugin, IStoreStrategyFactory)
 @attrs.frozen
-class HeaderFactory:
+class HeaderFactory(StoreFactory):
     """
     C{strategy = "header"}: affinity on a request header's value.
     """
@@ -71,16 +74,18 @@ class HeaderFactory:
     modes: frozenset[str] = frozenset({"http"})
     description: str = "a request header's value; consistent hash or table"
 
-    def build(
+    def build_stored(
         self,
         options: Mapping[str, object],
         pool: IBackendPool,
         reactor: IReactorTime,
         path: str,
+        secrets: IProxySecrets,
+        tables: IStickTableStore | None,
     ) -> IPersistenceStrategy:
         with OptionReader(options, path) as reader:
             key = HeaderKey(reader.token("header").lower().encode("ascii"))
-            return read_affinity(self.name, reader, pool, reactor, key)
+            return read_affinity(self.name, reader, pool, reactor, key, tables)
 
 
 header = HeaderFactory()

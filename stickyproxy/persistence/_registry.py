@@ -21,6 +21,7 @@ from stickyproxy.config._options import ConfigError
 from stickyproxy.interfaces import (
     IKeyedStrategyFactory,
     IPersistenceStrategyFactory,
+    IStoreStrategyFactory,
 )
 
 log = Logger()
@@ -73,6 +74,8 @@ class StrategyRegistry:
             verifyObject(IPersistenceStrategyFactory, factory)
             if IKeyedStrategyFactory.providedBy(factory):
                 verifyObject(IKeyedStrategyFactory, factory)
+            if IStoreStrategyFactory.providedBy(factory):
+                verifyObject(IStoreStrategyFactory, factory)
             if not (isinstance(factory.name, str) and factory.name):
                 raise Invalid("its name is not a non-empty string")
             if factory.name != factory.name.lower():

@@ -26,7 +26,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from stickyproxy.config._options import ConfigError, describe_error
-from stickyproxy.interfaces import IBackendPool, IPersistenceStrategy, IProxySecrets
+from stickyproxy.interfaces import (
+    IBackendPool,
+    IPersistenceStrategy,
+    IProxySecrets,
+    IStickTableStore,
+)
 from stickyproxy.persistence._signing import b64decode, b64encode
 
 log = Logger()
@@ -213,6 +218,34 @@ class KeyedFactory:
         reactor: IReactorTime,
         path: str,
         secrets: IProxySecrets,
+    ) -> IPersistenceStrategy:
+        raise NotImplementedError
+
+
+class StoreFactory(KeyedFactory):
+    """
+    The C{build_keyed} of an L{IStoreStrategyFactory}: C{build_stored}
+    without a store (its tables are kept in memory).
+    """
+
+    def build_keyed(
+        self,
+        options: Mapping[str, object],
+        pool: IBackendPool,
+        reactor: IReactorTime,
+        path: str,
+        secrets: IProxySecrets,
+    ) -> IPersistenceStrategy:
+        return self.build_stored(options, pool, reactor, path, secrets, None)
+
+    def build_stored(
+        self,
+        options: Mapping[str, object],
+        pool: IBackendPool,
+        reactor: IReactorTime,
+        path: str,
+        secrets: IProxySecrets,
+        tables: IStickTableStore | None,
     ) -> IPersistenceStrategy:
         raise NotImplementedError
 

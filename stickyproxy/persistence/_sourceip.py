@@ -21,10 +21,13 @@ from stickyproxy.interfaces import (
     IBackendPool,
     IHTTPRoutingContext,
     IPersistenceStrategy,
-    IPersistenceStrategyFactory,
+    IProxySecrets,
     IRoutingContext,
+    IStickTableStore,
+    IStoreStrategyFactory,
 )
 from stickyproxy.persistence._affinity import read_affinity
+from stickyproxy.persistence._secrets import StoreFactory
 
 
 @lru_cache(maxsize=65536)
@@ -90,9 +93,9 @@ class SourceIPKey:
         return masked_address(text, self.mask, self.mask6)
 
 
-@implementer(IPlugin, IPersistenceStrategyFactory)
+@implementer(IPlugin, IStoreStrategyFactory)
 @attrs.frozen
-class SourceIPFactory:
+class SourceIPFactory(StoreFactory):
     """
     C{strategy = "source-ip"}: affinity on the client's (masked) address.
 
@@ -105,12 +108,14 @@ class SourceIPFactory:
     modes: frozenset[str] = frozenset({"tcp", "http"})
     description: str = "the client's IP address, masked; consistent hash or table"
 
-    def build(
+    def build_stored(
         self,
         options: Mapping[str, object],
         pool: IBackendPool,
         reactor: IReactorTime,
         path: str,
+        secrets: IProxySecrets,
+        tables: IStickTableStore | None,
     ) -> IPersistenceStrategy:
         with OptionReader(options, path) as reader:
             key = SourceIPKey(
@@ -118,7 +123,7 @@ class SourceIPFactory:
                 mask6=reader.integer("mask6", 64, bounds=bounds.IPV6_MASK),
                 trusted=reader.networks("trusted_proxies"),
             )
-            return read_affinity(self.name, reader, pool, reactor, key)
+            return read_affinity(self.name, reader, pool, reactor, key, tables)
 
 
 source_ip = SourceIPFactory()

@@ -6,7 +6,8 @@ L{stickyproxy.store.RedisStore} connects through.
 
 The server can be made slow (C{latency}: every reply waits that long on
 the clock), silent (C{silent}: replies never come), failing (C{fail_with}:
-every command fails), refusing (C{refusing}: connects fail), and it can
+every command fails), refusing (C{refusing}: connects fail), hanging
+(C{hanging}: connects never complete), and it can
 drop its connections (L{FakeRedis.disconnect}) or lose its data
 (L{FakeRedis.flush}, as a restart without persistence does).
 
@@ -131,6 +132,7 @@ class FakeRedis:
     latency: float = 0.0
     silent: bool = False
     refusing: bool = False
+    hanging: bool = False
     fail_with: str | None = None
     data: dict[bytes, Any] = attrs.field(factory=dict)
     expires: dict[bytes, float] = attrs.field(factory=dict)
@@ -146,6 +148,8 @@ class FakeRedis:
         self.connects += 1
         if self.refusing:
             return fail(ConnectionRefusedError("fake redis refuses"))
+        if self.hanging:
+            return Deferred()  # a connect (or AUTH) that never completes
         connection = FakeConnection(self, receive)
         self.connections.append(connection)
         return succeed(connection)

@@ -21,7 +21,13 @@ from stickyproxy.store import (
     TxRedisConnector,
     build_store,
 )
-from stickyproxy.store._store import LONGEST_RETRY
+from stickyproxy.store._store import (
+    CONNECT_TIMEOUT,
+    FIRST_RETRY,
+    HEARTBEAT,
+    LONGEST_RETRY,
+    SILENCE,
+)
 
 from tests._base import TestCase
 from tests._fakeredis import FakeRedis
@@ -159,6 +165,48 @@ class RedisStoreTests(TestCase):
         connects = self.server.connects
         self.clock.advance(0.1)
         self.assertEqual(self.server.connects, connects + 2)
+
+    def test_silent_store_lost(self):
+        """
+        A store that stops answering (the connection itself says nothing)
+        is taken for lost once a ping has gone unanswered for L{SILENCE}
+        seconds, and connected to again.
+        """
+        self.store.startService()
+        self.server.silent = True
+        with capturedLogs() as logs:
+            self.clock.advance(HEARTBEAT)
+            self.clock.advance(SILENCE - HEARTBEAT)
+            self.assertTrue(self.store.up)
+            self.clock.advance(HEARTBEAT)
+        self.assertFalse(self.store.up)
+        self.assertEqual(self.store.losses, 1)
+        self.assertEqual(messages(logs), ["store lost: the store: no answer for 3 s"])
+        self.server.silent = False
+        self.clock.advance(FIRST_RETRY)
+        self.assertTrue(self.store.up)
+        self.clock.advance(10 * HEARTBEAT)
+        self.assertTrue(self.store.up)
+
+    def test_connect_timeout(self):
+        """
+        A connect that never completes is given up after L{CONNECT_TIMEOUT}
+        and tried again.
+        """
+        self.server.hanging = True
+        with capturedLogs() as logs:
+            self.store.startService()
+            self.clock.advance(CONNECT_TIMEOUT)
+        self.assertEqual(
+            messages(logs),
+            [
+                "store unavailable: the store: no connection within 3 s; serving "
+                "with what this proxy knows until it is back"
+            ],
+        )
+        self.server.hanging = False
+        self.clock.advance(FIRST_RETRY)
+        self.assertTrue(self.store.up)
 
     def test_subscribe(self):
         """

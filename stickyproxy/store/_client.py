@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory
 
@@ -81,14 +81,15 @@ class _TxRedisConnection:
     protocol: Any
 
     def execute(self, command: str, *args: object) -> Deferred[Any]:
-        result: Deferred[Any] = self.protocol.execute_command(command, *args)
-        return result
+        # It raises at once when the connection is gone.
+        return maybeDeferred(self.protocol.execute_command, command, *args)
 
     def subscribe(self, channel: bytes) -> Deferred[Any]:
-        result: Deferred[Any] = self.protocol.subscribe([channel])
-        return result
+        return maybeDeferred(self.protocol.subscribe, [channel])
 
     def when_lost(self) -> Deferred[None]:
+        if not self.protocol.connected:
+            return succeed(None)
         lost: Deferred[None] = self.protocol.whenDisconnected().addCallback(
             lambda _: None
         )

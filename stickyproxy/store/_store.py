@@ -13,8 +13,9 @@ import attrs
 from zope.interface import implementer
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, TimeoutError, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -25,6 +26,13 @@ from stickyproxy.store._client import Connector, RedisConnection, TxRedisConnect
 #: The first wait before connecting again, and the longest.
 FIRST_RETRY = 0.1
 LONGEST_RETRY = 5.0
+#: How long connecting (and authenticating) may take.
+CONNECT_TIMEOUT = 3.0
+#: How often the store is pinged while up, and how long it may leave a
+#: ping unanswered before it is taken for lost (a hung server, a network
+#: that drops packets: the connection itself may never say so).
+HEARTBEAT = 1.0
+SILENCE = 3.0
 
 
 class StoreUnavailable(Exception):
@@ -77,6 +85,9 @@ class RedisStore(Service):
     _delay: float = attrs.field(init=False, default=FIRST_RETRY)
     _lost_at: float | None = attrs.field(init=False, default=None)
     _ever_up: bool = attrs.field(init=False, default=False)
+    _heartbeat: LoopingCall | None = attrs.field(init=False, default=None)
+    # When the ping not answered yet was sent.
+    _ping_sent: float | None = attrs.field(init=False, default=None)
 
     @property
     def up(self) -> bool:
@@ -159,6 +170,7 @@ class RedisStore(Service):
     def _connect(self) -> None:
         self._retry = None
         self._attempt = Deferred.fromCoroutine(self._open())
+        self._attempt.addTimeout(CONNECT_TIMEOUT, self.clock)
         self._attempt.addErrback(self._failed)
 
     async def _open(self) -> None:
@@ -176,6 +188,12 @@ class RedisStore(Service):
         self._commands, self._subscriber = commands, subscriber
         for connection in (commands, subscriber):
             connection.when_lost().addCallback(self._connection_lost, connection)
+        if self._commands is None:
+            return  # one was lost already
+        self._ping_sent = None
+        self._heartbeat = LoopingCall(self._ping)
+        self._heartbeat.clock = self.clock
+        self._heartbeat.start(HEARTBEAT, now=False)
         for channel in self._channels:
             self._subscribe(subscriber, channel)
         self._delay = FIRST_RETRY
@@ -195,6 +213,8 @@ class RedisStore(Service):
     def _failed(self, failure: Failure) -> None:
         self._attempt = None
         reason = failure.getErrorMessage()
+        if failure.check(TimeoutError):
+            reason = f"no connection within {CONNECT_TIMEOUT:g} s"
         if not self.running:
             return
         if self._lost_at is None:
@@ -222,10 +242,30 @@ class RedisStore(Service):
         self._drop()
         self._failed(Failure(StoreUnavailable("connection lost")))
 
+    def _ping(self) -> None:
+        """
+        Ping the store, unless the last ping is still unanswered: past
+        L{SILENCE}, the store is taken for lost.
+        """
+        now = self.clock.seconds()
+        if self._ping_sent is None:
+            self._ping_sent = now
+            self.call("PING").addBoth(self._pong)
+        elif now - self._ping_sent >= SILENCE:
+            self._drop()
+            self._failed(Failure(StoreUnavailable(f"no answer for {SILENCE:g} s")))
+
+    def _pong(self, _: object) -> None:
+        # An error reply is an answer too; a lost connection says so itself.
+        self._ping_sent = None
+
     def _drop(self) -> None:
         """
         Forget both connections, closing them.
         """
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self._heartbeat = None
         connections = (self._commands, self._subscriber)
         self._commands = self._subscriber = None
         for connection in connections:

@@ -2,6 +2,8 @@
 Tests for the in-memory L{stickyproxy.interfaces.IStickTable}.
 """
 
+import tracemalloc
+
 from twisted.internet.task import Clock
 
 from stickyproxy.interfaces import IStickTable
@@ -117,3 +119,44 @@ class StickTableTests(TestCase):
         self.assertIsNone(self.table.get(b"k"))
         self.assertEqual(self.table.count("b1"), 0)
         self.table.forget(b"unknown")
+
+    def test_idle_time_resolution(self):
+        """
+        Uses within one tick (a thousandth of the timeout, here 10 ms) keep
+        the tick's time, so an idle binding may expire that much early, and
+        no more.
+        """
+        self.table.bind(b"k", "b1")
+        self.table.release(b"k")
+        self.clock.advance(0.005)
+        self.assertEqual(self.table.get(b"k"), "b1")
+        self.clock.advance(9.995)
+        self.assertIsNone(self.table.get(b"k"))
+        self.table.bind(b"k", "b1")
+        self.table.release(b"k")
+        self.clock.advance(0.02)
+        self.assertEqual(self.table.get(b"k"), "b1")
+        self.clock.advance(9.99)
+        self.assertEqual(self.table.get(b"k"), "b1")
+
+    def test_binding_size(self):
+        """
+        A binding costs its key and little more (about 100 bytes on
+        CPython 3.11): a table of a million fits in a few hundred MB.  Its
+        backend and last use are a value it shares with the other bindings
+        used in the same tick.
+        """
+        count = 20_000
+        keys = [b"client-%d" % i for i in range(count)]
+        table = StickTable(clock=self.clock, timeout=1800.0, size=count)
+        tracemalloc.start()
+        try:
+            for key in keys:
+                table.bind(key, "b1")
+                table.release(key)
+                self.clock.advance(0.05)
+            size = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        self.assertEqual(len(table), count)
+        self.assertLess(size / count, 120)

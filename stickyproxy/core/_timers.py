@@ -34,8 +34,10 @@ class IdleTimer:
 
     L{touch} only records the time; the single pending call re-arms itself
     for the remaining time when it fires early, so activity costs no timer
-    operations at all.
+    operations at all.  Slotted: every client connection has one.
     """
+
+    __slots__ = ("_call", "_clock", "_last", "_on_idle", "timeout")
 
     def __init__(
         self, clock: IReactorTime, timeout: float, on_idle: Callable[[], object]
@@ -96,6 +98,8 @@ class Deadline:
     Moving it costs no timer operation: the single pending call, when it
     fires before the moment C{due()} names by then, re-arms itself for it.
     """
+
+    __slots__ = ("_call", "_clock", "_due", "_on_late")
 
     def __init__(
         self,

@@ -446,42 +446,65 @@ def markdown(report: dict[str, Any]) -> str:
     results = report["results"]
     steps = report["steps"]
     counts = ", ".join(f"{s:,}" for s in steps)
+    machine = report["machine"]
     lines = [
         "## Memory per idle client connection",
         "",
         f"RSS of the target's processes (VmRSS), read at {counts} idle client "
         "connections; bytes/conn is the growth per connection beyond the idle "
         f"process.  Idle L7 connections: {report['l7_idle']}; L4: an open "
-        "tunnel, no bytes in flight.  Ratio: to the HAProxy peer of the same "
-        f"layer (lower is leaner).  {report['note']}; files per process: "
+        "tunnel, no bytes in flight.  Ratios: to the HAProxy and stock Twisted "
+        f"peers of the same layer (lower is leaner).  {report['note']}; files "
+        "per process: "
         f"{report['file_limit']:,}.",
+        "",
+        f"{report['date']}: {machine['cpu_model']}, {machine['cpus']} CPUs, "
+        f"{machine['os']}, kernel {machine['kernel']}; "
+        f"{machine['versions']['haproxy']}; {machine['versions']['twisted_cpython']}.",
         "",
         "| target | layer | "
         + " | ".join(f"RSS MiB at {s:,}" for s in steps)
-        + " | bytes/conn | × HAProxy |",
-        "|---|---|" + "---:|" * (len(steps) + 2),
+        + " | bytes/conn | × HAProxy | × Twisted |",
+        "|---|---|" + "---:|" * (len(steps) + 3),
     ]
-    peer = {"L7": "haproxy-http-cookie", "L4": "haproxy-tcp-source"}
+    peers = {
+        "L7": ("haproxy-http-cookie", "twisted-revproxy"),
+        "L4": ("haproxy-tcp-source", "twisted-portforward"),
+    }
     for name, r in results.items():
         if "error" in r:
             lines.append(f"| {name} | {r['layer']} | failed: {r['error'][:80]} |")
             continue
         cells = [f"{s['rss'] / 2**20:,.1f}" for s in r["steps"]]
         per = r.get("bytes_per_connection")
-        ref = results.get(peer.get(r["layer"], ""), {}).get("bytes_per_connection")
-        ratio = f"{per / ref:.2f}" if per is not None and ref else "-"
+        ratios = []
+        for peer in peers.get(r["layer"], ("", "")):
+            ref = results.get(peer, {}).get("bytes_per_connection")
+            ratios.append(f"{per / ref:.2f}" if per is not None and ref else "-")
         lines.append(
             f"| {name} | {r['layer']} | "
             + " | ".join(cells)
-            + f" | {per if per is not None else '-':,} | {ratio} |"
+            + f" | {'-' if per is None else f'{per:,}'} | "
+            + " | ".join(ratios)
+            + " |"
         )
     return "\n".join(lines) + "\n"
 
 
+def matches(name: str, patterns: str) -> bool:
+    """
+    Whether C{name} matches one of a comma list of globs.
+    """
+    return any(fnmatch.fnmatch(name, p.strip()) for p in patterns.split(","))
+
+
 def main() -> None:
+    # run.sh hands on bench.py's arguments: those of memory.py are taken,
+    # the others (--duration, --repeat, ...) left alone.
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument(
         "--harness",
@@ -494,6 +517,7 @@ def main() -> None:
         "--steps", default="0,1000,10000", help="connections to read at"
     )
     parser.add_argument("--only", help="comma list of target names/globs")
+    parser.add_argument("--skip", help="comma list of target names/globs to leave out")
     parser.add_argument(
         "--twistd",
         default=str(Path(sys.executable).parent / "twistd"),
@@ -519,7 +543,7 @@ def main() -> None:
     parser.add_argument(
         "--top", type=int, default=25, help="allocations shown (--trace)"
     )
-    args = parser.parse_args()
+    args = parser.parse_known_args()[0]
     steps = sorted({int(s) for s in args.steps.split(",")})
     bench = load_harness(Path(args.harness))
     limit = raise_file_limit()
@@ -537,12 +561,9 @@ def main() -> None:
     for name, cmd in bench.keyed(args.target, "--target").items():
         targets[name] = (layers.get(name, "L7"), cmd, configs.get(name))
     if args.only:
-        patterns = [p.strip() for p in args.only.split(",")]
-        targets = {
-            n: t
-            for n, t in targets.items()
-            if any(fnmatch.fnmatch(n, p) for p in patterns)
-        }
+        targets = {n: t for n, t in targets.items() if matches(n, args.only)}
+    if args.skip:
+        targets = {n: t for n, t in targets.items() if not matches(n, args.skip)}
 
     runner = bench.Bench(args, [])
 

@@ -10,9 +10,13 @@
 #       # also measures the commit main~5 (targets stickyproxy-l7-base and
 #       # stickyproxy-l4-base), in the same run: a before/after comparison
 #
+# Then memory.py reads each target's memory per idle client connection (the
+# same targets, --only and --skip; STICKYPROXY_BENCH_MEMORY=0 leaves it out).
+#
 # Needs root for apt (haproxy, nginx, wrk, pen) on first use.  The harness
 # lives in ../shared/bench (read-only), so it is copied to a scratch folder.
-# Results: benchmarks/results/results-<date>.{json,md}.
+# Results: benchmarks/results/results-<date>.{json,md} (the memory figures
+# at the end of the .md, and in results-<date>-memory.json).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -68,4 +72,13 @@ fi
 out="results/results-$(date +%Y-%m-%d_%H%M%S).json"
 cd "$scratch"
 "$scratch/.venv/bin/python" bench.py --only "$only" "${targets[@]}" --out "$out" "$@"
+if [ "${STICKYPROXY_BENCH_MEMORY:-1}" != 0 ]; then
+    # Not CPU-bound: one pass, after the throughput runs.  memory.py takes
+    # the targets and --only/--skip from the same arguments, ignoring the rest.
+    memory="${out%.json}-memory.json"
+    "$scratch/.venv/bin/python" "$here/memory.py" --harness "$scratch" \
+        --only "$only" "${targets[@]}" "$@" --out "$memory"
+    cat "${memory%.json}.md" >>"${out%.json}.md"
+    cp "$memory" "$here/results/"
+fi
 cp "$out" "${out%.json}.md" "$here/results/"

@@ -9,6 +9,9 @@
 #   bash benchmarks/run.sh --baseline main~5 --repeat 3
 #       # also measures the commit main~5 (targets stickyproxy-l7-base and
 #       # stickyproxy-l4-base), in the same run: a before/after comparison
+#   bash benchmarks/run.sh --workers 2 --only 'haproxy-http-*,stickyproxy-l7*'
+#       # also measures the L7 target with 2 workers (stickyproxy-l7-w2)
+#   (--baseline and --workers come first; the rest goes to bench.py)
 #
 # Then memory.py reads each target's memory per idle client connection (the
 # same targets, --only and --skip; STICKYPROXY_BENCH_MEMORY=0 leaves it out).
@@ -24,10 +27,14 @@ harness=${STICKYPROXY_BENCH_HARNESS:-$repo/../shared/bench}
 scratch=${STICKYPROXY_BENCH_SCRATCH:-${TMPDIR:-/tmp}/stickyproxy-bench}
 
 baseline=""
-if [ "${1:-}" = "--baseline" ]; then
-    baseline=${2:?--baseline needs a git revision}
-    shift 2
-fi
+workers=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --baseline) baseline=${2:?--baseline needs a git revision}; shift 2 ;;
+        --workers) workers=${2:?--workers needs a count}; shift 2 ;;
+        *) break ;;
+    esac
+done
 
 mkdir -p "$scratch" "$here/results"
 cp -r "$harness"/. "$scratch"/
@@ -48,6 +55,17 @@ targets=(
   --config-template "stickyproxy-l4=stickyproxy-l4.toml"
   --sticky 'stickyproxy-l4=source-ip' --layer stickyproxy-l4=L4
 )
+if [ -n "$workers" ]; then
+    # The L7 target again, with N worker processes.  Its workers may run on
+    # every CPU (the harness pins targets to --proxy-cpu), so with 2 CPUs
+    # the second worker shares CPU 1 with wrk and the backends.
+    cpus="0-$(($(nproc) - 1))"
+    targets+=(
+      --target "stickyproxy-l7-w$workers=taskset -c $cpus {venv}/bin/twistd -n --pidfile= stickyproxy --config {config} --workers $workers"
+      --config-template "stickyproxy-l7-w$workers=stickyproxy-l7.toml"
+      --sticky "stickyproxy-l7-w$workers=cookie-insert:SPSESSION" --layer "stickyproxy-l7-w$workers=L7"
+    )
+fi
 if [ -n "$baseline" ]; then
     # The baseline commit, installed into a venv of its own beside the
     # harness's one (same Python, same Twisted), from a clean export.

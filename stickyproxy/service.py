@@ -527,6 +527,9 @@ class ProxyService(MultiService):
         that serve for this proxy, which its C{/metrics} adds to its own
         (the control channel sets it), or C{None}.
     :ivar role: what it does in its process model.
+    :ivar reloaded: called with the changes after each reload that applied,
+        however asked for (C{SIGHUP}, the admin API): a parent has its
+        workers reload too.
     """
 
     log = Logger()
@@ -567,6 +570,7 @@ class ProxyService(MultiService):
         )
         self.events = EventStream()
         self.config_source: Callable[[], ProxyConfig] | None = None
+        self.reloaded: list[Callable[[list[str]], object]] = []
         self.remote_metrics: Callable[[], Deferred[list[Metric]]] | None = None
         # Nothing runs yet: the first configuration is all new.
         self.config = ProxyConfig(frontends=(), pools={})
@@ -668,6 +672,8 @@ class ProxyService(MultiService):
         self._switch(plan)
         changes = plan.changes or ["nothing changed"]
         self.log.info("reloaded: {changes}", changes="; ".join(changes))
+        for observer in self.reloaded:
+            observer(changes)
         return changes
 
     def _plan(self, config: ProxyConfig) -> _Plan:
@@ -889,7 +895,8 @@ class ProxyService(MultiService):
         if socket is None:
             raise ConfigError(
                 join_path(config.path, "listen"),
-                "a listener the workers already share: under workers, a new "
+                "expected a listener the workers already share: they serve "
+                "only on the sockets their parent opened at start, so a new "
                 "or moved listener takes a restart",
             )
         return socket

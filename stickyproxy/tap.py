@@ -504,6 +504,8 @@ def _makeService(
             kill_after=config.shutdown_timeout + KILL_GRACE,
         )
         workers.setServiceParent(proxy)
+        # However asked for (SIGHUP, the admin API), workers reload too.
+        proxy.reloaded.append(lambda _: workers.signal_all(signal.SIGHUP))
 
         def reopen() -> None:
             proxy.reopen_logs()
@@ -633,17 +635,13 @@ def install_signal_handlers(proxy: ProxyService, reactor: Any) -> None:
     handlers only pass the work to the reactor (C{callFromThread}).  For
     C{twistd} only: a program that embeds the proxy keeps its own signals.
 
-    A parent of workers passes each signal on to them, C{SIGHUP} once its
-    own reload succeeded.  A worker ignores C{SIGINT}: a ^C in a terminal
-    reaches every process of the group, and its parent stops it.
+    A parent of workers passes each signal on to them (C{SIGHUP} through
+    L{ProxyService.reloaded}: once its own reload succeeded).  A worker
+    ignores C{SIGINT}: a ^C in a terminal reaches every process of the
+    group, and its parent stops it.
     """
     workers = _supervisor(proxy)
-
-    def reload() -> None:
-        if _reload(proxy) and workers is not None:
-            workers.signal_all(signal.SIGHUP)
-
-    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(_reload, proxy))
 
     def stop_now(signum: int) -> None:
         _stop_now(proxy, signum)
@@ -691,22 +689,18 @@ def _supervisor(proxy: ProxyService) -> WorkerSupervisor | None:
     return None
 
 
-def _reload(proxy: ProxyService) -> bool:
+def _reload(proxy: ProxyService) -> None:
     """
     C{SIGHUP}: reload the config file.  The outcome is logged by the
     proxy; a rejected config changes nothing.
-
-    :returns: whether the new configuration runs.
     """
     log.info("received SIGHUP: reloading the configuration")
     try:
         proxy.reload_from_source()
     except ConfigError:
-        return False
+        pass
     except Exception:
         log.failure("reloading the configuration")
-        return False
-    return True
 
 
 def freeze_after_startup(reactor: Any) -> None:

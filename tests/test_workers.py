@@ -11,6 +11,7 @@ import signal
 import socket
 from typing import Any
 
+import attrs
 from zope.interface import implementer
 
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -535,9 +536,7 @@ class RoleTests(TestCase):
             ConfigError, proxy.reload, load_config(config, REGISTRY)
         )
         self.assertEqual(error.path, "frontend[0].listen")
-        self.assertIn(
-            "under workers, a new or moved listener takes a restart", str(error)
-        )
+        self.assertIn("so a new or moved listener takes a restart", str(error))
 
     def test_worker(self):
         """
@@ -652,10 +651,11 @@ class MakeServiceTests(TestCase):
         self.assertEqual(command[-2:], ["--log-format", "json"])
         self.assertIn("--state-dir", command)
 
-    def test_parent_passes_usr1_on(self):
+    def test_parent_passes_usr1_and_reloads_on(self):
         """
         C{SIGUSR1} to a parent reopens its log files and reaches every
-        worker.
+        worker; each reload of the parent that applied (however asked for)
+        sends every worker C{SIGHUP}, a rejected one does not.
         """
         reactor = FakeProcessReactor()
         proxy = _makeService(self._options("2"), reactor, environment={})
@@ -667,6 +667,16 @@ class MakeServiceTests(TestCase):
         self.assertEqual(
             [spawned[0].signals for spawned in reactor.spawned],
             [[signal.SIGUSR1]] * 2,
+        )
+        config = proxy.config
+        proxy.reload(config)
+        moved = attrs.evolve(config.frontends[0], listen="tcp:7200")
+        self.assertRaises(
+            ConfigError, proxy.reload, attrs.evolve(config, frontends=(moved,))
+        )
+        self.assertEqual(
+            [spawned[0].signals for spawned in reactor.spawned],
+            [[signal.SIGUSR1, signal.SIGHUP]] * 2,
         )
 
     def test_alone_and_worker(self):

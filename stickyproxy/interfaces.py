@@ -195,6 +195,19 @@ class IBackendPool(Interface):
         C{source(backend_name)} returns how many it has for that backend.
         """
 
+    def count_sessions(name: str, table: IStickTable, timeout: float) -> IStickTable:
+        """
+        Make the pool count the bindings of a strategy's stick table as
+        sessions, like L{add_session_source} with C{table.count}, and, when
+        several proxies share a store, count them across all of them.
+
+        :param name: the table's name in the configuration (its key path):
+            the same on every proxy.
+        :param timeout: how long a binding lasts unused, in seconds.
+        :returns: the table the strategy is to use from now on (C{table},
+            or one that wraps it).
+        """
+
     def observe(observer: Callable[[StateChange], None]) -> None:
         """
         Call C{observer} with each change of a backend's state, and of the

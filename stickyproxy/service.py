@@ -84,6 +84,7 @@ from stickyproxy.persistence._registry import StrategyRegistry
 from stickyproxy.persistence._secrets import KEY_FILE, FileSecrets
 from stickyproxy.persistence.tables._redis import RedisTables
 from stickyproxy.store import RedisStore, build_store
+from stickyproxy.store._shared import SharedState
 from stickyproxy.tcp._connectionlog import ConnectionLog
 from stickyproxy.tcp._splice import TCPProxyFactory
 
@@ -520,6 +521,8 @@ class ProxyService(MultiService):
     :ivar store: the store shared with other proxies (C{[store]}), or
         C{None}; made from the first configuration and kept as it is by
         reloads.
+    :ivar shared: with a store, what this proxy shares through it beside
+        bindings: its backends' admin states and session counts.
     :ivar config_source: reads the configuration again for
         L{reload_from_source} (C{twistd stickyproxy --config FILE} sets
         it), or C{None}: there is nothing to read.
@@ -576,9 +579,13 @@ class ProxyService(MultiService):
         self.config = ProxyConfig(frontends=(), pools={})
         # One store for the proxy's life: a reload keeps it as it is.
         self.store: RedisStore | None = None
+        self.shared: SharedState | None = None
         if config.store is not None:
             self.store = build_store(config.store, reactor)
             self.store.setServiceParent(self)
+            self.shared = SharedState(self.store, lambda: self.pools, reactor)
+            self.shared.setServiceParent(self)
+            self.events.subscribe(self.shared.admin.sync)
         self.pools: dict[str, Pool] = {}
         self.monitors: dict[str, HealthMonitor] = {}
         self.routers: dict[str, Router] = {}
@@ -748,6 +755,8 @@ class ProxyService(MultiService):
 
     def _new_pool(self, config: PoolConfig) -> Pool:
         pool = build_pool(config, self.reactor)
+        if self.shared is not None:
+            pool.counter = self.shared.sessions.table
         pool.observe(self.events.backend_changed)
         pool.observe(self._backend_changed)
         return pool

@@ -29,11 +29,20 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 
 from stickyproxy.core._timers import call_at
-from stickyproxy.interfaces import IBackendPool, IBalancer, IPassiveHealth
+from stickyproxy.interfaces import (
+    IBackendPool,
+    IBalancer,
+    IPassiveHealth,
+    IStickTable,
+)
 from stickyproxy.model import AdminState, Backend, Health, StateChange
 
 StateObserver = Callable[[StateChange], None]
 SessionSource = Callable[[str], int]
+#: Makes a strategy's stick table count its sessions elsewhere too (in a
+#: store several proxies share): given the pool, the table's name in the
+#: configuration, the table and its idle timeout, returns the table to use.
+SessionCounter = Callable[["Pool", str, IStickTable, float], IStickTable]
 
 
 class BackendInUse(Exception):
@@ -93,6 +102,8 @@ class Pool:
     :ivar clock: times drains with a deadline.
     :ivar passive: receives passive health signals (set by the health
         monitor); without one they are only logged.
+    :ivar counter: where the strategies' session tables are counted too
+        (L{count_sessions}); C{None}: in this process only.
     """
 
     name: str
@@ -108,6 +119,7 @@ class Pool:
     keepalive_timeout: float = 30.0
     clock: IReactorTime | None = None
     passive: IPassiveHealth | None = None
+    counter: SessionCounter | None = None
     _by_name: dict[str, Backend] = attrs.field(init=False)
     _observers: list[StateObserver] = attrs.field(init=False, factory=list)
     _session_sources: list[SessionSource] = attrs.field(init=False, factory=list)
@@ -250,6 +262,25 @@ class Pool:
         entries: C{source(backend_name)} returns how many.
         """
         self._session_sources.append(source)
+
+    def count_sessions(
+        self, name: str, table: IStickTable, timeout: float
+    ) -> IStickTable:
+        """
+        Count the bindings of a strategy's stick table as sessions (see
+        L{add_session_source}), across proxies when the pool has a
+        C{counter}.
+
+        :param name: the table's name in the configuration (its key path).
+        :param timeout: how long a binding lasts unused.
+        :returns: the table the strategy is to use: C{table}, or with a
+            C{counter}, C{table} wrapped so that its sessions are counted
+            in the store too.
+        """
+        if self.counter is not None:
+            table = self.counter(self, name, table, timeout)
+        self.add_session_source(table.count)
+        return table
 
     def sessions(self, name: str) -> int:
         """

@@ -19,7 +19,6 @@ from stickyproxy.config._options import ConfigError, OptionReader
 from stickyproxy.core._balancers import SET_CHANGES, rendezvous_first
 from stickyproxy.interfaces import (
     IBackendPool,
-    IListableStickTable,
     IPersistenceStrategy,
     IRoutingContext,
     IStickTable,
@@ -180,33 +179,37 @@ def read_affinity(
     reader.elsewhere('expected only with mode = "table"', "store")
     if reader.string("mode", "hash", choices=("hash", "table")) == "hash":
         return HashAffinity(name, pool, key)
-    table = read_table_options(reader, clock, name, tables)
-    pool.add_session_source(table.count)
+    table = read_table_options(reader, clock, pool, name, tables)
     return TableAffinity(name, pool, table, key)
 
 
 def read_table_options(
     reader: OptionReader,
     clock: IReactorTime,
+    pool: IBackendPool,
     name: str,
     tables: IStickTableStore | None = None,
-) -> IListableStickTable:
+) -> IStickTable:
     """
     Read the stick-table options every table-backed strategy shares:
     C{timeout} (idle seconds, default 1800), C{size} (default 100000), and
     C{store}: C{"memory"} (the default, this proxy's own) or C{"redis"}
-    (shared with other proxies through C{tables}, the proxy's C{[store]}).
+    (shared with other proxies through C{tables}, the proxy's C{[store]}),
+    and make the table, its bindings counted as C{pool}'s sessions.
 
     :param name: the strategy's name, which its shared keys start with.
     """
     timeout = reader.number("timeout", 1800.0, bounds=bounds.TABLE_TIMEOUT)
     size = reader.integer("size", 100_000, bounds=bounds.TABLE_SIZE)
+    table: IStickTable
     if reader.string("store", "memory", choices=("memory", "redis")) == "memory":
-        return StickTable(clock=clock, timeout=timeout, size=size)
-    if tables is None:
+        table = StickTable(clock=clock, timeout=timeout, size=size)
+    elif tables is None:
         raise ConfigError(
             reader.key("store"),
             'expected "memory" when the proxy has no store: "redis" needs a '
             "[store] table with a url (store.url)",
         )
-    return tables.table(name, timeout, size)
+    else:
+        table = tables.table(name, timeout, size)
+    return pool.count_sessions(reader.path, table, timeout)

@@ -276,8 +276,7 @@ class AppCookieFactory(StoreFactory):
                 )
             session = read_session_id_options(reader)
             if mode == "learn":
-                table = read_table_options(reader, reactor, self.name, tables)
-                pool.add_session_source(table.count)
+                table = read_table_options(reader, reactor, pool, self.name, tables)
                 return AppCookieLearn(pool, table, session, reactor)
             cookie = read_proxy_cookie(reader, pool, reactor, self.name, secrets)
             if cookie.name == session.cookie:

@@ -523,12 +523,12 @@ def read_proxy_cookie(
     purpose = f"{strategy}\0{attributes.name}".encode()
     keys = read_keys(reader, strategy, secrets, purpose)
     lifetimes = [t for t in (max_idle, max_age, max_life) if t is not None]
-    sessions = StickTable(
-        clock=reactor,
-        timeout=min(lifetimes, default=SESSION_TABLE_TIMEOUT),
-        size=SESSION_TABLE_SIZE,
+    timeout = min(lifetimes, default=SESSION_TABLE_TIMEOUT)
+    sessions = pool.count_sessions(
+        reader.path,
+        StickTable(clock=reactor, timeout=timeout, size=SESSION_TABLE_SIZE),
+        timeout,
     )
-    pool.add_session_source(sessions.count)
     return ProxyCookie(
         pool=pool,
         clock=reactor,

@@ -1,0 +1,339 @@
+"""
+Session counts shared by every proxy of a store: how many live sessions
+each backend holds, whichever proxy its clients come through.
+
+A strategy counts its sessions in a stick table (a masked client address,
+a header value, the application's session id, the session id of the
+proxy's cookie); L{SharedSessions.table} wraps that table so that what it
+learns is also written to a sorted set per backend in the store, of
+session id by when it expires if not seen again.  A backend's count is
+how many of its sessions have not expired there.  Writes are batched and
+counts read in the background, once a second: nothing on a request's path
+waits on the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+from zope.interface import implementer
+
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from stickyproxy.interfaces import (
+    IBackendPool,
+    IListableStickTable,
+    ISharedStore,
+    IStickTable,
+)
+from stickyproxy.model import TableEntry
+from stickyproxy.store._store import StoreUnavailable
+
+#: Seconds between two writes of what was seen, and two reads of the counts.
+INTERVAL = 1.0
+
+#: The most session marks a table keeps for the store while it is away.
+PENDING_LIMIT = 100_000
+
+
+@attrs.define
+class _Hold:
+    """
+    A binding held by open connections: marked again while it lasts.
+    """
+
+    backend: str
+    holds: int = 1
+
+
+def _member(key: bytes) -> str:
+    """
+    A session's name in the store: short, and not the address or id itself.
+    """
+    return hashlib.blake2b(key, digest_size=8).hexdigest()
+
+
+@implementer(IListableStickTable)
+class SharedCountTable:
+    """
+    A stick table whose sessions are counted across proxies: it is the
+    table it wraps, with L{count} answering from the store.
+
+    Each session seen (bound, refreshed, released) is marked with when it
+    expires if not seen again (now + C{timeout}); a held one (an open
+    connection) is marked again every half C{timeout}, and a forgotten one
+    is removed.  L{count} is the greater of the wrapped table's own count
+    and the store's as last read: while the store is away, the counts read
+    last are kept (a drain then ends at its deadline, not early for want
+    of them).
+
+    :ivar key: the name of its sets in the store, before the backend's.
+    """
+
+    def __init__(
+        self,
+        table: IStickTable,
+        key: str,
+        pool: IBackendPool,
+        timeout: float,
+        clock: IReactorTime,
+    ) -> None:
+        self.table = table
+        self.key = key
+        self.pool = pool
+        self.timeout = timeout
+        self.clock = clock
+        self._pending: dict[str, dict[str, float]] = {}
+        self._size = 0
+        self._gone: dict[str, set[str]] = {}
+        self._held: dict[bytes, _Hold] = {}
+        self._held_marked = clock.seconds()
+        self._counts: dict[str, int] = {}
+
+    # Marking sessions
+
+    def _mark(self, key: bytes, backend: str) -> None:
+        marks = self._pending.setdefault(backend, {})
+        member = _member(key)
+        if member not in marks:
+            if self._size >= PENDING_LIMIT:
+                return  # the store is away long: count what is known here
+            self._size += 1
+        marks[member] = self.clock.seconds() + self.timeout
+
+    def _unmark(self, key: bytes, backend: str) -> None:
+        member = _member(key)
+        if self._pending.get(backend, {}).pop(member, None) is not None:
+            self._size -= 1
+        self._gone.setdefault(backend, set()).add(member)
+
+    # IStickTable
+
+    def get(self, key: bytes) -> str | None | Deferred[str | None]:
+        return self.table.get(key)
+
+    def bind(self, key: bytes, backend: str) -> None:
+        self.table.bind(key, backend)
+        held = self._held.get(key)
+        if held is None:
+            self._held[key] = _Hold(backend)
+        else:
+            if held.backend != backend:
+                self._unmark(key, held.backend)
+            held.backend = backend
+            held.holds += 1
+        self._mark(key, backend)
+
+    def refresh(self, key: bytes, backend: str) -> None:
+        self.table.refresh(key, backend)
+        self._mark(key, backend)
+
+    def release(self, key: bytes) -> None:
+        self.table.release(key)
+        held = self._held.get(key)
+        if held is None:
+            return
+        held.holds -= 1
+        if held.holds == 0:
+            del self._held[key]
+        self._mark(key, held.backend)
+
+    def forget(self, key: bytes) -> None:
+        held = self._held.pop(key, None)
+        backend = held.backend if held is not None else self.table.get(key)
+        self.table.forget(key)
+        if isinstance(backend, str):
+            self._unmark(key, backend)
+
+    def count(self, backend: str) -> int:
+        return max(self.table.count(backend), self._counts.get(backend, 0))
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    # IListableStickTable
+
+    def entries(self) -> Iterator[TableEntry]:
+        if not IListableStickTable.providedBy(self.table):
+            return iter(())
+        return self.table.entries()
+
+    def clear(self) -> None:
+        if IListableStickTable.providedBy(self.table):
+            self.table.clear()
+        for key, held in self._held.items():
+            self._unmark(key, held.backend)
+        self._held.clear()
+
+    # Talking to the store (SharedSessions calls these)
+
+    def flush(self, store: ISharedStore) -> Deferred[list[object]]:
+        """
+        Write the sessions seen since the last flush (one command per
+        backend); what fails to be written is kept for the next.
+        """
+        now = self.clock.seconds()
+        if self._held and now - self._held_marked >= self.timeout / 2:
+            self._held_marked = now
+            for key, held in self._held.items():
+                self._mark(key, held.backend)
+        pending, self._pending, self._size = self._pending, {}, 0
+        gone, self._gone = self._gone, {}
+        ttl = math.ceil((self.timeout + 2 * INTERVAL) * 1000)
+        writes: list[Deferred[object]] = []
+        for backend, marks in pending.items():
+            if not marks:
+                continue
+            name = f"{self.key}:{backend}"
+            scores = [x for member, end in marks.items() for x in (end, member)]
+            written = store.call("ZADD", name, *scores)
+            written.addErrback(self._keep, backend, marks)
+            writes.append(written)
+            writes.append(store.call("PEXPIRE", name, ttl))
+        for backend, members in gone.items():
+            writes.append(store.call("ZREM", f"{self.key}:{backend}", *members))
+        return gatherResults(writes, consumeErrors=True)
+
+    def _keep(self, failure: Failure, backend: str, marks: dict[str, float]) -> Failure:
+        """
+        Put marks that were not written back with those seen since.
+        """
+        kept = self._pending.setdefault(backend, {})
+        for member, end in marks.items():
+            if member not in kept and self._size < PENDING_LIMIT:
+                self._size += 1
+                kept[member] = end
+            elif member in kept:
+                kept[member] = max(kept[member], end)
+        return failure
+
+    def read(self, store: ISharedStore) -> Deferred[None]:
+        """
+        Read every backend's count from the store, dropping expired
+        sessions there.  On a failure the counts read before are kept, so
+        that a drain does not end early for want of them.
+        """
+        now = self.clock.seconds()
+        names = [backend.name for backend in self.pool.backends]
+        reads: list[Deferred[object]] = []
+        for backend in names:
+            name = f"{self.key}:{backend}"
+            reads.append(store.call("ZREMRANGEBYSCORE", name, "-inf", now))
+            reads.append(store.call("ZCARD", name))
+        done = gatherResults(reads, consumeErrors=True)
+
+        def counted(replies: list[object]) -> None:
+            self._counts = {
+                backend: int(str(count))
+                for backend, count in zip(names, replies[1::2], strict=True)
+            }
+
+        return done.addCallback(counted)
+
+
+class SharedSessions:
+    """
+    Counts the sessions of every table given to L{table} across the proxies
+    of a store: marks are written, and counts read, every L{INTERVAL}
+    seconds in the background (L{start}).
+
+    A table's sets are named C{store.key("sessions", pool, name, backend)}:
+    every proxy with the same configuration counts into the same ones.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, store: ISharedStore, clock: IReactorTime, interval: float = INTERVAL
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.interval = interval
+        # A table replaced by a reload goes with its strategy.
+        self._tables: weakref.WeakSet[SharedCountTable] = weakref.WeakSet()
+        self._loop: LoopingCall | None = None
+        self._busy = False
+        self._failing = False
+
+    def table(
+        self, pool: IBackendPool, name: str, table: IStickTable, timeout: float
+    ) -> IStickTable:
+        """
+        :param name: the table's name in the configuration (its key path),
+            the same on every proxy.
+        :param timeout: how long a session lasts unseen.
+        :returns: C{table}, its sessions counted across proxies.
+        """
+        shared = SharedCountTable(
+            table,
+            self.store.key("sessions", pool.name, name),
+            pool,
+            timeout,
+            self.clock,
+        )
+        self._tables.add(shared)
+        return shared
+
+    def start(self) -> None:
+        """
+        Write and read every L{interval} seconds.
+        """
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=False).addErrback(
+            lambda failure: self.log.failure("shared session counts", failure)
+        )
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def tick(self) -> Deferred[None]:
+        """
+        Write what every table saw, then read the counts (not while the
+        store is away, nor while the last round is still under way: a slow
+        store).
+
+        :returns: a L{Deferred} that fires once the counts are read (or
+            could not be), never failing.
+        """
+        if not self.store.up or self._busy:
+            return succeed(None)
+        self._busy = True
+        rounds: list[Deferred[Any]] = []
+        for table in list(self._tables):
+            rounds.append(table.flush(self.store))
+            rounds.append(table.read(self.store))
+        done = gatherResults(rounds, consumeErrors=True)
+        done.addCallbacks(self._succeeded, self._failed)
+        return done.addBoth(self._done)
+
+    def _succeeded(self, _: object) -> None:
+        self._failing = False
+
+    def _failed(self, failure: Failure) -> None:
+        while failure.check(FirstError):
+            error = failure.value
+            assert isinstance(error, FirstError)
+            failure = error.subFailure
+        # The store logs its own loss, once.
+        if not self._failing and not failure.check(StoreUnavailable):
+            self.log.warn(
+                "store: counting sessions failed: {reason}",
+                reason=failure.getErrorMessage(),
+            )
+        self._failing = True
+
+    def _done(self, _: object) -> None:
+        self._busy = False
+        return None

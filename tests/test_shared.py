@@ -263,6 +263,25 @@ class SharedSessionsTests(SharedTestCase):
         self.assertEqual(self.b.pool.sessions("a"), 2)
         self.assertEqual(self.a.pool.sessions("b"), 1)
 
+    def test_own_new_sessions_count_at_once(self) -> None:
+        """
+        Sessions bound here count at once on top of the shared count read
+        last (so that a balancer on session counts spreads them), and once
+        only after the next read.
+        """
+        for n in range(5):
+            self.b.table.bind(b"b%d" % n, "a")
+        self.tick()
+        self.assertEqual(self.a.pool.sessions("a"), 5)
+        self.a.table.bind(b"1", "a")
+        self.a.table.bind(b"2", "a")
+        self.a.table.bind(b"2", "a")  # not a new session
+        self.assertEqual(self.a.pool.sessions("a"), 7)
+        self.clock.advance(1.0)
+        self.assertEqual(self.a.pool.sessions("a"), 7)
+        self.tick()
+        self.assertEqual(self.a.pool.sessions("a"), 7)
+
     def test_writes_are_batched(self) -> None:
         """
         Nothing is sent on a request's path: what is seen is written once a
@@ -326,15 +345,16 @@ class SharedSessionsTests(SharedTestCase):
 
     def test_store_away(self) -> None:
         """
-        While the store is away each proxy counts what it knows; what it saw
-        meanwhile is written when the store is back.
+        While the store is away each proxy counts what it read last and
+        what it saw since; what it saw is written when the store is back.
         """
         self.b.table.bind(b"2", "a")
         self.tick()
         self.store_away()
         self.a.table.bind(b"1", "a")
         self.tick()
-        self.assertEqual(self.a.pool.sessions("a"), 1)
+        self.assertEqual(self.a.pool.sessions("a"), 2)
+        self.assertEqual(self.b.pool.sessions("a"), 1)
         self.store_back()
         self.tick()
         self.assertEqual(self.a.pool.sessions("a"), 2)

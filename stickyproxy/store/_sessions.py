@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import weakref
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -72,7 +73,8 @@ class SharedCountTable:
     expires if not seen again (now + C{timeout}); a held one (an open
     connection) is marked again every half C{timeout}, and a forgotten one
     is removed.  L{count} is the greater of the wrapped table's own count
-    and the store's as last read: while the store is away, the counts read
+    and the store's as last read (plus the sessions bound here since,
+    which it does not hold yet): while the store is away, the counts read
     last are kept (a drain then ends at its deadline, not early for want
     of them).
 
@@ -98,6 +100,11 @@ class SharedCountTable:
         self._held: dict[bytes, _Hold] = {}
         self._held_marked = clock.seconds()
         self._counts: dict[str, int] = {}
+        # Sessions bound here since the last write, and those written since
+        # the last read: added to the counts read, so that this proxy's own
+        # new sessions count at once (leastsessions spreads them).
+        self._fresh: Counter[str] = Counter()
+        self._unread: Counter[str] = Counter()
 
     # Marking sessions
 
@@ -122,7 +129,10 @@ class SharedCountTable:
         return self.table.get(key)
 
     def bind(self, key: bytes, backend: str) -> None:
+        before = self.table.count(backend)
         self.table.bind(key, backend)
+        if self.table.count(backend) > before:
+            self._fresh[backend] += 1
         held = self._held.get(key)
         if held is None:
             self._held[key] = _Hold(backend)
@@ -155,7 +165,10 @@ class SharedCountTable:
             self._unmark(key, backend)
 
     def count(self, backend: str) -> int:
-        return max(self.table.count(backend), self._counts.get(backend, 0))
+        shared = self._counts.get(backend)
+        if shared is not None:
+            shared += self._unread[backend] + self._fresh[backend]
+        return max(self.table.count(backend), shared or 0)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -187,6 +200,8 @@ class SharedCountTable:
             for key, held in self._held.items():
                 self._mark(key, held.backend)
         pending, self._pending, self._size = self._pending, {}, 0
+        self._unread += self._fresh
+        self._fresh = Counter()
         gone, self._gone = self._gone, {}
         ttl = math.ceil((self.timeout + 2 * INTERVAL) * 1000)
         writes: list[Deferred[object]] = []
@@ -232,6 +247,7 @@ class SharedCountTable:
         done = gatherResults(reads, consumeErrors=True)
 
         def counted(replies: list[object]) -> None:
+            self._unread = Counter()
             self._counts = {
                 backend: int(str(count))
                 for backend, count in zip(names, replies[1::2], strict=True)

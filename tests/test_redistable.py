@@ -32,6 +32,7 @@ from stickyproxy.persistence.tables._memory import StickTable
 from stickyproxy.persistence.tables._redis import FRESH, RedisStickTable, RedisTables
 from stickyproxy.service import ProxyService
 from stickyproxy.store import RedisStore
+from stickyproxy.store._sessions import SharedCountTable
 from stickyproxy.tcp._splice import TCPProxyFactory
 from stickyproxy.testing import make_pool, tcp_backend
 
@@ -427,8 +428,11 @@ class StoreChoiceTests(TestCase):
         data["store"] = {"url": "redis://127.0.0.1", "prefix": "site"}
         proxy = ProxyService(load_config(data, REGISTRY), MemoryReactorClock())
         [strategy] = proxy.routers["db"].strategies
-        self.assertEqual(strategy.table.namespace, b"site:table:db:source-ip:")
-        self.assertIs(strategy.table.store, proxy.store)
+        # Wrapped so that its sessions are counted across the proxies.
+        self.assertIsInstance(strategy.table, SharedCountTable)
+        table = strategy.table.table
+        self.assertEqual(table.namespace, b"site:table:db:source-ip:")
+        self.assertIs(table.store, proxy.store)
 
 
 CLIENT = IPv4Address("TCP", "10.0.0.1", 5555)

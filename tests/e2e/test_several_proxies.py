@@ -1,0 +1,234 @@
+"""
+End-to-end: two real proxies sharing a real C{redis-server}: an admin
+change made through one proxy's API is shown and applied by the other,
+both keep serving while the store is away and catch up when it is back,
+and C{leastsessions} fills a newly added backend with new sessions first
+on both, from the shared session counts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.e2e._harness import (
+    COOKIE_KEYS,
+    DEBUG_HEADER,
+    HOST,
+    HTTPE2ETestCase,
+    HTTPResult,
+    Process,
+    free_port,
+    http_config,
+    toml_table,
+)
+from tests.e2e._redis import RedisServer, start_redis, store_config
+
+#: Generous bounds for what the proxies do on their own.
+SETTLES = 30.0
+
+
+class Proxy:
+    """
+    One of the two proxies: its process, where it serves, and its admin API.
+    """
+
+    def __init__(self, name: str, process: Process, port: int, admin: int) -> None:
+        self.name = name
+        self.process = process
+        self.url = f"http://{HOST}:{port}"
+        self.admin = f"http://{HOST}:{admin}"
+
+
+class SeveralProxiesTests(HTTPE2ETestCase):
+    """
+    Proxies A and B, with the same configuration but their listeners, in
+    front of the same backends, sharing one C{redis-server}.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.redis: RedisServer = start_redis(self)
+        self.backends = {
+            name: self.start_http_backend(name) for name in ("b1", "b2", "b3")
+        }
+        self.jars = 0
+
+    def start_proxies(self, names: tuple[str, ...] = ("b1", "b2"), **pool: Any) -> None:
+        self.a = self.start_sharing_proxy("a", names, pool)
+        self.b = self.start_sharing_proxy("b", names, pool)
+
+    def start_sharing_proxy(
+        self, name: str, names: tuple[str, ...], pool: dict[str, Any]
+    ) -> Proxy:
+        port, admin = free_port(), free_port()
+        config = http_config(
+            port,
+            {n: self.backends[n].port for n in names},
+            persistence={"strategy": "cookie", "keys": list(COOKIE_KEYS)},
+            frontend={"debug_header": DEBUG_HEADER, "access_log": True},
+            pool=pool or None,
+        )
+        config += "\n".join(toml_table("admin", {"listen": f"tcp:{admin}"}))
+        config += "\n" + store_config(self.redis.port)
+        process = self.start_proxy_with_config(
+            config + "\n", port, config_name=f"{name}.toml"
+        )
+        proxy = Proxy(name, process, port, admin)
+        self.wait_for_line(process, "store connected", SETTLES)
+        return proxy
+
+    # Talking to the proxies
+
+    def api(self, proxy: Proxy, method: str, path: str, body: Any = None) -> Any:
+        """
+        One request to a proxy's admin API, failing unless it succeeds.
+        """
+        args = ["-X", method]
+        if body is not None:
+            args += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+        result = self.curl(proxy.admin + path, *args)
+        if result.status not in (200, 201, 204):
+            self.fail_with_output(
+                f"{method} {path} on {proxy.name} answered {result.status}: "
+                f"{result.body!r}"
+            )
+        return json.loads(result.body) if result.body else None
+
+    def backend(self, proxy: Proxy, name: str) -> dict[str, Any]:
+        for found in self.api(proxy, "GET", "/api/backends"):
+            if found["name"] == name:
+                return found  # type: ignore[no-any-return]
+        self.fail_with_output(f"{proxy.name} has no backend {name}")
+
+    def request(self, proxy: Proxy, *args: str) -> HTTPResult:
+        """
+        A request through C{proxy}, failing unless a backend answered 200.
+        """
+        result = self.curl(proxy.url + "/", *args)
+        if result.status != 200 or result.backend not in self.backends:
+            self.fail_with_output(
+                f"GET / through {proxy.name} was not served: {result.describe()}"
+            )
+        return result
+
+    def new_client(self) -> tuple[str, str, str, str]:
+        """
+        The curl options of a fresh cookie jar: a new client.
+        """
+        self.jars += 1
+        return self.jar(f"client{self.jars}")
+
+    def client_on(self, proxy: Proxy, backend: str) -> tuple[str, str, str, str]:
+        """
+        A client with a session on C{backend}, made through C{proxy}.
+        """
+        for _ in range(20):
+            jar = self.new_client()
+            if self.request(proxy, *jar).backend == backend:
+                return jar
+        self.fail_with_output(f"no new client of {proxy.name} went to {backend}")
+
+    # The tests
+
+    def test_drain_reaches_the_other_proxy(self) -> None:
+        """
+        A drain with a deadline made through A's API is shown by B's API
+        and dashboard, with the sessions both proxies gave the backend, and
+        applied by B: new clients of B avoid the backend, its sticky
+        clients stay.
+        """
+        self.start_proxies()
+        sticky = self.client_on(self.b, "b1")
+        self.client_on(self.a, "b1")
+        self.wait(
+            lambda: self.backend(self.b, "b1")["sessions"] >= 2,
+            SETTLES,
+            "B to count the sessions A and B gave b1",
+        )
+        self.api(
+            self.a,
+            "PUT",
+            "/api/pools/main/backends/b1",
+            {"admin_state": "drain", "deadline": 600},
+        )
+        seen = self.wait(
+            lambda: (
+                (found := self.backend(self.b, "b1"))["admin_state"] == "drain"
+                and found
+            ),
+            SETTLES,
+            "B to show b1 draining",
+        )
+        deadline = self.backend(self.a, "b1")["drain"]["deadline"]
+        self.assertEqual(seen["drain"]["deadline"], deadline)
+        self.assertGreaterEqual(seen["drain"]["sessions_left"], 2)
+        page = self.curl(self.b.admin + "/").body.decode()
+        self.assertRegex(page, r'data-backend="b1"[^>]*data-admin="drain"')
+        for _ in range(6):
+            self.assertEqual(self.request(self.b, *self.new_client()).backend, "b2")
+        for _ in range(3):
+            self.assertEqual(self.request(self.b, *sticky).backend, "b1")
+        self.assertIn("peer", self.b.process.output())
+
+    def test_store_lost_and_back(self) -> None:
+        """
+        With C{redis-server} killed, both proxies keep serving (no 5xx); a
+        change made on A meanwhile reaches B once a new server is up on the
+        same port.
+        """
+        self.start_proxies()
+        clients = [
+            (proxy, self.client_on(proxy, backend))
+            for proxy in (self.a, self.b)
+            for backend in ("b1", "b2")
+        ]
+        self.redis.kill()
+        for proxy in (self.a, self.b):
+            self.wait_for_line(proxy.process, "store lost", SETTLES)
+        for proxy, jar in clients:
+            for _ in range(3):
+                self.request(proxy, *jar)
+        self.api(self.a, "PUT", "/api/pools/main/backends/b2", {"admin_state": "maint"})
+        self.assertEqual(self.backend(self.b, "b2")["admin_state"], "ready")
+        for _ in range(4):
+            self.request(self.a, *self.new_client())
+            self.request(self.b, *self.new_client())
+        self.redis = start_redis(self, self.redis.port)
+        for proxy in (self.a, self.b):
+            self.wait_for_line(proxy.process, "store back after", SETTLES)
+        self.wait(
+            lambda: self.backend(self.b, "b2")["admin_state"] == "maint",
+            SETTLES,
+            "B to apply the maint A set while the store was away",
+        )
+        for proxy, jar in clients:
+            self.request(proxy, *jar)
+
+    def test_leastsessions_fills_a_new_backend_first(self) -> None:
+        """
+        With C{leastsessions} on both proxies, a backend added to both gets
+        the new sessions of both first: each proxy sees the sessions the
+        other placed.
+        """
+        self.start_proxies(balance="leastsessions")
+        for proxy in (self.a, self.b):
+            for _ in range(4):
+                self.request(proxy, *self.new_client())
+        self.wait(
+            lambda: all(
+                self.backend(p, n)["sessions"] >= 3
+                for p in (self.a, self.b)
+                for n in ("b1", "b2")
+            ),
+            SETTLES,
+            "both proxies to count every session",
+        )
+        added = {"name": "b3", "address": f"{HOST}:{self.backends['b3'].port}"}
+        for proxy in (self.a, self.b):
+            self.api(proxy, "POST", "/api/pools/main/backends", added)
+        placed = []
+        for _ in range(3):
+            for proxy in (self.a, self.b):
+                placed.append(self.request(proxy, *self.new_client()).backend)
+        self.assertEqual(placed, ["b3"] * 6)

@@ -375,6 +375,20 @@ class SharedSessionsTests(SharedTestCase):
         self.clock.pump([1.0] * 4)
         self.assertEqual(self.b.pool.sessions("a"), 1)
 
+    def test_silent_store(self) -> None:
+        """
+        A store that stops answering without dropping the connection holds
+        up the rounds for a while only.
+        """
+        self.server.silent = True
+        self.clock.pump([1.0] * 5)
+        self.server.silent = False
+        self.a.table.bind(b"1", "a")
+        self.clock.pump([1.0] * 3)
+        self.assertEqual(self.b.pool.sessions("a"), 0)
+        self.clock.pump([1.0] * 10)
+        self.assertEqual(self.b.pool.sessions("a"), 1)
+
     def test_drain_ends_on_the_shared_count(self) -> None:
         """
         A drain goes to maint once no proxy holds a session of the backend,

@@ -45,6 +45,10 @@ INTERVAL = 1.0
 #: The most session marks a table keeps for the store while it is away.
 PENDING_LIMIT = 100_000
 
+#: Seconds after which a round that got no answer (a store that stopped
+#: answering without dropping the connection) is given up.
+ROUND_TIMEOUT = 10.0
+
 
 @attrs.define
 class _Hold:
@@ -161,7 +165,14 @@ class SharedCountTable:
         held = self._held.pop(key, None)
         backend = held.backend if held is not None else self.table.get(key)
         self.table.forget(key)
-        if isinstance(backend, str):
+        if isinstance(backend, Deferred):
+            # A shared table asks its store: unmark it when it answers.
+            backend.addCallback(self._unmark_late, key).addErrback(lambda _: None)
+        elif backend is not None:
+            self._unmark(key, backend)
+
+    def _unmark_late(self, backend: str | None, key: bytes) -> None:
+        if backend is not None:
             self._unmark(key, backend)
 
     def count(self, backend: str) -> int:
@@ -318,7 +329,7 @@ class SharedSessions:
         """
         Write what every table saw, then read the counts (not while the
         store is away, nor while the last round is still under way: a slow
-        store).
+        store; one unanswered for L{ROUND_TIMEOUT} is given up).
 
         :returns: a L{Deferred} that fires once the counts are read (or
             could not be), never failing.
@@ -331,6 +342,7 @@ class SharedSessions:
             rounds.append(table.flush(self.store))
             rounds.append(table.read(self.store))
         done = gatherResults(rounds, consumeErrors=True)
+        done.addTimeout(ROUND_TIMEOUT, self.clock)
         done.addCallbacks(self._succeeded, self._failed)
         return done.addBoth(self._done)
 

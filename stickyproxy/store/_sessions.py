@@ -68,6 +68,7 @@ def _member(key: bytes) -> str:
 
 
 @implementer(IListableStickTable)
+@attrs.define(eq=False)
 class SharedCountTable:
     """
     A stick table whose sessions are counted across proxies: it is the
@@ -85,30 +86,25 @@ class SharedCountTable:
     :ivar key: the name of its sets in the store, before the backend's.
     """
 
-    def __init__(
-        self,
-        table: IStickTable,
-        key: str,
-        pool: IBackendPool,
-        timeout: float,
-        clock: IReactorTime,
-    ) -> None:
-        self.table = table
-        self.key = key
-        self.pool = pool
-        self.timeout = timeout
-        self.clock = clock
-        self._pending: dict[str, dict[str, float]] = {}
-        self._size = 0
-        self._gone: dict[str, set[str]] = {}
-        self._held: dict[bytes, _Hold] = {}
-        self._held_marked = clock.seconds()
-        self._counts: dict[str, int] = {}
-        # Sessions bound here since the last write, and those written since
-        # the last read: added to the counts read, so that this proxy's own
-        # new sessions count at once (leastsessions spreads them).
-        self._fresh: Counter[str] = Counter()
-        self._unread: Counter[str] = Counter()
+    table: IStickTable
+    key: str
+    pool: IBackendPool
+    timeout: float
+    clock: IReactorTime
+    _pending: dict[str, dict[str, float]] = attrs.field(init=False, factory=dict)
+    _size: int = attrs.field(init=False, default=0)
+    _gone: dict[str, set[str]] = attrs.field(init=False, factory=dict)
+    _held: dict[bytes, _Hold] = attrs.field(init=False, factory=dict)
+    _held_marked: float = attrs.field(init=False, default=0.0)
+    _counts: dict[str, int] = attrs.field(init=False, factory=dict)
+    # Sessions bound here since the last write, and those written since the
+    # last read: added to the counts read, so that this proxy's own new
+    # sessions count at once (leastsessions spreads them).
+    _fresh: Counter[str] = attrs.field(init=False, factory=Counter)
+    _unread: Counter[str] = attrs.field(init=False, factory=Counter)
+
+    def __attrs_post_init__(self) -> None:
+        self._held_marked = self.clock.seconds()
 
     # Marking sessions
 

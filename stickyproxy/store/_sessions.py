@@ -50,16 +50,6 @@ PENDING_LIMIT = 100_000
 ROUND_TIMEOUT = 10.0
 
 
-@attrs.define
-class _Hold:
-    """
-    A binding held by open connections: marked again while it lasts.
-    """
-
-    backend: str
-    holds: int = 1
-
-
 def _member(key: bytes) -> str:
     """
     A session's name in the store: short, and not the address or id itself.
@@ -76,12 +66,14 @@ class SharedCountTable:
 
     Each session seen (bound, refreshed, released) is marked with when it
     expires if not seen again (now + C{timeout}); a held one (an open
-    connection) is marked again every half C{timeout}, and a forgotten one
-    is removed.  L{count} is the greater of the wrapped table's own count
-    and the store's as last read (plus the sessions bound here since,
-    which it does not hold yet): while the store is away, the counts read
-    last are kept (a drain then ends at its deadline, not early for want
-    of them).
+    connection) is marked again every half C{timeout} (from the wrapped
+    table's L{entries}), and a forgotten or moved one is removed.
+
+    L{count} is the greater of the wrapped table's own count and the
+    store's as last read, plus the sessions bound here since (which the
+    store does not hold yet).  While the store is away, the counts read
+    last are kept: a drain then ends at its deadline, not early for want
+    of them.
 
     :ivar key: the name of its sets in the store, before the backend's.
     """
@@ -91,10 +83,12 @@ class SharedCountTable:
     pool: IBackendPool
     timeout: float
     clock: IReactorTime
-    _pending: dict[str, dict[str, float]] = attrs.field(init=False, factory=dict)
-    _size: int = attrs.field(init=False, default=0)
-    _gone: dict[str, set[str]] = attrs.field(init=False, factory=dict)
-    _held: dict[bytes, _Hold] = attrs.field(init=False, factory=dict)
+    # The sessions seen since the last write: key -> (backend, when it
+    # expires).  Keys are hashed into their names in the store once per
+    # write, not once per request.
+    _pending: dict[bytes, tuple[str, float]] = attrs.field(init=False, factory=dict)
+    # The sessions forgotten since the last write, by backend.
+    _gone: dict[str, set[bytes]] = attrs.field(init=False, factory=dict)
     _held_marked: float = attrs.field(init=False, default=0.0)
     _counts: dict[str, int] = attrs.field(init=False, factory=dict)
     # Sessions bound here since the last write, and those written since the
@@ -109,19 +103,22 @@ class SharedCountTable:
     # Marking sessions
 
     def _mark(self, key: bytes, backend: str) -> None:
-        marks = self._pending.setdefault(backend, {})
-        member = _member(key)
-        if member not in marks:
-            if self._size >= PENDING_LIMIT:
-                return  # the store is away long: count what is known here
-            self._size += 1
-        marks[member] = self.clock.seconds() + self.timeout
+        pending = self._pending
+        if len(pending) >= PENDING_LIMIT and key not in pending:
+            return  # the store is away long: count what is known here
+        pending[key] = (backend, self.clock.seconds() + self.timeout)
 
     def _unmark(self, key: bytes, backend: str) -> None:
-        member = _member(key)
-        if self._pending.get(backend, {}).pop(member, None) is not None:
-            self._size -= 1
-        self._gone.setdefault(backend, set()).add(member)
+        self._pending.pop(key, None)
+        self._gone.setdefault(backend, set()).add(key)
+
+    def _backend(self, key: bytes) -> str | None | Deferred[str | None]:
+        """
+        The backend a session was last seen on: from what is to be written,
+        else from the table.
+        """
+        seen = self._pending.get(key)
+        return seen[0] if seen is not None else self.table.get(key)
 
     # IStickTable
 
@@ -129,18 +126,22 @@ class SharedCountTable:
         return self.table.get(key)
 
     def bind(self, key: bytes, backend: str) -> None:
-        before = self.table.count(backend)
-        self.table.bind(key, backend)
-        if self.table.count(backend) > before:
-            self._fresh[backend] += 1
-        held = self._held.get(key)
-        if held is None:
-            self._held[key] = _Hold(backend)
+        seen = self._pending.get(key)
+        if seen is not None:
+            # Seen since the last write: no new session; it may have moved.
+            self.table.bind(key, backend)
+            if seen[0] != backend:
+                self._gone.setdefault(seen[0], set()).add(key)
         else:
-            if held.backend != backend:
-                self._unmark(key, held.backend)
-            held.backend = backend
-            held.holds += 1
+            size, held = len(self.table), self.table.count(backend)
+            self.table.bind(key, backend)
+            if len(self.table) > size:
+                self._fresh[backend] += 1
+            elif self.table.count(backend) > held:
+                # It moved here, from a backend the table does not say.
+                for other in self.pool.backends:
+                    if other.name != backend:
+                        self._gone.setdefault(other.name, set()).add(key)
         self._mark(key, backend)
 
     def refresh(self, key: bytes, backend: str) -> None:
@@ -149,17 +150,14 @@ class SharedCountTable:
 
     def release(self, key: bytes) -> None:
         self.table.release(key)
-        held = self._held.get(key)
-        if held is None:
-            return
-        held.holds -= 1
-        if held.holds == 0:
-            del self._held[key]
-        self._mark(key, held.backend)
+        backend = self._backend(key)
+        if isinstance(backend, str):
+            self._mark(key, backend)
+        # A shared table asking its store: the binding is marked again by
+        # the next request, or every half timeout while it is held.
 
     def forget(self, key: bytes) -> None:
-        held = self._held.pop(key, None)
-        backend = held.backend if held is not None else self.table.get(key)
+        backend = self._backend(key)
         self.table.forget(key)
         if isinstance(backend, Deferred):
             # A shared table asks its store: unmark it when it answers.
@@ -188,11 +186,10 @@ class SharedCountTable:
         return self.table.entries()
 
     def clear(self) -> None:
+        for entry in list(self.entries()):
+            self._unmark(entry.key, entry.backend)
         if IListableStickTable.providedBy(self.table):
             self.table.clear()
-        for key, held in self._held.items():
-            self._unmark(key, held.backend)
-        self._held.clear()
 
     # Talking to the store (SharedSessions calls these)
 
@@ -202,40 +199,44 @@ class SharedCountTable:
         backend); what fails to be written is kept for the next.
         """
         now = self.clock.seconds()
-        if self._held and now - self._held_marked >= self.timeout / 2:
+        if now - self._held_marked >= self.timeout / 2:
+            # Bindings held by open connections do not expire: mark them
+            # again before the store would take them for idle.
             self._held_marked = now
-            for key, held in self._held.items():
-                self._mark(key, held.backend)
-        pending, self._pending, self._size = self._pending, {}, 0
+            for entry in self.entries():
+                if entry.expires is None:
+                    self._mark(entry.key, entry.backend)
+        pending, self._pending = self._pending, {}
         self._unread += self._fresh
         self._fresh = Counter()
         gone, self._gone = self._gone, {}
+        by_backend: dict[str, dict[bytes, float]] = {}
+        for key, (backend, end) in pending.items():
+            by_backend.setdefault(backend, {})[key] = end
         ttl = math.ceil((self.timeout + 2 * INTERVAL) * 1000)
         writes: list[Deferred[object]] = []
-        for backend, marks in pending.items():
-            if not marks:
-                continue
+        for backend, marks in by_backend.items():
             name = f"{self.key}:{backend}"
-            scores = [x for member, end in marks.items() for x in (end, member)]
+            scores = [x for key, end in marks.items() for x in (end, _member(key))]
             written = store.call("ZADD", name, *scores)
             written.addErrback(self._keep, backend, marks)
             writes.append(written)
             writes.append(store.call("PEXPIRE", name, ttl))
-        for backend, members in gone.items():
+        for backend, keys in gone.items():
+            members = [_member(key) for key in keys]
             writes.append(store.call("ZREM", f"{self.key}:{backend}", *members))
         return gatherResults(writes, consumeErrors=True)
 
-    def _keep(self, failure: Failure, backend: str, marks: dict[str, float]) -> Failure:
+    def _keep(
+        self, failure: Failure, backend: str, marks: dict[bytes, float]
+    ) -> Failure:
         """
         Put marks that were not written back with those seen since.
         """
-        kept = self._pending.setdefault(backend, {})
-        for member, end in marks.items():
-            if member not in kept and self._size < PENDING_LIMIT:
-                self._size += 1
-                kept[member] = end
-            elif member in kept:
-                kept[member] = max(kept[member], end)
+        for key, end in marks.items():
+            seen = self._pending.get(key)
+            if seen is None and len(self._pending) < PENDING_LIMIT:
+                self._pending[key] = (backend, end)
         return failure
 
     def read(self, store: ISharedStore) -> Deferred[None]:

@@ -6,7 +6,7 @@ reactors, their two ends connected through L{iosim}, no processes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -193,6 +193,20 @@ class ControlTests(ChannelTestCase):
         two.stop()
         self.assertEqual(self.pool.sessions("a"), 3)
         self.assertEqual(self.pool["a"].active, 0)
+
+    def test_shared_counts_are_not_summed(self) -> None:
+        """
+        With a shared store each worker's count is already the count of
+        every proxy: the parent shows the freshest (the largest), not N
+        times it.
+        """
+        self.parent.store = cast(Any, object())  # only its presence matters
+        one, two = self.worker(1), self.worker(2)
+        one.pool.add_session_source(lambda name: 5 if name == "a" else 0)
+        two.pool.add_session_source(lambda name: 6 if name == "a" else 0)
+        one.tick()
+        two.tick()
+        self.assertEqual(self.pool.sessions("a"), 6)
 
     def test_drain_to_maint_on_the_workers_sessions(self) -> None:
         """

@@ -362,10 +362,15 @@ class _Workers(IgnoreEvents):
 
     def sessions(self, pool: str, backend: str) -> int:
         """
-        :returns: how many sessions the workers hold on a backend.
+        :returns: how many sessions the workers hold on a backend: their
+            sum, or with a shared store (where each worker's count is
+            already every proxy's) the largest, the freshest read.
         """
         key = (pool, backend)
-        return sum(load.get(key, (0, 0))[1] for load in self.loads.values())
+        counts = [load.get(key, (0, 0))[1] for load in self.loads.values()]
+        if self.service.store is not None:
+            return max(counts, default=0)
+        return sum(counts)
 
     def count(self) -> None:
         """

@@ -173,7 +173,11 @@ class StateChange:
     """
     One change of a backend's state, as observers receive it.
 
-    :ivar kind: C{"health"} or C{"admin"}; C{"deadline"}, a new deadline
+    :ivar kind: C{"health"} or C{"admin"}; C{"passive"}, a backend down
+        either way marked as down by passive checks alone, or no longer
+        (C{"marked"}, C{"cleared"}); C{"ramp"}, the share of its weight a
+        slowly starting backend gets (as text, from C{"0.01"} to C{"1"});
+        C{"deadline"}, a new deadline
         for a drain under way (the times as text, or C{"none"}); or a change
         to the pool's set of backends: C{"added"}, C{"removed"} (old and new
         are C{"absent"} and C{"present"}) or C{"weight"} (the weights, as

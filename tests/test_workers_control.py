@@ -332,6 +332,56 @@ class ControlTests(ChannelTestCase):
             self.assertTrue(worker.pool.panic)
             self.assertEqual(len(worker.pool.accepting_new()), 2)
 
+    def test_passive_mark_without_a_health_change(self) -> None:
+        """
+        A backend already down that passive checks mark (or whose mark a
+        probe's verdict clears) changes no health, yet the workers learn
+        it: they try it in a passive panic exactly when the parent would.
+        """
+        one = self.worker(1)
+        a = self.pool["a"]
+        self.pool.set_health(a, Health.DOWN, "probe failed")
+        self.pool.set_health(a, Health.DOWN, "refused", passive=True)
+        self.flush(one)
+        self.assertTrue(one.pool.passive_down(one.pool["a"]))
+        self.pool.set_health(a, Health.DOWN, "probe failed")
+        self.flush(one)
+        self.assertFalse(self.pool.passive_down(a))
+        self.assertFalse(one.pool.passive_down(one.pool["a"]))
+
+    def test_slow_start_in_every_worker(self) -> None:
+        """
+        A backend coming back with C{slow_start} ramps its weight in every
+        worker as in the parent, whose monitor runs the ramp; a worker
+        that starts meanwhile starts where the ramp is.
+        """
+        data = config_data()
+        data["pool"]["app"]["health"].update(slow_start=10, passive_cooldown=5)
+        config = load_config(data, REGISTRY)
+        self.parent = ProxyService(config, self.reactor, REGISTRY)
+        self.parent.startService()
+        self.addCleanup(self.parent.stopService)
+        self.pool = self.parent.pools["app"]
+        one = self.worker(1)
+        for _ in range(2):
+            one.pool.report_connect_failure(one.pool["a"], "refused")
+        self.flush(one)
+        self.assertIs(one.pool["a"].health, Health.DOWN)
+        self.reactor.advance(5)  # the cooldown: back up, slowly
+        self.flush(one)
+        self.assertIs(one.pool["a"].health, Health.UP)
+        self.assertEqual(one.pool["a"].ramp, 0.01)
+        self.reactor.advance(5)
+        two = self.worker(2)
+        self.flush(one)
+        self.assertEqual(self.pool["a"].ramp, 0.5)
+        self.assertEqual(one.pool["a"].ramp, 0.5)
+        self.assertEqual(two.pool["a"].ramp, 0.5)
+        self.reactor.advance(5)
+        self.flush(one, two)
+        self.assertEqual(one.pool["a"].ramp, 1.0)
+        self.assertEqual(two.pool["a"].ramp, 1.0)
+
     def test_good_signals_sent_when_they_count(self) -> None:
         """
         A successful connect is sent only after a failure the worker sent

@@ -468,8 +468,11 @@ class Pool:
             old, backend.health = backend.health, health
             self._changed(backend, "health", old.value, health.value, reason)
         elif was_marked != (backend in marks):
-            self._serving = self._accepting = None
-            self._check_panic()
+            # Down either way, but worth a try in a passive panic or not:
+            # those who follow this pool's health (workers) must know.
+            flags = ("cleared", "marked")
+            old_flag, new_flag = flags[was_marked], flags[not was_marked]
+            self._changed(backend, "passive", old_flag, new_flag, reason)
 
     def passive_down(self, backend: Backend) -> bool:
         """
@@ -483,8 +486,14 @@ class Pool:
         Set the share of its weight a slowly starting backend gets.
         """
         if backend.ramp != ramp:
-            backend.ramp = ramp
+            old, backend.ramp = backend.ramp, ramp
             self._serving = self._accepting = None
+            # Not logged (a slow start takes 20 steps), but announced: the
+            # workers of a parent follow its ramps.
+            change = StateChange(
+                self.name, backend, "ramp", f"{old:g}", f"{ramp:g}", "slow start"
+            )
+            self._announce(change)
 
     def _changed(
         self, backend: Backend, kind: str, old: str, new: str, reason: str
@@ -503,6 +512,12 @@ class Pool:
             reason=reason,
         )
         self._check_panic()
+        self._announce(change)
+
+    def _announce(self, change: StateChange) -> None:
+        """
+        Tell every observer of a change.
+        """
         # An observer may change state in turn (the health monitor sets a
         # new backend's init_state): that change waits until every observer
         # has seen this one, so all see the changes in the same order.

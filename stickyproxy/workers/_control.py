@@ -108,9 +108,11 @@ class SetAdmin(amp.Command):
 
 class SetHealth(amp.Command):
     """
-    A backend's health, as the parent's checks found it, and whether
-    passive checks alone took it down (so that a worker tries it anyway
-    when every backend is so, as the parent does: C{passive_panic}).
+    A backend's health, as the parent's checks found it, whether passive
+    checks alone took it down (so that a worker tries it anyway when every
+    backend is so, as the parent does: C{passive_panic}), and the share of
+    its weight it gets (less than 1 during a slow start, which the
+    parent's monitor runs).
     """
 
     arguments = [
@@ -118,6 +120,7 @@ class SetHealth(amp.Command):
         (b"health", amp.Unicode()),
         (b"reason", amp.Unicode()),
         (b"passive", amp.Boolean()),
+        (b"ramp", amp.Float()),
     ]
     response = [(b"applied", amp.Boolean())]
 
@@ -227,6 +230,10 @@ class Load(amp.Command):
 
     arguments = [(b"backends", _JSON())]
     requiresAnswer = False
+
+
+#: The changes of a backend that L{SetHealth} carries.
+_HEALTH_KINDS = frozenset({"health", "passive", "ramp"})
 
 
 def _log_failure(failure: Failure, log: Logger, what: str) -> None:
@@ -343,7 +350,7 @@ class _Workers(IgnoreEvents):
 
     def backend_changed(self, change: StateChange) -> None:
         self.sync.backend_changed(change)
-        if change.kind == "health":
+        if change.kind in _HEALTH_KINDS:
             # (A new pool's, during a reload, is not among the pools yet:
             # the workers ask for it after their own reload.)
             pool = self.service.pools.get(change.pool)
@@ -463,6 +470,7 @@ class ParentControl(amp.AMP):
             health=backend.health.value,
             reason=reason,
             passive=pool.passive_down(backend),
+            ramp=backend.ramp,
         )
 
     def send_added(self, pool: str, backend: Backend) -> None:
@@ -688,12 +696,19 @@ class WorkerControl(amp.AMP):
 
     @SetHealth.responder
     def set_health(
-        self, pool: str, backend: str, health: str, reason: str, passive: bool
+        self,
+        pool: str,
+        backend: str,
+        health: str,
+        reason: str,
+        passive: bool,
+        ramp: float,
     ) -> dict[str, object]:
         live = self._pool(pool)
         found = live.get(backend) if live is not None else None
         if live is None or found is None:
             return {"applied": False}
+        live.set_ramp(found, ramp)
         live.set_health(found, Health(health), f"{PEER} {PARENT}: {reason}", passive)
         return {"applied": True}
 

@@ -539,6 +539,20 @@ class StatusTests(HTTPTestCase):
         self.reactor.advance(1)
         self.assertTrue(transport.disconnecting)
 
+    def test_idle_connections_share_one_call(self):
+        """
+        The idle connections of a frontend are timed by one pending reactor
+        call between them, not one each, and are still closed after their
+        timeout (C{timeout_request}: no request came).
+        """
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        clients = [self.client() for _ in range(10)]
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.reactor.advance(9.9)
+        self.assertFalse(any(transport.disconnecting for _, transport in clients))
+        self.reactor.advance(0.1)
+        self.assertTrue(all(transport.disconnecting for _, transport in clients))
+
     def test_idle_connection_footprint(self):
         """
         An idle keep-alive connection keeps nothing of the request it

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from stickyproxy.config._settings import HealthSettings
-from stickyproxy.core._timers import Deadline, IdleTimer, call_at
+from stickyproxy.core._timers import Deadline, IdleTimer, TimerWheel, call_at
 from stickyproxy.health._monitor import HealthMonitor
 from stickyproxy.http._backend import BackendConnections, BackendHTTP
 from stickyproxy.model import AdminState
@@ -116,7 +116,7 @@ class IdleTimerTests(TestCase):
         """
         clock = CreepingClock(step=0.01)
         fired = []
-        timer = IdleTimer(clock, 1.0, lambda: fired.append(clock.rightNow))
+        timer = IdleTimer(TimerWheel(clock), 1.0, lambda: fired.append(clock.rightNow))
         for _ in range(3):
             clock.advance(0.4)
             timer.touch()
@@ -135,7 +135,7 @@ class IdleTimerTests(TestCase):
         """
         clock = Clock()
         fired = []
-        timer = IdleTimer(clock, first, lambda: fired.append("first"))
+        timer = IdleTimer(TimerWheel(clock), first, lambda: fired.append("first"))
         [call] = clock.getDelayedCalls()
         clock.advance(5)
         timer.restart(then, lambda: fired.append(clock.seconds()))
@@ -144,8 +144,9 @@ class IdleTimerTests(TestCase):
     def test_restart_sooner_replaces_the_call(self):
         """
         An L{IdleTimer} restarted for a shorter wait fires at its new end,
-        from a new pending call: the one due later is cancelled, never
-        reset to an earlier time (the reactor's linear search).
+        from a new pending call of its wheel: the one due later is
+        cancelled, never reset to an earlier time (the reactor's linear
+        search).
         """
         clock, fired, first = self.restarted(60.0, 10.0)
         self.assertFalse(first.active())
@@ -156,8 +157,8 @@ class IdleTimerTests(TestCase):
 
     def test_restart_later_keeps_the_call(self):
         """
-        An L{IdleTimer} restarted for a longer wait keeps its pending call,
-        which re-arms itself for the rest when it comes.
+        An L{IdleTimer} restarted for a longer wait keeps its wheel's
+        pending call, and is filed again for the rest when it comes.
         """
         clock, fired, first = self.restarted(10.0, 60.0)
         self.assertEqual(clock.getDelayedCalls(), [first])
@@ -165,6 +166,172 @@ class IdleTimerTests(TestCase):
         self.assertEqual(fired, [])
         clock.advance(0.1)
         self.assertEqual(fired, [65.0])
+
+
+class TimerWheelTests(TestCase):
+    """
+    One L{TimerWheel} times many timers with one reactor call, to within
+    its tick.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.wheel = TimerWheel(self.clock, tick=0.25)
+        self.fired = []
+
+    def idle(self, timeout, name):
+        return IdleTimer(self.wheel, timeout, lambda: self.fired.append(name))
+
+    def test_fires_within_a_tick(self):
+        """
+        A timeout fires at the first tick at or after its end: never
+        before the end, at most a tick after it.
+        """
+        self.clock.advance(0.1)
+        self.idle(1.0, "a")  # ends at 1.1: the tick at 1.25
+        self.clock.advance(0.99)
+        self.assertEqual(self.fired, [])
+        self.clock.advance(0.05)  # 1.14: ended, its tick not yet come
+        self.assertEqual(self.fired, [])
+        self.clock.advance(0.11)  # 1.25
+        self.assertEqual(self.fired, ["a"])
+
+    def test_one_call_for_many(self):
+        """
+        However many timers it holds, the wheel has one call pending in the
+        reactor, for its earliest tick; each timer fires once, at the first
+        tick at or after its end.
+        """
+        ends = [1.0 + i / 10 for i in range(100)]
+        for end in ends:
+            IdleTimer(self.wheel, end, lambda end=end: self.fired.append((end, now())))
+        now = self.clock.seconds
+        [call] = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), 1.0)
+        self.assertEqual(len(self.wheel), len(ends))
+        for _ in range(50):
+            self.clock.advance(0.25)
+        self.assertEqual(sorted(end for end, _ in self.fired), ends)
+        for end, at in self.fired:
+            self.assertTrue(end <= at < end + 0.25, (end, at))
+        self.assertEqual(len(self.wheel), 0)
+
+    def test_touch_defers(self):
+        """
+        A timer touched while it waits fires a timeout after the last
+        touch (within a tick), with no call of its own.
+        """
+        timer = self.idle(1.0, "a")
+        for _ in range(4):
+            self.clock.advance(0.5)
+            timer.touch()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0.75)
+        self.assertEqual(self.fired, [])
+        self.clock.advance(0.25)
+        self.assertEqual(self.fired, ["a"])
+
+    def test_restart_sooner(self):
+        """
+        A timer restarted for a shorter wait is moved to its new tick, and
+        fires there, once.
+        """
+        timer = self.idle(60.0, "long")
+        timer.restart(2.0, lambda: self.fired.append("short"))
+        self.clock.advance(2.0)
+        self.assertEqual(self.fired, ["short"])
+        self.clock.advance(100)
+        self.assertEqual(self.fired, ["short"])
+
+    def test_cancel(self):
+        """
+        A cancelled timer never fires, and the others still do.
+        """
+        a = self.idle(1.0, "a")
+        self.idle(1.0, "b")
+        a.cancel()
+        a.cancel()  # twice is harmless
+        self.clock.advance(5)
+        self.assertEqual(self.fired, ["b"])
+
+    def test_cancelled_by_a_callback(self):
+        """
+        A timer cancelled by the callback of another due at the same tick
+        does not fire.
+        """
+        b = None
+
+        def fire_a():
+            self.fired.append("a")
+            b.cancel()
+
+        IdleTimer(self.wheel, 1.0, fire_a)
+        b = self.idle(1.0, "b")
+        self.idle(1.0, "c")
+        IdleTimer(self.wheel, 1.0, fire_a)  # fires after c (last filed, first)
+        self.clock.advance(1)
+        self.assertNotIn("b", self.fired)
+        self.assertIn("c", self.fired)
+
+    def test_empty_schedules_nothing(self):
+        """
+        An empty wheel has no call pending: not when new, not once its
+        last timer is cancelled, not once its last timer fired.
+        """
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        timers = [self.idle(float(i), i) for i in (1, 5, 9)]
+        for timer in timers:
+            timer.cancel()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.idle(1.0, "a").restart(3.0, lambda: self.fired.append("b"))
+        self.clock.advance(1)  # its old tick: filed again, not fired
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(2)
+        self.assertEqual((self.fired, self.clock.getDelayedCalls()), (["b"], []))
+
+    def test_restarted_after_firing(self):
+        """
+        A timer that fired (or was cancelled) may be started again.
+        """
+        timer = self.idle(1.0, "a")
+        self.clock.advance(1)
+        timer.restart(1.0, lambda: self.fired.append("again"))
+        self.clock.advance(1)
+        timer.cancel()
+        timer.restart(1.0, lambda: self.fired.append("after cancel"))
+        self.clock.advance(1)
+        self.assertEqual(self.fired, ["a", "again", "after cancel"])
+
+    def test_failing_callback(self):
+        """
+        A callback that raises is logged; the timers due with it still
+        fire, and the wheel goes on.
+        """
+
+        def fail():
+            raise ZeroDivisionError()
+
+        self.idle(1.0, "a")
+        IdleTimer(self.wheel, 1.0, fail)
+        self.idle(2.0, "b")
+        self.clock.advance(1)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(self.fired, ["a"])
+        self.clock.advance(1)
+        self.assertEqual(self.fired, ["a", "b"])
+
+    def test_deadline_on_the_wheel(self):
+        """
+        A L{Deadline} shares the wheel's call and fires within a tick of
+        its moment.
+        """
+        Deadline(self.wheel, lambda: 1.1, lambda: self.fired.append("late"))
+        self.idle(5.0, "idle")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(1.1)
+        self.assertEqual(self.fired, [])
+        self.clock.advance(0.15)
+        self.assertEqual(self.fired, ["late"])
 
 
 class MonitorScheduleTests(TestCase):
@@ -204,7 +371,9 @@ class DeadlineTests(TestCase):
         clock = CreepingClock(step=0.0)
         due = [10.0]
         fired = []
-        Deadline(clock, lambda: due[0], lambda: fired.append(clock.seconds()))
+        Deadline(
+            TimerWheel(clock), lambda: due[0], lambda: fired.append(clock.seconds())
+        )
         clock.advance(5)
         due[0] = 12.5
         clock.advance(5)
@@ -220,7 +389,7 @@ class DeadlineTests(TestCase):
         """
         clock = CreepingClock()
         fired = []
-        Deadline(clock, lambda: 1.0, lambda: fired.append(True)).cancel()
+        Deadline(TimerWheel(clock), lambda: 1.0, lambda: fired.append(True)).cancel()
         clock.advance(10)
         self.assertEqual((fired, clock.calls), ([], []))
 
@@ -232,6 +401,6 @@ class DeadlineTests(TestCase):
         clock = CreepingClock()
         clock.advance(10)
         fired = []
-        Deadline(clock, lambda: 5.0, lambda: fired.append(True))
+        Deadline(TimerWheel(clock), lambda: 5.0, lambda: fired.append(True))
         clock.advance(0)
         self.assertEqual(fired, [True])

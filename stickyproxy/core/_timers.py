@@ -1,6 +1,8 @@
 """
-Timers: an inactivity timer cheap enough for per-chunk use, and the one way
-to schedule a call for a moment rather than after a delay.
+Timers: a wheel that times every connection of a frontend with one reactor
+call, the inactivity timers and deadlines it times (cheap enough for
+per-chunk use), and the one way to schedule a call for a moment rather than
+after a delay.
 
 A scheduled call must never raise: a delay computed from two readings of
 the clock can come out negative (time moves between them), and the reactor
@@ -12,8 +14,17 @@ clamped at zero.
 from __future__ import annotations
 
 from collections.abc import Callable
+from heapq import heappop, heappush
+from math import ceil
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+_log = Logger()
+
+#: The default tick of a L{TimerWheel}, in seconds (1/16): a power of two, so
+#: that whole and half seconds fall on ticks exactly.
+TICK = 0.0625
 
 
 def call_at(
@@ -28,25 +39,165 @@ def call_at(
     return clock.callLater(max(0.0, when - clock.seconds()), f, *args)
 
 
-class IdleTimer:
+class TimerWheel:
     """
-    Calls C{on_idle} once nothing has happened for C{timeout} seconds.
+    The timers of one frontend's connections, sharing one pending reactor
+    call instead of one each (a C{DelayedCall} is about 450 bytes, and
+    moving one earlier costs the reactor a linear search of its heap).
 
-    L{touch} only records the time; the single pending call re-arms itself
-    for the remaining time when it fires early, so activity costs no timer
-    operations at all.  Slotted: every client connection has one.
+    Time is cut into ticks of C{tick} seconds.  A timer due at a moment is
+    filed under the first tick at or after it, and fires when the clock
+    reaches that tick: never early, at most C{tick} seconds late.  Filing,
+    moving and removing a timer are a few dict operations; only a tick with
+    no timer filed yet costs a heap push.  The reactor holds one call, for
+    the earliest tick with timers, and none once the wheel is empty.
     """
 
-    __slots__ = ("_call", "_clock", "_last", "_on_idle", "timeout")
+    __slots__ = (
+        "_buckets",
+        "_call",
+        "_next",
+        "_running",
+        "_size",
+        "_ticks",
+        "clock",
+        "tick",
+    )
+
+    def __init__(self, clock: IReactorTime, tick: float = TICK) -> None:
+        self.clock = clock
+        self.tick = tick
+        self._buckets: dict[int, dict[_Timer, None]] = {}
+        self._ticks: list[int] = []  # a heap of the keys of _buckets
+        self._call: IDelayedCall | None = None
+        self._next = 0  # the tick _call is for
+        self._running = False
+        self._size = 0  # timers filed
+
+    def __len__(self) -> int:
+        return self._size
+
+    def tick_of(self, when: float) -> int:
+        """
+        :returns: the first tick at or after clock time C{when}.
+        """
+        return ceil(when / self.tick)
+
+    def file(self, timer: _Timer, tick: int) -> None:
+        """
+        Fire C{timer} (filed nowhere) at C{tick}.
+        """
+        bucket = self._buckets.get(tick)
+        if bucket is None:
+            bucket = self._buckets[tick] = {}
+            heappush(self._ticks, tick)
+            if not self._running and (self._call is None or tick < self._next):
+                self._schedule(tick)
+        bucket[timer] = None
+        timer._tick = tick
+        self._size += 1
+
+    def unfile(self, timer: _Timer) -> None:
+        """
+        Forget C{timer} (filed here).
+        """
+        del self._buckets[timer._tick][timer]  # type: ignore[index]
+        timer._tick = None
+        self._size -= 1
+        if not self._size and not self._running:
+            self._stop()
+
+    def _stop(self) -> None:
+        """
+        No timer is left: nor is any call, or tick.
+        """
+        self._buckets.clear()
+        self._ticks.clear()
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    def _schedule(self, tick: int) -> None:
+        if self._call is not None:
+            self._call.cancel()  # an earlier tick: replaced, never reset
+        self._next = tick
+        self._call = call_at(self.clock, tick * self.tick, self._run)
+
+    def _run(self) -> None:
+        """
+        Fire, or file again, every timer filed at or before this tick.
+        """
+        self._call = None
+        self._running = True
+        now, ticks, buckets = self._next, self._ticks, self._buckets
+        try:
+            while ticks and ticks[0] <= now:
+                tick = heappop(ticks)
+                bucket = buckets[tick]
+                while bucket:  # a callback may unfile or file timers
+                    timer = bucket.popitem()[0]
+                    timer._tick = None
+                    self._size -= 1
+                    try:
+                        timer._expire(now)
+                    except Exception:
+                        _log.failure("a timer's callback failed")
+                del buckets[tick]
+        finally:
+            self._running = False
+        if self._size:
+            self._schedule(ticks[0])
+        else:
+            self._stop()
+
+
+class _Timer:
+    """
+    What a L{TimerWheel} files: something due at a moment it can tell.
+    """
+
+    __slots__ = ("_tick", "_wheel")
+
+    def __init__(self, wheel: TimerWheel) -> None:
+        self._wheel = wheel
+        self._tick: int | None = None  # where it is filed, if it is
+
+    def cancel(self) -> None:
+        """
+        Stop timing: it will not fire (unless started again).
+        """
+        if self._tick is not None:
+            self._wheel.unfile(self)
+
+    def _expire(self, now: int) -> None:
+        """
+        Its tick came: fire if it is due by tick C{now}, else file it
+        again for the tick it is due at by now.
+        """
+        raise NotImplementedError
+
+
+class IdleTimer(_Timer):
+    """
+    Calls C{on_idle} once nothing has happened for C{timeout} seconds (up
+    to a tick of its wheel more).
+
+    L{touch} only records the time: when its tick comes, a timer touched
+    since is filed again for the rest of its wait, so activity costs no
+    timer operations at all.  Slotted: every client connection has one.
+    """
+
+    __slots__ = ("_clock", "_last", "_on_idle", "timeout")
 
     def __init__(
-        self, clock: IReactorTime, timeout: float, on_idle: Callable[[], object]
+        self, wheel: TimerWheel, timeout: float, on_idle: Callable[[], object]
     ) -> None:
-        self._clock = clock
+        super().__init__(wheel)
+        self._clock = wheel.clock
         self.timeout = timeout
         self._on_idle = on_idle
-        self._last = clock.seconds()
-        self._call: IDelayedCall | None = clock.callLater(timeout, self._check)
+        self._last = self._clock.seconds()
+        wheel.file(self, wheel.tick_of(self._last + timeout))
 
     def touch(self) -> None:
         """
@@ -58,73 +209,56 @@ class IdleTimer:
         """
         Wait for a new kind of inactivity, starting now.
 
-        A pending call due later than the new end is replaced, not reset:
-        the reactor finds a call moved earlier by a linear search of its
-        heap of every pending call (about 3 ms per reset with 10,000 open
-        connections), while a cancelled call is dropped for nothing.
+        Filed for a later tick, it is moved; for an earlier one, it stays
+        where it is and is filed again when that tick comes.
         """
         self.timeout, self._on_idle = timeout, on_idle
-        self._last = self._clock.seconds()
-        call = self._call
-        if call is None:
-            self._call = self._clock.callLater(timeout, self._check)
-        elif call.getTime() > self._last + timeout:
-            call.cancel()
-            self._call = self._clock.callLater(timeout, self._check)
+        self._last = now = self._clock.seconds()
+        wheel = self._wheel
+        due = wheel.tick_of(now + timeout)
+        filed = self._tick
+        if filed is None:
+            wheel.file(self, due)
+        elif filed > due:
+            wheel.unfile(self)
+            wheel.file(self, due)
 
-    def cancel(self) -> None:
-        """
-        Stop timing.
-        """
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    def _check(self) -> None:
-        idle_for = self._clock.seconds() - self._last  # one reading: delay > 0
-        if idle_for < self.timeout:
-            self._call = self._clock.callLater(self.timeout - idle_for, self._check)
-            return
-        self._call = None
-        self._on_idle()
+    def _expire(self, now: int) -> None:
+        wheel = self._wheel
+        due = wheel.tick_of(self._last + self.timeout)
+        if due > now:
+            wheel.file(self, due)
+        else:
+            self._on_idle()
 
 
-class Deadline:
+class Deadline(_Timer):
     """
-    Calls C{on_late} once the clock passes C{due()}, a moment that may
-    move later as things happen (a request body's deadline grows with the
-    bytes received).
+    Calls C{on_late} once the clock passes C{due()} (within a tick of its
+    wheel), a moment that may move later as things happen (a request
+    body's deadline grows with the bytes received).
 
-    Moving it costs no timer operation: the single pending call, when it
-    fires before the moment C{due()} names by then, re-arms itself for it.
+    Moving it costs no timer operation: when its tick comes before the
+    moment C{due()} names by then, it is filed again for that moment.
     """
 
-    __slots__ = ("_call", "_clock", "_due", "_on_late")
+    __slots__ = ("_due", "_on_late")
 
     def __init__(
         self,
-        clock: IReactorTime,
+        wheel: TimerWheel,
         due: Callable[[], float],
         on_late: Callable[[], object],
     ) -> None:
-        self._clock = clock
+        super().__init__(wheel)
         self._due = due
         self._on_late = on_late
-        self._call: IDelayedCall | None = call_at(clock, due(), self._check)
+        wheel.file(self, wheel.tick_of(due()))
 
-    def cancel(self) -> None:
-        """
-        Stop timing (what was timed is over).
-        """
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    def _check(self) -> None:
-        due = self._due()
-        left = due - self._clock.seconds()  # one reading: the delay is > 0
-        if left > 0:
-            self._call = self._clock.callLater(left, self._check)
-            return
-        self._call = None
-        self._on_late()
+    def _expire(self, now: int) -> None:
+        wheel = self._wheel
+        due = wheel.tick_of(self._due())
+        if due > now:
+            wheel.file(self, due)
+        else:
+            self._on_late()

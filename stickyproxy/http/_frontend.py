@@ -40,7 +40,7 @@ from stickyproxy.core._endpoints import no_delay
 from stickyproxy.core._events import EventStream
 from stickyproxy.core._proxyheader import HEADERS
 from stickyproxy.core._router import NoBackendAvailable, Router
-from stickyproxy.core._timers import Deadline, IdleTimer
+from stickyproxy.core._timers import Deadline, IdleTimer, TimerWheel
 from stickyproxy.http._backend import BackendConnections, BackendHTTP
 from stickyproxy.http._context import HTTPRoutingContext
 from stickyproxy.http._message import (
@@ -212,7 +212,9 @@ class _Exchange:
             # From now on the body is read: it must arrive in time.
             clock = factory.clock
             self.body_started = clock.seconds()
-            self.body_deadline = Deadline(clock, self._body_due, self._body_late)
+            self.body_deadline = Deadline(
+                factory.timers, self._body_due, self._body_late
+            )
         routed = factory.router.dispatch(self.ctx, self._connect, self._idle)
         if isinstance(routed, tuple):  # an idle connection was at hand
             self._connected(routed)
@@ -703,7 +705,7 @@ class HTTPProxyProtocol(Protocol):
         self.peer_trusted = in_networks(self.peer_host, self.settings.trusted_proxies)
         self.secure = ISSLTransport.providedBy(self.transport)
         self.timer = IdleTimer(
-            self.factory.clock, self.settings.timeout_request, self._idle_timeout
+            self.factory.timers, self.settings.timeout_request, self._idle_timeout
         )
 
     def _idle_timeout(self) -> None:
@@ -1129,6 +1131,7 @@ class HTTPProxyFactory(Factory):
     is what it offers in ALPN.
 
     :ivar clients: its open client connections.
+    :ivar timers: what times them (and their requests).
     """
 
     protocol = HTTPProxyProtocol  # type: ignore[assignment]
@@ -1155,6 +1158,7 @@ class HTTPProxyFactory(Factory):
         self.name = name
         self.router = router
         self.clock = clock
+        self.timers = TimerWheel(clock)
         self.settings = settings
         self.events = events if events is not None else EventStream()
         self.connections: dict[Backend, BackendConnections] = {}

@@ -32,7 +32,7 @@ from stickyproxy.core._endpoints import connect_quietly, no_delay
 from stickyproxy.core._events import EventStream
 from stickyproxy.core._proxyheader import HEADERS
 from stickyproxy.core._router import Router, RoutingContext
-from stickyproxy.core._timers import IdleTimer
+from stickyproxy.core._timers import IdleTimer, TimerWheel
 from stickyproxy.model import (
     Backend,
     ConnectionClosed,
@@ -142,7 +142,7 @@ class TCPProxyProtocol(Protocol):
         self.transport.resumeProducing()
         if self.factory.idle_timeout is not None:
             self._idle = IdleTimer(
-                self.factory.clock, self.factory.idle_timeout, self._close_idle
+                self.factory.timers, self.factory.idle_timeout, self._close_idle
             )
 
     def _no_backend(self, failure: Failure) -> None:
@@ -312,6 +312,7 @@ class TCPProxyFactory(Factory):
     :ivar alpn: the protocols a TLS listener offers in ALPN, most preferred
         first; none: the handshake completes without ALPN.
     :ivar clients: its open client connections.
+    :ivar timers: what times their idleness.
     """
 
     protocol = TCPProxyProtocol  # type: ignore[assignment]
@@ -336,6 +337,7 @@ class TCPProxyFactory(Factory):
         self.name = name
         self.router = router
         self.clock = clock
+        self.timers = TimerWheel(clock)
         self.idle_timeout = idle_timeout
         self.events = events if events is not None else EventStream()
         self.alpn = tuple(alpn)

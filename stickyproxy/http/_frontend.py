@@ -675,7 +675,10 @@ class HTTPProxyProtocol(Protocol):
     def __init__(self, factory: HTTPProxyFactory) -> None:
         self.factory = factory
         self.settings = factory.settings
-        self._parser = HttpRequestParser(self)
+        # Made at the first byte of a request, dropped while the connection
+        # waits for the next one: llhttp's state and the bound callbacks it
+        # holds are about 900 bytes an idle connection need not keep.
+        self._parser: HttpRequestParser | None = None
         # Requests read and not yet answered, oldest first: a list, as there
         # are rarely two (a deque's first block alone is 600 bytes, and an
         # idle connection has none).
@@ -739,6 +742,8 @@ class HTTPProxyProtocol(Protocol):
             self.timer.touch()
             self._tunnel.write(data)
             return
+        if self._parser is None:
+            self._parser = HttpRequestParser(self)
         while data and self.refusing is None:
             try:
                 self._parser.feed_data(data)
@@ -857,6 +862,7 @@ class HTTPProxyProtocol(Protocol):
             return
         self._in_head = False
         parser = self._parser
+        assert parser is not None  # it is what calls this
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise _Refuse(505, f"HTTP/{version} is not supported here")
@@ -967,6 +973,8 @@ class HTTPProxyProtocol(Protocol):
             self._send_refusal()
         else:
             self.timer.restart(self.settings.timeout_keepalive, self._idle_timeout)
+            if not self._head_size:  # between requests: see __init__
+                self._parser = None
             self.resume_reading()
 
     def _close_after_exchanges(self) -> None:
@@ -997,7 +1005,7 @@ class HTTPProxyProtocol(Protocol):
             return
         if incoming is not None:
             refusal.method, refusal.target = incoming.ctx.method, incoming.ctx.target
-        elif self._url:
+        elif self._url and self._parser is not None:  # a head under way
             refusal.method, refusal.target = self._parser.get_method(), self._url
         if incoming is not None and incoming in self._exchanges:
             self._exchanges.remove(incoming)

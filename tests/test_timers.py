@@ -182,6 +182,16 @@ class TimerWheelTests(TestCase):
     def idle(self, timeout, name):
         return IdleTimer(self.wheel, timeout, lambda: self.fired.append(name))
 
+    def assert_fires(self, quiet, then, fired):
+        """
+        Nothing fires in the next C{quiet} seconds; C{fired} have, C{then}
+        seconds later.
+        """
+        self.clock.advance(quiet)
+        self.assertEqual(self.fired, [])
+        self.clock.advance(then)
+        self.assertEqual(self.fired, fired)
+
     def test_fires_within_a_tick(self):
         """
         A timeout fires at the first tick at or after its end: never
@@ -191,10 +201,7 @@ class TimerWheelTests(TestCase):
         self.idle(1.0, "a")  # ends at 1.1: the tick at 1.25
         self.clock.advance(0.99)
         self.assertEqual(self.fired, [])
-        self.clock.advance(0.05)  # 1.14: ended, its tick not yet come
-        self.assertEqual(self.fired, [])
-        self.clock.advance(0.11)  # 1.25
-        self.assertEqual(self.fired, ["a"])
+        self.assert_fires(0.05, 0.11, ["a"])  # 1.14: ended, its tick not come
 
     def test_one_call_for_many(self):
         """
@@ -226,10 +233,7 @@ class TimerWheelTests(TestCase):
             self.clock.advance(0.5)
             timer.touch()
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
-        self.clock.advance(0.75)
-        self.assertEqual(self.fired, [])
-        self.clock.advance(0.25)
-        self.assertEqual(self.fired, ["a"])
+        self.assert_fires(0.75, 0.25, ["a"])
 
     def test_restart_sooner(self):
         """
@@ -328,10 +332,7 @@ class TimerWheelTests(TestCase):
         Deadline(self.wheel, lambda: 1.1, lambda: self.fired.append("late"))
         self.idle(5.0, "idle")
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
-        self.clock.advance(1.1)
-        self.assertEqual(self.fired, [])
-        self.clock.advance(0.15)
-        self.assertEqual(self.fired, ["late"])
+        self.assert_fires(1.1, 0.15, ["late"])
 
 
 class MonitorScheduleTests(TestCase):

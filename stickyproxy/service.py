@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from stickyproxy.admin._root import admin_site
+from stickyproxy.admin._traffic import TrafficCounter
 from stickyproxy.config._load import (
     BackendConfig,
     FrontendConfig,
@@ -529,6 +530,9 @@ class ProxyService(MultiService):
     :ivar remote_metrics: collects the counters of the worker processes
         that serve for this proxy, which its C{/metrics} adds to its own
         (the control channel sets it), or C{None}.
+    :ivar remote_traffic: each backend's traffic in those worker
+        processes, which its admin API and dashboard add to its own (the
+        control channel sets it), or C{None}.
     :ivar role: what it does in its process model.
     :ivar reloaded: called with the changes after each reload that applied,
         however asked for (C{SIGHUP}, the admin API): a parent has its
@@ -575,6 +579,7 @@ class ProxyService(MultiService):
         self.config_source: Callable[[], ProxyConfig] | None = None
         self.reloaded: list[Callable[[list[str]], object]] = []
         self.remote_metrics: Callable[[], Deferred[list[Metric]]] | None = None
+        self.remote_traffic: TrafficCounter | None = None
         # Nothing runs yet: the first configuration is all new.
         self.config = ProxyConfig(frontends=(), pools={})
         # One store for the proxy's life: a reload keeps it as it is.

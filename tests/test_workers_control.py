@@ -16,10 +16,11 @@ from twisted.protocols import amp
 from twisted.test.iosim import IOPump, connect, makeFakeClient, makeFakeServer
 
 from stickyproxy import AdminState, load_config
+from stickyproxy.admin import AdminRoot, TrafficCounter
 from stickyproxy.interfaces import IPassiveHealth
 from stickyproxy.metrics import MetricsResource
 from stickyproxy.metrics._merge import counters_from_json, counters_json, merge
-from stickyproxy.model import Health
+from stickyproxy.model import ConnectionOpened, Health
 from stickyproxy.persistence._registry import StrategyRegistry
 from stickyproxy.persistence._sourceip import source_ip
 from stickyproxy.service import ProxyService
@@ -521,6 +522,79 @@ class MetricsTests(ChannelTestCase):
             ),
             6,
         )
+
+
+class TrafficTests(ChannelTestCase):
+    """
+    The parent's admin API (which the dashboard reads, and computes its
+    rates from) shows the traffic its workers served.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.stub = StubTreq(AdminRoot(self.parent))
+
+    def get(self, path: str) -> Any:
+        getting = self.stub.get(f"http://admin.invalid{path}")
+        self.stub.flush()
+        response = self.successResultOf(getting)
+        self.assertEqual(response.code, 200)
+        return self.successResultOf(self.stub.json_content(response))
+
+    def serve(self, worker: Worker, count: int, **fields: Any) -> None:
+        for _ in range(count):
+            worker.service.events.request_finished(
+                finished_request(pool="app", frontend="l4", **fields)
+            )
+
+    def test_backend_totals_of_every_worker(self) -> None:
+        """
+        Each backend's totals are the sums of what every worker served:
+        requests, errors and persistence outcomes; a worker gone keeps its
+        share, and requests that got no backend are counted per pool.
+        """
+        one, two = self.worker(1), self.worker(2)
+        self.serve(one, 2)
+        self.serve(two, 3, persistence="hit")
+        self.serve(two, 1, status=502)
+        self.serve(one, 1, backend=None, ended="no-backend")
+        one.tick()
+        two.tick()
+        two.stop()
+        again = self.worker(2)
+        self.serve(again, 1, backend="b")
+        again.tick()
+        traffic = self.get("/api/pools/app/backends/a")["traffic"]
+        self.assertEqual((traffic["requests"], traffic["errors"]), (6, 1))
+        self.assertEqual(traffic["outcomes"]["hit"], 3)
+        self.assertEqual(traffic["outcomes"]["new"], 3)
+        self.assertEqual(
+            self.get("/api/pools/app/backends/b")["traffic"]["requests"], 1
+        )
+        self.assertEqual(self.get("/api/pools/app")["no_backend"], 1)
+
+    def test_connections_and_nothing_twice(self) -> None:
+        """
+        L4 connections count too, and a worker sends each of its counts
+        once: what it served before a tick is not added again at the next.
+        """
+        one = self.worker(1)
+        one.service.events.connection_opened(
+            ConnectionOpened("l4", "app", "a", "192.0.2.1", "new", None)
+        )
+        one.tick()
+        one.tick()
+        traffic = self.get("/api/pools/app/backends/a")["traffic"]
+        self.assertEqual(traffic["connections"], 1)
+
+    def test_bad_totals(self) -> None:
+        """
+        Totals not shaped as a counter's are refused, and nothing is added.
+        """
+        counter = TrafficCounter()
+        for bad in ({}, {"backends": [["app", "a", {}]], "no_backend": {}}, [1]):
+            self.assertRaises(ValueError, counter.add_json, bad)
+        self.assertIsNone(counter.take())
 
 
 class MergeTests(TestCase):

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from stickyproxy.admin._traffic import TrafficCounter
+from stickyproxy.admin._traffic import Traffic, TrafficCounter
 from stickyproxy.config import _bounds as bounds
 from stickyproxy.config._options import ConfigError, OptionReader
 from stickyproxy.core._pool import BackendInUse, Pool
@@ -227,8 +227,32 @@ class _Live(JSONResource):
                 "started": None if started is None else iso_time(started.time),
                 "sessions_at_start": None if started is None else started.sessions,
             }
-        found["traffic"] = self.traffic.traffic(pool.name, backend.name).as_json()
+        found["traffic"] = self.backend_traffic(pool.name, backend.name).as_json()
         return found
+
+    def _counters(self) -> list[TrafficCounter]:
+        """
+        :returns: this process's traffic, and its workers' (L{ProxyService
+            <stickyproxy.service.ProxyService>}C{.remote_traffic}).
+        """
+        remote = self.service.remote_traffic
+        return [self.traffic] if remote is None else [self.traffic, remote]
+
+    def backend_traffic(self, pool: str, backend: str) -> Traffic:
+        """
+        :returns: a backend's totals, its workers' included.
+        """
+        total = Traffic()
+        for counter in self._counters():
+            total.add(counter.traffic(pool, backend))
+        return total
+
+    def no_backend(self, pool: str) -> int:
+        """
+        :returns: how many requests of a pool's frontends got no backend,
+            its workers' included.
+        """
+        return sum(counter.no_backend(pool) for counter in self._counters())
 
 
 def _names(names: Iterable[str]) -> str:
@@ -317,7 +341,7 @@ class PoolsResource(_Live):
             "balance": pool.balancer.name,
             "backends": [backend.name for backend in pool.backends],
             "panic": pool.panic,
-            "no_backend": self.traffic.no_backend(pool.name),
+            "no_backend": self.no_backend(pool.name),
         }
 
     def add(self, request: Request, pool: Pool) -> tuple[int, JSON]:

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from stickyproxy.admin._traffic import TrafficCounter
 from stickyproxy.config._load import ProxyConfig
 from stickyproxy.config._options import ConfigError
 from stickyproxy.core._adminsync import PEER, AdminSync, admin_record
@@ -225,10 +226,12 @@ class Resync(amp.Command):
 class Load(amp.Command):
     """
     What a worker holds of each backend: C{[[pool, backend, active,
-    sessions], ...]}.
+    sessions], ...]}; and the traffic it served since its last C{Load}
+    (what L{TrafficCounter.take} gives, or C{None}), for the parent's
+    admin API and dashboard.
     """
 
-    arguments = [(b"backends", _JSON())]
+    arguments = [(b"backends", _JSON()), (b"traffic", _JSON())]
     requiresAnswer = False
 
 
@@ -296,6 +299,8 @@ class _Workers(IgnoreEvents):
     # the workers gone (so that counters never go back when one dies).
     counters: dict[ParentControl, list[Metric]] = attrs.field(factory=dict)
     departed: list[Metric] = attrs.field(factory=list)
+    # Every worker's traffic (sent as it grows: a worker gone keeps its share).
+    traffic: TrafficCounter = attrs.field(factory=TrafficCounter)
     sync: AdminSync = attrs.field(init=False)
     # The pools given a session count of the workers (a reload adds new ones).
     _counted: weakref.WeakSet[Pool] = attrs.field(init=False, factory=weakref.WeakSet)
@@ -307,6 +312,7 @@ class _Workers(IgnoreEvents):
         if not self.channels:
             self.service.events.subscribe(self)
             self.service.remote_metrics = self.collect
+            self.service.remote_traffic = self.traffic
         self.channels.append(channel)
 
     def leave(self, channel: ParentControl) -> None:
@@ -518,12 +524,14 @@ class ParentControl(amp.AMP):
         return {}
 
     @Load.responder
-    def load(self, backends: list[list[Any]]) -> dict[str, object]:
+    def load(self, backends: list[list[Any]], traffic: Any) -> dict[str, object]:
         self._workers.loads[self] = {
             (str(pool), str(name)): (int(active), int(sessions))
             for pool, name, active, sessions in backends
         }
         self._workers.count()
+        if traffic is not None:
+            self._workers.traffic.add_json(traffic)
         return {}
 
 
@@ -598,6 +606,7 @@ class WorkerControl(amp.AMP):
         self._config: ProxyConfig | None = None  # the one followed
         self._counters = CollectorRegistry()
         self._traffic: TrafficMetrics | None = None
+        self._totals = TrafficCounter()  # since the last Load
         #: Fires once the parent sent everything the worker follows (every
         #: backend's state), before which it should not serve.
         self.synced: Deferred[None] = Deferred()
@@ -613,6 +622,7 @@ class WorkerControl(amp.AMP):
         self._timer = None
         if self._traffic is not None:
             self.service.events.unsubscribe(self._traffic)
+            self.service.events.unsubscribe(self._totals)
 
     def send(self, command: type[amp.Command], **arguments: object) -> None:
         """
@@ -641,17 +651,18 @@ class WorkerControl(amp.AMP):
             for pool in self.service.pools.values()
             for backend in pool.backends
         ]
-        if load != self._sent_load:
+        traffic = self._totals.take()
+        if load != self._sent_load or traffic is not None:
             self._sent_load = load
-            self.send(Load, backends=load)
+            self.send(Load, backends=load, traffic=traffic)
 
     def follow(self) -> None:
         """
         Send the passive health signals of every pool (a reload may build
         new ones) to the parent; count the traffic for the parent's
-        C{/metrics} once the configuration has an admin listener (without
-        one, the worker's requests publish no event: that costs them
-        nothing).
+        C{/metrics}, admin API and dashboard once the configuration has an
+        admin listener (without one, the worker's requests publish no
+        event: that costs them nothing).
         """
         for pool in self.service.pools.values():
             if not isinstance(pool.passive, _PassiveToParent):
@@ -659,6 +670,7 @@ class WorkerControl(amp.AMP):
         if self._traffic is None and self.service.config.admin is not None:
             self._traffic = TrafficMetrics(self._counters)
             self.service.events.subscribe(self._traffic)
+            self.service.events.subscribe(self._totals)
 
     def _pool(self, name: str) -> Pool | None:
         pool = self.service.pools.get(name)

@@ -233,6 +233,27 @@ class WorkersControlTests(HTTPE2ETestCase):
         self.assertEqual(self.from_both(), {"b2"})
         self.assertEqual(self.from_both(sticky), {"b2"})
 
+    def test_api_totals_count_every_worker(self) -> None:
+        """
+        The parent's admin API, which the dashboard reads (and computes its
+        request rates from), counts per backend every request both workers
+        served, with its persistence outcome.
+        """
+        self.from_both()
+        cookie = self.cookie_for("b2")
+        before = self.sent
+        self.from_both(cookie)
+        hits = self.sent - before
+
+        def counted() -> bool:
+            backends = self.api("GET", "/api/backends")
+            assert isinstance(backends, list)
+            totals = {b["name"]: b["traffic"] for b in backends}
+            requests = sum(t["requests"] for t in totals.values())
+            return requests == self.sent and totals["b2"]["outcomes"]["hit"] == hits
+
+        self.wait(counted, IO_TIMEOUT, "the API to count every request", self.proxy)
+
     def test_metrics_count_every_worker(self) -> None:
         """
         The parent's C{/metrics} counts every request both workers served,

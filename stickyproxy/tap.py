@@ -33,6 +33,7 @@ from twisted.python import usage
 
 from stickyproxy import __version__
 from stickyproxy._demo import DemoService, demo_config_data, listen_demo_backends
+from stickyproxy._eventloop import install_lean_reactor
 from stickyproxy._jsonlog import json_lines_observer, stdout_json_observer
 from stickyproxy.config._load import (
     MODES,
@@ -725,6 +726,7 @@ def makeService(options: Options) -> IService:
     The C{twistd} entry point.  A configuration mistake ends the process
     with status 1 and a one-line message naming the key, not a traceback.
     """
+    install_lean_reactor()
     from twisted.internet import reactor
 
     try:

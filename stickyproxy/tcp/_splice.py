@@ -32,6 +32,7 @@ from stickyproxy.core._endpoints import connect_quietly, no_delay
 from stickyproxy.core._events import EventStream
 from stickyproxy.core._proxyheader import HEADERS
 from stickyproxy.core._router import Router, RoutingContext
+from stickyproxy.core._sending import send_now
 from stickyproxy.core._timers import IdleTimer, TimerWheel
 from stickyproxy.model import (
     Backend,
@@ -167,7 +168,7 @@ class TCPProxyProtocol(Protocol):
             self._bytes_in += len(data)
         if self._idle is not None:
             self._idle.touch()
-        backend.write(data)
+        send_now(backend, data)
 
     def from_backend(self, data: bytes) -> None:
         """
@@ -177,7 +178,7 @@ class TCPProxyProtocol(Protocol):
             self._bytes_out += len(data)
         if self._idle is not None:
             self._idle.touch()
-        self.transport.write(data)
+        send_now(self.transport, data)
 
     def readConnectionLost(self) -> None:
         if self._ended is None:

@@ -1,0 +1,75 @@
+"""
+The event loop C{twistd stickyproxy} runs on when nobody chose one.
+
+Twisted's epoll reactor runs each socket event inside a logging context
+(C{callWithLogger}: the selectable's C{logPrefix}, a context pushed and
+popped, a try block), about nine calls per event, and a proxied request
+makes four events.  The context only names the C{system} of legacy
+C{twisted.python.log} messages sent from inside the event; the proxy logs
+with C{twisted.logger} and named fields, which do not use it.  So the proxy
+installs this reactor, which hands each event straight to the epoll
+reactor's own handler; everything else is the epoll reactor's.
+
+A reactor the user chose (C{twistd --reactor}), or one already installed,
+is kept; a program that embeds the proxy keeps its own.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.internet.main import installReactor
+
+try:
+    from twisted.internet.epollreactor import EPollReactor
+except ImportError:  # pragma: no cover (no epoll: not Linux)
+    EPollReactor = None  # type: ignore[assignment,misc]
+
+
+if EPollReactor is not None:
+
+    class LeanEPollReactor(EPollReactor):
+        """
+        The epoll reactor, without a logging context around each event.
+        """
+
+        def doPoll(self, timeout: float | None) -> None:
+            """
+            Wait for events (up to C{timeout} seconds, or for ever), and
+            handle each as the epoll reactor does, minus the context.
+            """
+            try:
+                events = self._poller.poll(
+                    -1 if timeout is None else timeout, len(self._selectables)
+                )
+            except OSError as error:
+                if error.errno == errno.EINTR:
+                    return
+                raise
+            handle = self._doReadOrWrite
+            selectables = self._selectables
+            for fd, event in events:
+                selectable = selectables.get(fd)
+                if selectable is not None:
+                    handle(selectable, fd, event)
+
+        doIteration = doPoll
+
+
+def install_lean_reactor(
+    modules: Mapping[str, object] = sys.modules,
+    install: Callable[[Any], None] = installReactor,
+) -> bool:
+    """
+    Install L{LeanEPollReactor} as the global reactor, unless a reactor is
+    installed already or this platform has no epoll.
+
+    :returns: whether it was installed.
+    """
+    if EPollReactor is None or "twisted.internet.reactor" in modules:
+        return False
+    install(LeanEPollReactor())
+    return True

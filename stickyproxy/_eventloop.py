@@ -11,7 +11,10 @@ installs this reactor, which hands each event straight to the epoll
 reactor's own handler; everything else is the epoll reactor's.
 
 A reactor the user chose (C{twistd --reactor}), or one already installed,
-is kept; a program that embeds the proxy keeps its own.
+is kept; a program that embeds the proxy keeps its own.  It is also a
+reactor plugin, C{--reactor stickyproxy-epoll}, which is how the workers
+(started with C{python -m twisted}, which installs its default reactor
+before the proxy is made) get it too.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import errno
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from twisted.internet.main import installReactor
 
@@ -59,9 +61,35 @@ if EPollReactor is not None:
         doIteration = doPoll
 
 
+#: The name of the reactor plugin (C{twisted/plugins/stickyproxy_plugin.py}).
+PLUGIN_NAME = "stickyproxy-epoll"
+
+
+def install() -> None:
+    """
+    Install L{LeanEPollReactor} as the global reactor (the reactor plugin's
+    entry point).
+
+    :raises ImportError: where there is no epoll.
+    """
+    if EPollReactor is None:
+        raise ImportError("the stickyproxy-epoll reactor needs epoll (Linux)")
+    installReactor(LeanEPollReactor())
+
+
+def reactor_option(reactor: object) -> list[str]:
+    """
+    :returns: the command-line option that gives a worker process the
+        reactor C{reactor} is, if it is this one (else the default).
+    """
+    if EPollReactor is not None and isinstance(reactor, LeanEPollReactor):
+        return ["--reactor", PLUGIN_NAME]
+    return []
+
+
 def install_lean_reactor(
     modules: Mapping[str, object] = sys.modules,
-    install: Callable[[Any], None] = installReactor,
+    install: Callable[[], None] = install,
 ) -> bool:
     """
     Install L{LeanEPollReactor} as the global reactor, unless a reactor is
@@ -71,5 +99,5 @@ def install_lean_reactor(
     """
     if EPollReactor is None or "twisted.internet.reactor" in modules:
         return False
-    install(LeanEPollReactor())
+    install()
     return True

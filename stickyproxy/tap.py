@@ -33,7 +33,7 @@ from twisted.python import usage
 
 from stickyproxy import __version__
 from stickyproxy._demo import DemoService, demo_config_data, listen_demo_backends
-from stickyproxy._eventloop import install_lean_reactor
+from stickyproxy._eventloop import install_lean_reactor, reactor_option
 from stickyproxy._jsonlog import json_lines_observer, stdout_json_observer
 from stickyproxy.config._load import (
     MODES,
@@ -430,13 +430,17 @@ def _config(
     )
 
 
-def _worker_command(options: Options, config: ProxyConfig) -> list[str]:
+def _worker_command(
+    options: Options, config: ProxyConfig, reactor: object
+) -> list[str]:
     """
     :returns: how a worker is started: as this process was, under C{twist}
         (no pid file, no daemon), logging JSON lines for its parent to
-        relay, with the paths this process resolved.
+        relay, with the paths this process resolved, on this process's
+        reactor if it is the proxy's own.
     """
-    command = [sys.executable, "-m", "twisted", "stickyproxy", *options.argv]
+    command = [sys.executable, "-m", "twisted", *reactor_option(reactor)]
+    command += ["stickyproxy", *options.argv]
     command += ["--state-dir", config.state_dir, "--log-format", "json"]
     if options["config"]:
         command += ["--config", options["config"]]
@@ -498,7 +502,7 @@ def _makeService(
         workers = WorkerSupervisor(
             reactor,
             config.workers,
-            _worker_command(options, config),
+            _worker_command(options, config, reactor),
             environment,
             proxy.sockets,
             control=partial(parent_control, proxy),

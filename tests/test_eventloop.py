@@ -8,7 +8,12 @@ from __future__ import annotations
 import errno
 import select
 
-from stickyproxy._eventloop import LeanEPollReactor, install_lean_reactor
+from stickyproxy._eventloop import (
+    PLUGIN_NAME,
+    LeanEPollReactor,
+    install_lean_reactor,
+    reactor_option,
+)
 
 from tests._base import TestCase
 
@@ -112,10 +117,8 @@ class InstallTests(TestCase):
         With no reactor installed, the lean one is.
         """
         installed = []
-        self.assertTrue(install_lean_reactor({}, installed.append))
-        [reactor] = installed
-        self.addCleanup(reactor._poller.close)
-        self.assertIsInstance(reactor, LeanEPollReactor)
+        self.assertTrue(install_lean_reactor({}, lambda: installed.append(True)))
+        self.assertEqual(installed, [True])
 
     def test_chosen_reactor_kept(self):
         """
@@ -129,3 +132,24 @@ class InstallTests(TestCase):
             )
         )
         self.assertEqual(installed, [])
+
+
+class WorkerReactorTests(TestCase):
+    def test_workers_get_the_lean_reactor(self):
+        """
+        A process on the lean reactor starts its workers with the reactor
+        plugin's name; on any other reactor, with the default.
+        """
+        reactor = LeanEPollReactor()
+        self.addCleanup(reactor._poller.close)
+        self.assertEqual(reactor_option(reactor), ["--reactor", PLUGIN_NAME])
+        self.assertEqual(reactor_option(object()), [])
+
+    def test_plugin_names_it(self):
+        """
+        The reactor plugin of that name installs this module's reactor.
+        """
+        from twisted.application.reactors import getReactorTypes
+
+        [plugin] = [r for r in getReactorTypes() if r.shortName == PLUGIN_NAME]
+        self.assertEqual(plugin.moduleName, "stickyproxy._eventloop")

@@ -67,7 +67,7 @@ class TimerWheel:
     def __init__(self, clock: IReactorTime, tick: float = TICK) -> None:
         self.clock = clock
         self.tick = tick
-        self._buckets: dict[int, dict[_Timer, None]] = {}
+        self._buckets: dict[int, _Bucket] = {}
         self._ticks: list[int] = []  # a heap of the keys of _buckets
         self._call: IDelayedCall | None = None
         self._next = 0  # the tick _call is for
@@ -89,20 +89,22 @@ class TimerWheel:
         """
         bucket = self._buckets.get(tick)
         if bucket is None:
-            bucket = self._buckets[tick] = {}
+            bucket = self._buckets[tick] = _Bucket(tick)
             heappush(self._ticks, tick)
             if not self._running and (self._call is None or tick < self._next):
                 self._schedule(tick)
         bucket[timer] = None
-        timer._tick = tick
+        timer._bucket = bucket
         self._size += 1
 
     def unfile(self, timer: _Timer) -> None:
         """
         Forget C{timer} (filed here).
         """
-        del self._buckets[timer._tick][timer]  # type: ignore[index]
-        timer._tick = None
+        bucket = timer._bucket
+        assert bucket is not None
+        del bucket[timer]
+        timer._bucket = None
         self._size -= 1
         if not self._size and not self._running:
             self._stop()
@@ -136,7 +138,7 @@ class TimerWheel:
                 bucket = buckets[tick]
                 while bucket:  # a callback may unfile or file timers
                     timer = bucket.popitem()[0]
-                    timer._tick = None
+                    timer._bucket = None
                     self._size -= 1
                     try:
                         timer._expire(now)
@@ -151,22 +153,35 @@ class TimerWheel:
             self._stop()
 
 
+class _Bucket(dict["_Timer", None]):
+    """
+    The timers filed under one tick, in the order they were filed.  Each
+    refers to its bucket (shared), not to its tick (an int of its own).
+    """
+
+    __slots__ = ("tick",)
+
+    def __init__(self, tick: int) -> None:
+        super().__init__()
+        self.tick = tick
+
+
 class _Timer:
     """
     What a L{TimerWheel} files: something due at a moment it can tell.
     """
 
-    __slots__ = ("_tick", "_wheel")
+    __slots__ = ("_bucket", "_wheel")
 
     def __init__(self, wheel: TimerWheel) -> None:
         self._wheel = wheel
-        self._tick: int | None = None  # where it is filed, if it is
+        self._bucket: _Bucket | None = None  # where it is filed, if it is
 
     def cancel(self) -> None:
         """
         Stop timing: it will not fire (unless started again).
         """
-        if self._tick is not None:
+        if self._bucket is not None:
             self._wheel.unfile(self)
 
     def _expire(self, now: int) -> None:
@@ -216,10 +231,10 @@ class IdleTimer(_Timer):
         self._last = now = self._clock.seconds()
         wheel = self._wheel
         due = wheel.tick_of(now + timeout)
-        filed = self._tick
+        filed = self._bucket
         if filed is None:
             wheel.file(self, due)
-        elif filed > due:
+        elif filed.tick > due:
             wheel.unfile(self)
             wheel.file(self, due)
 

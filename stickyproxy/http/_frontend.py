@@ -685,9 +685,10 @@ class HTTPProxyProtocol(Protocol):
         self._exchanges: list[_Exchange] = []
         self._incoming: _Exchange | None = None
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        # The header fields of the request head being read; none between
+        # heads (then a field is a trailer's, and is dropped).
+        self._headers: list[tuple[bytes, bytes]] | None = None
         self._head_size = 0
-        self._in_head = False
         self._paused = False
         self._tunnel: Any = None
         self._tunnel_exchange: _Exchange | None = None
@@ -836,7 +837,7 @@ class HTTPProxyProtocol(Protocol):
             return
         self._url = b""
         self._head_size = 1
-        self._in_head = True
+        self._headers = []
         if not self._exchanges:
             self._head_begun = True  # see dataReceived
 
@@ -846,27 +847,28 @@ class HTTPProxyProtocol(Protocol):
             raise _Refuse(414, "the request target is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
+        headers = self._headers
+        if headers is None:
             return  # a trailer field, after a chunked body: not forwarded
         self._head_size += len(name) + len(value) + 4
         if self._head_size > self.settings.max_header_size:
             raise _Refuse(431, "the request head is too large")
-        if len(self._headers) >= self.settings.max_headers:
+        if len(headers) >= self.settings.max_headers:
             raise _Refuse(431, "the request has too many headers")
-        self._headers.append((name.lower(), value))
+        headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         if self._resuming:  # the head _read_on made up
             self._resuming = False
             self._url = b""
             return
-        self._in_head = False
+        # The request's headers are its own: not kept while idle.
+        headers, self._headers = self._headers, None
         parser = self._parser
-        assert parser is not None  # it is what calls this
+        assert parser is not None and headers is not None  # on_message_begin ran
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise _Refuse(505, f"HTTP/{version} is not supported here")
-        headers = self._headers
         method = parser.get_method()
         if method == b"CONNECT":
             raise _Refuse(501, "CONNECT is not proxied: this is a reverse proxy")
@@ -921,7 +923,6 @@ class HTTPProxyProtocol(Protocol):
             ctx.secure = ctx.secure or ctx.header(b"x-forwarded-proto") == b"https"
         self._head_size = 0
         self._url = b""
-        self._headers = []  # the request's are its own: not kept while idle
         exchange = _Exchange(
             self,
             ctx,

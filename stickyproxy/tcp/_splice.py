@@ -81,7 +81,7 @@ class TCPProxyProtocol(Protocol):
         self._backend: Any = None  # the backend's transport, once connected
         self._decision: Decision | None = None
         self._connecting: Deferred[Any] | None = None
-        self._early: list[bytes] = []
+        self._early: list[bytes] | None = None  # read before the backend is up
         self._client_done = False  # the client sent FIN
         self._backend_done = False  # the backend sent FIN
         self._closed = False
@@ -119,9 +119,9 @@ class TCPProxyProtocol(Protocol):
                 self.transport.getPeer(), self.transport.getHost()
             )
             backend.write(header)
-        if self._early:
+        if self._early is not None:
             backend.writeSequence(self._early)
-            self._early = []
+            self._early = None
         self.factory.opened(self._decision.backend, self)
         events = self.factory.events
         if events.active:
@@ -162,6 +162,8 @@ class TCPProxyProtocol(Protocol):
         backend = self._backend
         if backend is None:
             self._bytes_in += len(data)
+            if self._early is None:
+                self._early = []
             self._early.append(data)
             return
         if self._opened_at is not None:  # counted for its ConnectionClosed

@@ -152,6 +152,59 @@ class RedisStickTableTests(TestCase):
         self.clock.advance(60)
         self.assertIsNone(self.server.get_value(NAMESPACE + b"k"))
 
+    def test_held_binding_kept_alive(self):
+        """
+        A binding held here (an open connection) longer than its timeout
+        stays in the store, its TTL restarted in the background about every
+        third of the timeout: the other proxy still honours it, and so does
+        this one after asking.
+        """
+        self.a.bind(b"k", "b1")
+        for _ in range(10):
+            self.clock.advance(20)
+        self.assertEqual(self.server.get_value(NAMESPACE + b"k"), b"b1")
+        self.assertGreater(self.server.ttl(NAMESPACE + b"k"), 60 - 20)
+        self.assertEqual(self.successResultOf(self.b.get(b"k")), "b1")
+        self.assertEqual(self.successResultOf(self.a.get(b"k")), "b1")
+
+    def test_held_binding_restored(self):
+        """
+        A held binding the store lost without this proxy noticing (a
+        flushed or restarted Redis) is written again at the next round;
+        one another proxy moved meanwhile is left as it is.
+        """
+        self.a.bind(b"k", "b1")
+        self.a.bind(b"m", "b1")
+        self.server.flush()
+        self.server.data[NAMESPACE + b"m"] = b"b2"
+        self.clock.advance(20)
+        self.assertEqual(self.server.get_value(NAMESPACE + b"k"), b"b1")
+        self.assertEqual(self.server.ttl(NAMESPACE + b"k"), 60)
+        self.assertEqual(self.server.get_value(NAMESPACE + b"m"), b"b2")
+
+    def test_released_binding_not_kept_alive(self):
+        """
+        Once released, a binding is no longer kept alive: unused, it
+        expires in the store, and the table's round stops.
+        """
+        self.a.bind(b"k", "b1")
+        self.a.release(b"k")
+        for _ in range(4):
+            self.clock.advance(20)
+        self.assertIsNone(self.server.get_value(NAMESPACE + b"k"))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)  # the heartbeats
+
+    def test_replaced_table_round_ends(self):
+        """
+        The round of a table no longer used (a reload replaced it) ends:
+        it does not keep the table alive.
+        """
+        self.b.bind(b"x", "b1")
+        self.proxies.tables[1] = self.b = None
+        gc.collect()
+        self.clock.advance(20)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)  # the heartbeats
+
     def test_refresh_only_known(self):
         """
         C{refresh} moves a binding the store knows, even if this proxy does

@@ -160,6 +160,15 @@ class StickTable:
             expires = None if key in self._holds else last_used + self.timeout
             yield TableEntry(key, backend, expires)
 
+    def held(self) -> Iterator[tuple[bytes, str]]:
+        """
+        :returns: the held bindings (with open connections): their keys
+            and backends.
+        """
+        entries = self._entries
+        for key in list(self._holds):
+            yield key, entries[key][0]
+
     def clear(self) -> None:
         self._entries.clear()
         self._holds.clear()

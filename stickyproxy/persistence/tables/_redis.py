@@ -15,6 +15,7 @@ from zope.interface import implementer
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -35,6 +36,10 @@ FRESH = 1.0
 #: The most keys deleted by one command when a table is cleared.
 _SCAN_COUNT = 1000
 
+#: A held binding's TTL in the store is restarted this often, as a share
+#: of the table's timeout: it never runs out while the binding is held.
+KEEP_ALIVE_SHARE = 1 / 3
+
 
 def _weakly(method: Callable[[], None]) -> Callable[[], None]:
     """
@@ -49,6 +54,26 @@ def _weakly(method: Callable[[], None]) -> Callable[[], None]:
             alive()
 
     return call
+
+
+def _keeper(table: RedisStickTable) -> LoopingCall:
+    """
+    Start the round that keeps C{table}'s held bindings alive in the
+    store, held weakly: a table that a reload replaced ends its round.
+    """
+    reference = weakref.ref(table)
+
+    def keep_alive() -> None:
+        alive = reference()
+        if alive is None:
+            keeper.stop()
+        else:
+            alive._keep_alive()
+
+    keeper = LoopingCall(keep_alive)
+    keeper.clock = table.clock
+    keeper.start(table.timeout * KEEP_ALIVE_SHARE, now=False)
+    return keeper
 
 
 def _glob_escape(name: bytes) -> bytes:
@@ -84,6 +109,13 @@ class RedisStickTable:
     one for the key: the store's binding wins, since other proxies may
     have used it meanwhile, and this proxy follows it at its next lookup.
     Forgotten keys are deleted then too.
+
+    A held binding (an open connection, a request under way) may outlive
+    its timeout here without being looked up again, so every
+    C{timeout * KEEP_ALIVE_SHARE} seconds while any is held, a round
+    restarts the TTL of each in the store, in the background, and writes
+    again (C{NX}) one the store lost: another proxy keeps honouring a
+    binding as long as it is used here.
     """
 
     log = Logger()
@@ -102,6 +134,8 @@ class RedisStickTable:
     )
     # Keys forgotten while the store could not be told.
     _forgotten: OrderedDict[bytes, None] = attrs.field(init=False, factory=OrderedDict)
+    # Restarts held bindings' TTLs while any is held.
+    _keeper: LoopingCall | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self._local = StickTable(clock=self.clock, timeout=self.timeout, size=self.size)
@@ -180,6 +214,31 @@ class RedisStickTable:
     def bind(self, key: bytes, backend: str) -> None:
         self._local.bind(key, backend)
         self._write(key, backend)
+        if self._keeper is None:
+            self._keeper = _keeper(self)
+
+    def _keep_alive(self) -> None:
+        """
+        Restart the TTL of every held binding in the store, writing again
+        those it lost; the round stops when none is held.
+        """
+        held = list(self._local.held())
+        if not held:
+            if self._keeper is not None:
+                self._keeper.stop()
+                self._keeper = None
+            return
+        if not self.store.up:
+            return  # every local binding is written back when it returns
+        for key, backend in held:
+            kept = self.store.call("PEXPIRE", self._key(key), self._ttl)
+            kept.addCallbacks(self._kept, self._not_written, (key, backend))
+
+    def _kept(self, reply: object, key: bytes, backend: str) -> None:
+        if reply == 0:  # the store lost it: this proxy still uses it
+            self.store.call(
+                "SET", self._key(key), backend, "PX", self._ttl, "NX"
+            ).addErrback(self._not_written)
 
     def refresh(self, key: bytes, backend: str) -> None:
         self._local.refresh(key, backend)

@@ -364,6 +364,7 @@ class CollectionsTests(AdminTestCase):
                 {
                     "name": "app",
                     "balance": "leastconn",
+                    "session_balance_factor": None,
                     "backends": ["a", "b"],
                     "panic": False,
                     "no_backend": 0,
@@ -371,11 +372,31 @@ class CollectionsTests(AdminTestCase):
                 {
                     "name": "spare",
                     "balance": "roundrobin",
+                    "session_balance_factor": None,
                     "backends": ["s"],
                     "panic": False,
                     "no_backend": 0,
                 },
             ],
+        )
+
+    def test_pool_session_balance_factor(self):
+        """
+        A pool's C{session_balance_factor} is shown beside its balancer,
+        which keeps its own name under the cap.
+        """
+        data = config_data()
+        data["state_dir"] = self.proxy.config.state_dir
+        data["pool"]["app"].update(balance="leastsessions", session_balance_factor=1.25)
+        proxy = ProxyService(load_config(data, REGISTRY), self.reactor, REGISTRY)
+        client = StubTreq(proxy.admin.factory.resource)
+        response = self.successResultOf(
+            client.get("http://127.0.0.1:8081/api/pools/app")
+        )
+        pool = json.loads(self.successResultOf(response.content()))
+        self.assertEqual(
+            (pool["balance"], pool["session_balance_factor"]),
+            ("leastsessions", 1.25),
         )
 
     def test_frontends(self):

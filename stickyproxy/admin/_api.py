@@ -24,6 +24,7 @@ from twisted.web.server import Request
 from stickyproxy.admin._traffic import Traffic, TrafficCounter
 from stickyproxy.config import _bounds as bounds
 from stickyproxy.config._options import ConfigError, OptionReader
+from stickyproxy.core._balancers import SessionCap
 from stickyproxy.core._pool import BackendInUse, Pool
 from stickyproxy.interfaces import IListableStickTable, IStickTableStrategy
 from stickyproxy.model import AdminState, Backend
@@ -339,6 +340,9 @@ class PoolsResource(_Live):
         return {
             "name": pool.name,
             "balance": pool.balancer.name,
+            "session_balance_factor": (
+                pool.balancer.factor if isinstance(pool.balancer, SessionCap) else None
+            ),
             "backends": [backend.name for backend in pool.backends],
             "panic": pool.panic,
             "no_backend": self.no_backend(pool.name),

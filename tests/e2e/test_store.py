@@ -1,12 +1,17 @@
 """
 End-to-end: two real proxies sharing a real C{redis-server} (C{[store]}):
 what one learns, the other honours; Redis killed mid-test, both keep
-serving, and what was learned meanwhile reaches Redis when it is back.
+serving, and what was learned meanwhile reaches Redis when it is back; a
+proxy restarted, or reloaded with new tables, finds its clients' bindings
+in Redis.
 """
 
 from __future__ import annotations
 
+import signal
+
 from tests.e2e._harness import (
+    HOST,
     HTTP_NAMES,
     STARTUP_TIMEOUT,
     HTTPE2ETestCase,
@@ -178,3 +183,62 @@ class SharedStoreTests(HTTPE2ETestCase):
         self.assert_hits(self.url_b, during, during_backend)
         for proxy in (self.a, self.b):
             self.assertNotIn("Traceback", proxy.output())
+
+    def test_restart_and_reload_keep_sticky_clients(self) -> None:
+        """
+        One proxy with an app-cookie C{learn} frontend and a source-ip
+        table frontend in the store, stopped (C{SIGTERM}) and started again
+        on the same configuration, then reloaded (C{SIGHUP}) with changed
+        persistence (new, empty local tables): each time every client still
+        reaches the backend it was bound to.  Asked in the reverse order,
+        round-robin alone would move them.
+        """
+        require_loopback_aliases()
+        self.backends = self.start_http_backends(*HTTP_NAMES)
+        tcp = self.start_backends(*TCP_NAMES)
+        port, tcp_port = free_port(), free_port()
+        self.url_a = f"http://{HOST}:{port}"
+
+        def config(timeout: int) -> str:
+            table = {"store": "redis", "timeout": timeout}
+            return (
+                self.http_proxy_config(port, {**LEARN, **table})
+                + frontend_config(
+                    tcp_port,
+                    {name: backend.port for name, backend in tcp.items()},
+                    name="tcp",
+                    persistence={"strategy": "source-ip", "mode": "table", **table},
+                )
+                + store_config(self.redis.port)
+                + "\n"
+            )
+
+        def start() -> Process:
+            proxy = self.start_proxy_with_config(config(1800), port)
+            self.wait_for_line(proxy, "store connected", STARTUP_TIMEOUT)
+            return proxy
+
+        proxy = start()
+        sessions = [self.login(self.url_a) for _ in HTTP_NAMES]
+        self.assertEqual({backend for _, backend in sessions}, set(HTTP_NAMES))
+        sources = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+        bound = [(source, self.greeting(tcp_port, source)) for source in sources]
+        self.assertEqual({backend for _, backend in bound}, set(TCP_NAMES))
+
+        def still_bound() -> None:
+            for session, backend in reversed(sessions):
+                self.assert_hits(self.url_a, session, backend)
+            for source, backend in reversed(bound):
+                self.assertEqual(self.greeting(tcp_port, source), backend, source)
+
+        proxy.stop()
+        proxy = start()
+        still_bound()
+        self.write_config(config(900))
+        mark = len(proxy.output())
+        proxy.send_signal(signal.SIGHUP)
+        self.wait_for_line(
+            proxy, "reloaded: .*new pool or persistence", STARTUP_TIMEOUT, mark
+        )
+        still_bound()
+        self.assertNotIn("Traceback", proxy.output())

@@ -9,6 +9,7 @@ on both, from the shared session counts.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from tests.e2e._harness import (
@@ -26,6 +27,11 @@ from tests.e2e._redis import RedisServer, start_redis, store_config
 
 #: Generous bounds for what the proxies do on their own.
 SETTLES = 30.0
+#: The most requests a test makes while waiting for both workers to serve.
+MOST_REQUESTS = 400
+#: An access log line of a request to C{/n/NUMBER}, as the parent of
+#: workers relays it: the worker and the request's number.
+ACCESS = re.compile(r'\[worker (\d+)\] main \S+ "GET /n/(\d+)"')
 
 
 class Proxy:
@@ -59,13 +65,19 @@ class SeveralProxiesTests(HTTPE2ETestCase):
         self.b = self.start_sharing_proxy("b", names, pool)
 
     def start_sharing_proxy(
-        self, name: str, names: tuple[str, ...], pool: dict[str, Any]
+        self,
+        name: str,
+        names: tuple[str, ...],
+        pool: dict[str, Any],
+        persistence: dict[str, Any] | None = None,
+        workers: int = 1,
     ) -> Proxy:
         port, admin = free_port(), free_port()
-        config = http_config(
+        config = f"workers = {workers}\n" + http_config(
             port,
             {n: self.backends[n].port for n in names},
-            persistence={"strategy": "cookie", "keys": list(COOKIE_KEYS)},
+            persistence=persistence
+            or {"strategy": "cookie", "keys": list(COOKIE_KEYS)},
             frontend={"debug_header": DEBUG_HEADER, "access_log": True},
             pool=pool or None,
         )
@@ -94,6 +106,25 @@ class SeveralProxiesTests(HTTPE2ETestCase):
                 f"{result.body!r}"
             )
         return json.loads(result.body) if result.body else None
+
+    def workers_serve(self, proxy: Proxy, *args: str) -> list[HTTPResult]:
+        """
+        Requests through C{proxy} (a parent of two workers), each on a new
+        connection, until both workers served one.
+
+        :returns: every request's result.
+        """
+        results: list[HTTPResult] = []
+        while len(results) < MOST_REQUESTS:
+            number = len(results)
+            result = self.curl(f"{proxy.url}/n/{number}", *args)
+            if result.status != 200 or result.backend not in self.backends:
+                self.fail_with_output(f"/n/{number} failed: {result.describe()}")
+            results.append(result)
+            served = ACCESS.findall(proxy.process.output())
+            if {worker for worker, n in served if int(n) < len(results)} == {"1", "2"}:
+                return results
+        self.fail_with_output(f"both workers did not serve {MOST_REQUESTS} requests")
 
     def backend(self, proxy: Proxy, name: str) -> dict[str, Any]:
         for found in self.api(proxy, "GET", "/api/backends"):
@@ -232,3 +263,73 @@ class SeveralProxiesTests(HTTPE2ETestCase):
             for proxy in (self.a, self.b):
                 placed.append(self.request(proxy, *self.new_client()).backend)
         self.assertEqual(placed, ["b3"] * 6)
+
+    def start_workers(self, persistence: dict[str, Any] | None = None) -> None:
+        """
+        Start A with two workers and B with none, sharing the store, and
+        wait until both of A's workers run.
+        """
+        names = ("b1", "b2")
+        self.a = self.start_sharing_proxy("a", names, {}, persistence, workers=2)
+        self.b = self.start_sharing_proxy("b", names, {}, persistence)
+        self.wait(
+            lambda: (
+                len(
+                    re.findall(
+                        r"\[worker \d\] Starting reactor", self.a.process.output()
+                    )
+                )
+                == 2
+            ),
+            SETTLES,
+            "both of A's workers to run",
+        )
+
+    def test_drain_reaches_the_workers_of_another_proxy(self) -> None:
+        """
+        A drain made through B's API reaches both workers of A: A's API
+        shows it, and every new client of A, whichever worker serves it,
+        goes to the other backend (round-robin would send half to b1),
+        while a sticky client of b1 stays there.
+        """
+        self.start_workers()
+        sticky = self.client_on(self.a, "b1")
+        self.wait(
+            lambda: self.backend(self.b, "b1")["sessions"] >= 1,
+            SETTLES,
+            "B to count the session A gave b1",
+        )
+        self.api(
+            self.b,
+            "PUT",
+            "/api/pools/main/backends/b1",
+            {"admin_state": "drain", "deadline": 600},
+        )
+        self.wait(
+            lambda: self.backend(self.a, "b1")["admin_state"] == "drain",
+            SETTLES,
+            "A to show b1 draining",
+        )
+        backends = {r.backend for r in self.workers_serve(self.a)}
+        self.assertEqual(backends, {"b2"})
+        self.assertEqual(
+            {r.backend for r in self.workers_serve(self.a, *sticky)}, {"b1"}
+        )
+
+    def test_learned_in_one_worker_honoured_by_the_other(self) -> None:
+        """
+        An app-cookie C{learn} binding made through one of A's workers is
+        honoured by the other (a hit on the same backend), and by B.
+        """
+        self.start_workers(
+            {"strategy": "app-cookie", "mode": "learn", "store": "redis"}
+        )
+        login = self.curl(self.a.url + "/login")
+        session, backend = login.set_cookie("JSESSIONID"), login.backend
+        if session is None or backend is None:
+            self.fail_with_output("the login set no session:\n" + login.describe())
+        cookie = ("-b", f"JSESSIONID={session}")
+        hit = ("app-cookie", "hit", backend)
+        decisions = {self.decision(r) for r in self.workers_serve(self.a, *cookie)}
+        self.assertEqual(decisions, {hit})
+        self.assertEqual(self.decision(self.request(self.b, *cookie)), hit)

@@ -523,7 +523,9 @@ class ProxyService(MultiService):
         C{None}; made from the first configuration and kept as it is by
         reloads.
     :ivar shared: with a store, what this proxy shares through it beside
-        bindings: its backends' admin states and session counts.
+        bindings: its backends' admin states and session counts (a
+        worker's, its session counts only: its parent shares the admin
+        states).
     :ivar config_source: reads the configuration again for
         L{reload_from_source} (C{twistd stickyproxy --config FILE} sets
         it), or C{None}: there is nothing to read.
@@ -588,9 +590,15 @@ class ProxyService(MultiService):
         if config.store is not None:
             self.store = build_store(config.store, reactor)
             self.store.setServiceParent(self)
-            self.shared = SharedState(self.store, lambda: self.pools, reactor)
+            self.shared = SharedState(
+                self.store,
+                lambda: self.pools,
+                reactor,
+                admin=role is not Role.WORKER,
+            )
             self.shared.setServiceParent(self)
-            self.events.subscribe(self.shared.admin.sync)
+            if self.shared.admin is not None:
+                self.events.subscribe(self.shared.admin.sync)
         self.pools: dict[str, Pool] = {}
         self.monitors: dict[str, HealthMonitor] = {}
         self.routers: dict[str, Router] = {}

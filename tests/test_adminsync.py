@@ -113,6 +113,19 @@ class AdminSyncTests(TestCase):
         self.carry()
         self.assertEqual(reasons, [f"{PEER} here"])
 
+    def test_peers_sent_on_when_asked(self) -> None:
+        """
+        A change applied from elsewhere is sent on by a sync made with
+        C{peers=True} (a parent's, to its workers), not by another.
+        """
+        relayed: list[AdminRecord] = []
+        relay = AdminSync(lambda: {"pool": self.there.pool}, relayed.append, True)
+        self.there.pool.observe(relay.backend_changed)
+        self.here.pool.set_admin_state("a", AdminState.MAINT)
+        self.carry()
+        self.assertEqual(self.there.sent, [])
+        self.assertEqual(relayed, [AdminRecord("pool", "a", AdminState.MAINT, 1, None)])
+
     def test_own_transition_is_sent(self) -> None:
         """
         A drain that ends by itself (no sessions left) is sent: the place

@@ -18,7 +18,7 @@ from stickyproxy.core._pool import Pool
 from stickyproxy.interfaces import IListableStickTable, IStickTable
 from stickyproxy.model import AdminRecord, AdminState
 from stickyproxy.persistence.tables._memory import StickTable
-from stickyproxy.service import ProxyService
+from stickyproxy.service import ProxyService, Role
 from stickyproxy.store import RedisStore
 from stickyproxy.store._admin import SharedAdminState, Stamp, _encode
 from stickyproxy.store._sessions import SharedCountTable, SharedSessions
@@ -453,17 +453,26 @@ class ProxyServiceSharingTests(TestCase):
         self.a = self.proxy()
         self.b = self.proxy()
 
-    def proxy(self) -> ProxyService:
+    def proxy(self, role: Role = Role.ALONE) -> ProxyService:
+        """
+        A started proxy on the fake server; a worker's store and shared
+        state only are started (it has no sockets to serve).
+        """
         data = copy.deepcopy(GOOD)
         del data["admin"]
         data["state_dir"] = self.mktemp()
         data["store"] = {"url": "redis://127.0.0.1:6390/0"}
         data["frontend"][0]["persistence"]["mode"] = "table"
-        proxy = ProxyService(load_config(data, REGISTRY), self.reactor)
-        assert proxy.store is not None
+        sockets = {frontend["name"]: -1 for frontend in data["frontend"]}
+        proxy = ProxyService(
+            load_config(data, REGISTRY), self.reactor, role=role, sockets=sockets
+        )
+        assert proxy.store is not None and proxy.shared is not None
         proxy.store.connect = self.server.connector
-        proxy.startService()
-        self.addCleanup(proxy.stopService)
+        started = (proxy,) if role is Role.ALONE else (proxy.store, proxy.shared)
+        for service in started:
+            service.startService()
+            self.addCleanup(service.stopService)
         return proxy
 
     def test_admin_state_and_sessions_are_shared(self) -> None:
@@ -479,3 +488,23 @@ class ProxyServiceSharingTests(TestCase):
         pg1 = self.b.pools["pg"]["pg1"]
         self.assertIs(pg1.admin_state, AdminState.DRAIN)
         self.assertAlmostEqual(self.b.pools["pg"].drain_deadline("pg1"), 1062.0)
+
+    def test_worker_leaves_admin_states_to_its_parent(self) -> None:
+        """
+        A worker shares its session counts through the store, not admin
+        states, which its parent hands down: a drain another proxy made is
+        not applied from the store (where the worker would end it on its
+        own count, for every proxy), and a change made in the worker is
+        not written there.
+        """
+        worker = self.proxy(Role.WORKER)
+        (strategy,) = worker.routers["db"].strategies
+        strategy.table.bind(b"10.0.0.0", "pg1")
+        self.reactor.pump([1.0, 1.0])
+        self.assertEqual(self.a.pools["pg"].sessions("pg1"), 1)
+        self.a.pools["pg"].drain("pg1", 60.0)
+        self.reactor.pump([1.0, 1.0])
+        self.assertIs(worker.pools["pg"]["pg1"].admin_state, AdminState.READY)
+        worker.pools["pg"].set_admin_state("pg1", AdminState.MAINT, "test")
+        self.reactor.pump([1.0, 1.0])
+        self.assertIs(self.a.pools["pg"]["pg1"].admin_state, AdminState.DRAIN)

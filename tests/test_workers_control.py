@@ -17,6 +17,7 @@ from twisted.test.iosim import IOPump, connect, makeFakeClient, makeFakeServer
 
 from stickyproxy import AdminState, load_config
 from stickyproxy.admin import AdminRoot, TrafficCounter
+from stickyproxy.core._adminsync import PEER
 from stickyproxy.interfaces import IPassiveHealth
 from stickyproxy.metrics import MetricsResource
 from stickyproxy.metrics._merge import counters_from_json, counters_json, merge
@@ -156,6 +157,19 @@ class ControlTests(ChannelTestCase):
         self.flush(one, two)
         for worker in (one, two):
             self.assertIs(worker.pool["a"].admin_state, AdminState.READY)
+
+    def test_other_proxies_changes_reach_every_worker(self) -> None:
+        """
+        Changes the parent applies from another proxy (through the store)
+        reach every worker too: the workers follow the parent alone.
+        """
+        one, two = self.worker(1), self.worker(2)
+        self.pool.drain("a", None, f"{PEER} other-proxy: drain")
+        self.pool.set_weight("b", 7, f"{PEER} other-proxy")
+        self.flush(one, two)
+        for worker in (one, two):
+            self.assertIs(worker.pool["a"].admin_state, AdminState.DRAIN)
+            self.assertEqual(worker.pool["b"].weight, 7)
 
     def test_drain_ends_in_the_parent(self) -> None:
         """

@@ -54,18 +54,26 @@ class AdminSync(IgnoreEvents):
 
     Subscribe it to a service's event stream (C{service.events}); it reads
     the pools through C{pools}, so it follows reloads.
+
+    :param peers: send on the changes applied from elsewhere too: for a
+        parent, whose workers follow what other proxies change and never
+        send a change back, so that nothing can echo.
     """
 
     def __init__(
         self,
         pools: Callable[[], Mapping[str, Pool]],
         publish: Callable[[AdminRecord], None],
+        peers: bool = False,
     ) -> None:
         self._pools = pools
         self._publish = publish
+        self._peers = peers
 
     def backend_changed(self, change: StateChange) -> None:
-        if change.kind not in _ADMIN_KINDS or change.reason.startswith(PEER):
+        if change.kind not in _ADMIN_KINDS:
+            return
+        if change.reason.startswith(PEER) and not self._peers:
             return
         pool = self._pools().get(change.pool)
         if pool is not None and pool.get(change.backend.name) is change.backend:

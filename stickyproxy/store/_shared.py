@@ -25,6 +25,11 @@ class SharedState(Service):
     Started after the store: each time the store is up, the session counts
     are read before the admin states, so that a drain read from the store
     is measured against every proxy's sessions.
+
+    A worker shares its session counts only (C{admin=False}, L{admin} is
+    C{None}): its admin states are its parent's, which shares them with
+    the other proxies and hands them down.  A worker that followed the
+    store too would end a drain on its own count, for every proxy.
     """
 
     def __init__(
@@ -33,13 +38,15 @@ class SharedState(Service):
         pools: Callable[[], Mapping[str, Pool]],
         clock: IReactorTime,
         id: str | None = None,
+        admin: bool = True,
     ) -> None:
         self.sessions = SharedSessions(store, clock)
-        self.admin = SharedAdminState(store, pools, clock, id)
+        self.admin = SharedAdminState(store, pools, clock, id) if admin else None
 
     def startService(self) -> None:
         super().startService()
-        self.admin.start(self.sessions.tick)
+        if self.admin is not None:
+            self.admin.start(self.sessions.tick)
         self.sessions.start()
 
     def stopService(self) -> None:

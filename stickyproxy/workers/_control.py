@@ -306,7 +306,8 @@ class _Workers(IgnoreEvents):
     _counted: weakref.WeakSet[Pool] = attrs.field(init=False, factory=weakref.WeakSet)
 
     def __attrs_post_init__(self) -> None:
-        self.sync = AdminSync(lambda: self.service.pools, self.publish)
+        # The store's changes too: the workers follow the parent alone.
+        self.sync = AdminSync(lambda: self.service.pools, self.publish, peers=True)
 
     def join(self, channel: ParentControl) -> None:
         if not self.channels:

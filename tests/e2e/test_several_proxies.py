@@ -311,7 +311,7 @@ class SeveralProxiesTests(HTTPE2ETestCase):
             "A to show b1 draining",
         )
         backends = {r.backend for r in self.workers_serve(self.a)}
-        self.assertEqual(backends, {"b2"})
+        self.assertEqual(backends, {"b2"}, self.outputs())
         self.assertEqual(
             {r.backend for r in self.workers_serve(self.a, *sticky)}, {"b1"}
         )

@@ -226,6 +226,11 @@ sys.path[:] = [tree] + [
     p for p in sys.path
     if p and "__editable__" not in p and os.path.abspath(p) != os.path.abspath(tree)
 ]
+try:  # the reactor twistd stickyproxy runs on, in trees that have one
+    from stickyproxy._eventloop import install_lean_reactor
+    install_lean_reactor()
+except ImportError:
+    pass
 from twisted.internet import reactor, stdio
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.protocols.basic import LineReceiver

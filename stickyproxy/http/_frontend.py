@@ -37,6 +37,7 @@ from stickyproxy.config._settings import HTTPSettings
 from stickyproxy.core._addresses import client_host, forwarded_client, in_networks
 from stickyproxy.core._clients import ClientSet
 from stickyproxy.core._endpoints import no_delay
+from stickyproxy.core._sending import send_now
 from stickyproxy.core._events import EventStream
 from stickyproxy.core._proxyheader import HEADERS
 from stickyproxy.core._router import NoBackendAvailable, Router
@@ -256,7 +257,7 @@ class _Exchange:
                     client_transport.getPeer(), client_transport.getHost()
                 )
             )
-        transport.write(self._request_head())
+        send_now(transport, self._request_head())
         if self.waiting_body:
             for chunk in self.waiting_body:
                 self._send_body(chunk)
@@ -430,7 +431,9 @@ class _Exchange:
         elif self.version == "1.0":
             extra.append(b"connection: keep-alive\r\n")
         client_transport: Any = self.client.transport
-        client_transport.write(self._response_head(status, ctx.response_headers, extra))
+        send_now(
+            client_transport, self._response_head(status, ctx.response_headers, extra)
+        )
         self.response_started = True
         if factory.events.active:
             self.head_time = factory.clock.seconds() - self.started
@@ -473,7 +476,7 @@ class _Exchange:
         if self.chunked_out:
             write_body(self.client.transport, data, True)
         else:
-            self.client.transport.write(data)
+            send_now(self.client.transport, data)
 
     def response_complete(self) -> None:
         if self.chunked_out:

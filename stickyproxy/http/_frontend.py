@@ -37,10 +37,10 @@ from stickyproxy.config._settings import HTTPSettings
 from stickyproxy.core._addresses import client_host, forwarded_client, in_networks
 from stickyproxy.core._clients import ClientSet
 from stickyproxy.core._endpoints import no_delay
-from stickyproxy.core._sending import send_now
 from stickyproxy.core._events import EventStream
 from stickyproxy.core._proxyheader import HEADERS
 from stickyproxy.core._router import NoBackendAvailable, Router
+from stickyproxy.core._sending import send_now
 from stickyproxy.core._timers import Deadline, IdleTimer, TimerWheel
 from stickyproxy.http._backend import BackendConnections, BackendHTTP
 from stickyproxy.http._context import HTTPRoutingContext

@@ -6,9 +6,13 @@ a proxy builds, keeps and measures it.
 
 import copy
 
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
 
 from stickyproxy.config._load import StoreConfig, load_config
 from stickyproxy.config._options import ConfigError
@@ -285,6 +289,44 @@ class TxRedisConnectorTests(TestCase):
         self.assertEqual((host, port), ("10.0.0.5", 6380))
         store.stopService()
 
+    def test_ready_once_answered(self):
+        """
+        A connection is handed over once the server answered a C{PING}
+        (over TLS, the handshake and the check of the server's certificate
+        are then done); lost before, connecting fails with why it was.
+        """
+        reactor = MemoryReactorClock()
+        connector = TxRedisConnector(reactor, "tcp:host=127.0.0.1:port=6379")
+        address = IPv4Address("TCP", "127.0.0.1", 6379)
+        protocols = []
+        for _ in range(2):
+            connecting = connector(None)
+            protocol = reactor.tcpClients[-1][2].buildProtocol(address)
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            self.assertEqual(transport.value(), b"*1\r\n$4\r\nPING\r\n")
+            self.assertNoResult(connecting)
+            protocols.append((protocol, connecting))
+        (answered, ready), (lost, refused) = protocols
+        answered.dataReceived(b"+PONG\r\n")
+        self.successResultOf(ready)
+        lost.connectionLost(Failure(ConnectionLost("certificate verify failed")))
+        failure = self.failureResultOf(refused, ConnectionLost)
+        self.assertIn("certificate verify failed", failure.getErrorMessage())
+
+    def test_tls(self):
+        """
+        A C{tls:} endpoint (a C{rediss://} URL's) connects to its host and
+        port, and speaks TLS first: a ClientHello, not a Redis command.
+        """
+        reactor = MemoryReactorClock()
+        TxRedisConnector(reactor, "tls:host=127.0.0.1:port=6380", password="pw")(None)
+        host, port, factory = reactor.tcpClients[0][:3]
+        self.assertEqual((host, port), ("127.0.0.1", 6380))
+        transport = StringTransport()
+        factory.buildProtocol(IPv4Address("TCP", host, port)).makeConnection(transport)
+        self.assertEqual(transport.value()[:2], b"\x16\x03")  # a TLS handshake
+
 
 def _store_config(**store):
     data = copy.deepcopy(GOOD)
@@ -325,6 +367,31 @@ class StoreConfigTests(TestCase):
             "tcp:host=\\:\\:1:port=7000",
         )
 
+    def test_rediss_url(self):
+        """
+        A C{rediss://} URL gives a TLS endpoint (the host's certificate
+        checked, against the system's CAs or those of C{ssl_ca_path}), with
+        a client certificate if C{ssl_certfile} (and C{ssl_keyfile}) name
+        one; the rest is read as C{redis://}.
+        """
+        config = _store_config(url="rediss://:pw@redis.example:6380/2")
+        self.assertEqual(config.endpoint, "tls:host=redis.example:port=6380")
+        self.assertEqual((config.password, config.db), ("pw", 2))
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        cert, key = directory.child("cert.pem"), directory.child("key.pem")
+        cert.touch()
+        key.touch()
+        url = (
+            f"rediss://redis.example?ssl_ca_path={directory.path}"
+            f"&ssl_certfile={cert.path}&ssl_keyfile={key.path}"
+        )
+        self.assertEqual(
+            _store_config(url=url).endpoint,
+            f"tls:host=redis.example:port=6379:trustRoots={directory.path}"
+            f":certificate={cert.path}:privateKey={key.path}",
+        )
+
     def test_unix_url(self):
         """
         A C{unix://} URL gives a UNIX endpoint; the database and password
@@ -339,7 +406,8 @@ class StoreConfigTests(TestCase):
 
     def test_bad_urls(self):
         """
-        A URL that is not Redis's is one error naming C{store.url}, saying
+        A URL that is not Redis's (or whose TLS paths are not there, or
+        are not C{rediss://}'s) is one error naming C{store.url}, saying
         what was expected and why, and never echoing the URL (it may hold
         a password).
         """
@@ -351,6 +419,10 @@ class StoreConfigTests(TestCase):
             ("redis://:secret@host/zero", "the database must be a number"),
             ("unix:relative.sock", "absolute socket path"),
             ("unix:///r.sock?secret=1", "unknown query argument 'secret'"),
+            ("redis://h?ssl_ca_path=/", "unknown query argument 'ssl_ca_path'"),
+            ("rediss://h?ssl_ca_path=/nonexistent", "ssl_ca_path must be a directory"),
+            ("rediss://h?ssl_certfile=/nonexistent", "ssl_certfile must be a file"),
+            ("rediss://h?ssl_keyfile=/", "ssl_keyfile must be a file"),
         ]:
             error = self.assertStoreError(why, url=url)
             self.assertIn("expected a Redis URL: redis://", error.message)

@@ -718,9 +718,16 @@ def _admin(reader: OptionReader) -> AdminConfig:
 
 
 _STORE_URL = (
-    "a Redis URL: redis://[[user]:password@]host[:port][/db] or "
-    "unix:///path/to/redis.sock[?db=N&password=...]"
+    "a Redis URL: redis://[[user]:password@]host[:port][/db], the same "
+    "with rediss:// for TLS, or unix:///path/to/redis.sock[?db=N&password=...]"
 )
+#: The query arguments of a C{rediss://} URL, each a path: the argument of
+#: Twisted's C{tls:} client endpoint it becomes, and what it must name.
+_TLS_PATHS = {
+    "ssl_ca_path": ("trustRoots", os.path.isdir, "a directory"),
+    "ssl_certfile": ("certificate", os.path.isfile, "a file"),
+    "ssl_keyfile": ("privateKey", os.path.isfile, "a file"),
+}
 #: What a store prefix may hold: it starts every key and channel name.
 _PREFIX = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -748,7 +755,10 @@ def _store_url(url: str) -> StoreConfig:
     """
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(query) - {"db", "password"})
+    known = {"db", "password"}
+    if parts.scheme == "rediss":
+        known.update(_TLS_PATHS)
+    unknown = sorted(set(query) - known)
     if unknown:
         raise ValueError(f"unknown query argument {unknown[0]!r}")
     password = parts.password
@@ -758,7 +768,7 @@ def _store_url(url: str) -> StoreConfig:
         password = urllib.parse.unquote(password)
     username = urllib.parse.unquote(parts.username) if parts.username else None
     db = query["db"][-1] if "db" in query else "0"
-    if parts.scheme == "redis":
+    if parts.scheme in ("redis", "rediss"):
         if not parts.hostname:
             raise ValueError("no host")
         port = parts.port or 6379
@@ -766,7 +776,10 @@ def _store_url(url: str) -> StoreConfig:
         if path:
             db = path
         host = parts.hostname.replace(":", "\\:")
-        endpoint = f"tcp:host={host}:port={port}"
+        kind = "tls" if parts.scheme == "rediss" else "tcp"
+        endpoint = f"{kind}:host={host}:port={port}"
+        if parts.scheme == "rediss":
+            endpoint += _tls_arguments(query)
     elif parts.scheme == "unix":
         if not parts.path.startswith("/"):
             raise ValueError("expected an absolute socket path")
@@ -782,6 +795,23 @@ def _store_url(url: str) -> StoreConfig:
         username=username,
         db=int(db),
     )
+
+
+def _tls_arguments(query: dict[str, list[str]]) -> str:
+    """
+    The arguments of a C{tls:} client endpoint that the query of a
+    C{rediss://} URL gives: its CA directory and client certificate.
+
+    :raises ValueError: a path does not name what it must.
+    """
+    arguments = ""
+    for name, (argument, exists, what) in _TLS_PATHS.items():
+        if name in query:
+            path = query[name][-1]
+            if not exists(path):
+                raise ValueError(f"{name} must be {what}, not {path!r}")
+            arguments += f":{argument}=" + path.replace(":", "\\:")
+    return arguments
 
 
 def _read_token(path: str, key: str) -> str:

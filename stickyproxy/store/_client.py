@@ -20,6 +20,7 @@ import attrs
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
 
 #: What a subscriber connection is told of each message: its channel and
 #: payload.
@@ -119,10 +120,7 @@ class TxRedisConnector:
         # imported, which must not happen before twistd chose one.
         import txredisapi  # type: ignore[import-untyped]
 
-        if receive is None:
-            protocol = txredisapi.RedisProtocol(charset=None, convertNumbers=False)
-        else:
-            protocol = _subscriber(txredisapi, receive)
+        protocol = _protocol(txredisapi, receive)
         # Its only timer (resuming after a bulk reply) runs on our reactor.
         protocol.callLater = self.reactor.callLater
         factory = Factory.forProtocol(lambda: protocol)
@@ -141,22 +139,37 @@ class TxRedisConnector:
                 )
             if self.db:
                 await connection.execute("SELECT", self.db)
+            # A connection is ready once the server answered: over TLS, the
+            # handshake (and the check of the server's certificate) is done.
+            await connection.execute("PING")
         except BaseException:
             connection.close()
+            if protocol.lost is not None:
+                protocol.lost.raiseException()  # why: a refused certificate...
             raise
         return connection
 
 
-def _subscriber(txredisapi: Any, receive: Receiver) -> Any:
+def _protocol(txredisapi: Any, receive: Receiver | None) -> Any:
     """
-    A C{txredisapi} subscriber protocol that hands each message to
-    C{receive}.
+    A C{txredisapi} protocol that keeps why its connection was lost (as
+    C{lost}), and, for a subscriber, hands each message to C{receive}.
     """
+    base = (
+        txredisapi.RedisProtocol if receive is None else txredisapi.SubscriberProtocol
+    )
 
-    class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+    class Protocol(base):  # type: ignore[misc,valid-type]
+        lost: Failure | None = None
+
+        def connectionLost(self, why: Failure) -> None:
+            self.lost = why
+            super().connectionLost(why)
+
         def messageReceived(
             self, pattern: object, channel: bytes, message: bytes
         ) -> None:
-            receive(channel, message)
+            if receive is not None:
+                receive(channel, message)
 
-    return Subscriber(charset=None, convertNumbers=False)
+    return Protocol(charset=None, convertNumbers=False)

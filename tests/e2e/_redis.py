@@ -8,12 +8,16 @@ socket) to look at what the proxies wrote.
     config += store_config(redis.port)   # the proxies' [store] table
     redis_command(redis.port, "GET", key)
     redis.kill(); start_redis(self, redis.port)   # lost, then back
+    redis = start_redis(self, tls=(key, cert))    # TLS only (rediss://)
+    redis_command(redis.port, "GET", key, ca=cert)
 """
 
 from __future__ import annotations
 
 import shutil
 import socket
+import ssl
+from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SkipTest
@@ -34,9 +38,11 @@ class RedisServer(Process):
     A C{redis-server} process.
 
     :ivar port: where it listens on 127.0.0.1.
+    :ivar ca: with TLS, the certificate to check it against.
     """
 
     port: int = 0
+    ca: Path | None = None
 
 
 class RedisError(Exception):
@@ -66,12 +72,16 @@ def require_redis_server() -> str:
     return found
 
 
-def start_redis(test: E2ETestCase, port: int | None = None) -> RedisServer:
+def start_redis(
+    test: E2ETestCase, port: int | None = None, tls: tuple[Path, Path] | None = None
+) -> RedisServer:
     """
     Start C{redis-server} on 127.0.0.1 (on C{port}, or a free one), with no
     persistence, its directory in the test's, and wait until it answers
     C{PING}; a cleanup of C{test} stops it by PID.
 
+    :param tls: a key and its (self-signed) certificate: the server then
+        speaks TLS only, with them, and asks clients for no certificate.
     :raises SkipTest: C{redis-server} is not installed.
     """
     executable = require_redis_server()
@@ -91,13 +101,19 @@ def start_redis(test: E2ETestCase, port: int | None = None) -> RedisServer:
         "--appendonly",
         "no",
     ]
+    if tls is not None:
+        key, cert = (str(path) for path in tls)
+        argv[1:3] = ["--port", "0", "--tls-port", str(port)]
+        argv += ["--tls-cert-file", cert, "--tls-key-file", key]
+        argv += ["--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]
     server = test.start_process("redis", argv, kind=RedisServer)
     assert isinstance(server, RedisServer)
     server.port = port
+    server.ca = tls[1] if tls is not None else None
 
     def answers() -> bool:
         try:
-            return redis_command(port, "PING") == "PONG"
+            return redis_command(port, "PING", ca=server.ca) == "PONG"
         except (OSError, RedisError):
             return False
 
@@ -116,9 +132,10 @@ def store_config(port: int, **options: object) -> str:
     )
 
 
-def redis_command(port: int, *args: str | bytes) -> Any:
+def redis_command(port: int, *args: str | bytes, ca: Path | None = None) -> Any:
     """
-    Send one command to the Redis on C{port}, on a connection of its own.
+    Send one command to the Redis on C{port}, on a connection of its own
+    (over TLS, checked against the certificate C{ca}, if given).
 
     :returns: the reply: C{str} for a status, C{bytes} for a bulk string,
         C{int}, C{None} for nil, or a list of those.
@@ -128,7 +145,11 @@ def redis_command(port: int, *args: str | bytes) -> Any:
     request = b"*%d\r\n" % len(parts) + b"".join(
         b"$%d\r\n%s\r\n" % (len(part), part) for part in parts
     )
-    with socket.create_connection((HOST, port), timeout=IO_TIMEOUT) as sock:
+    with socket.create_connection((HOST, port), timeout=IO_TIMEOUT) as plain:
+        sock = plain
+        if ca is not None:
+            context = ssl.create_default_context(cafile=str(ca))
+            sock = context.wrap_socket(plain, server_hostname=HOST)
         sock.sendall(request)
         return _reply(sock.makefile("rb"))
 

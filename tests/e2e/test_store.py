@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 
+from tests._certificates import write_self_signed
 from tests.e2e._harness import (
     HOST,
     HTTP_NAMES,
@@ -19,6 +20,7 @@ from tests.e2e._harness import (
     free_port,
     frontend_config,
     require_loopback_aliases,
+    toml_table,
 )
 from tests.e2e._redis import redis_command, start_redis, store_config
 
@@ -242,3 +244,44 @@ class SharedStoreTests(HTTPE2ETestCase):
         )
         still_bound()
         self.assertNotIn("Traceback", proxy.output())
+
+    def test_rediss(self) -> None:
+        """
+        A proxy whose store is C{rediss://} (TLS, the server's certificate
+        checked against C{ssl_ca_path}) keeps its bindings there; a proxy
+        that trusts another certificate does not connect, says so, and
+        serves on.
+        """
+        trusted, other = self.workdir / "trusted", self.workdir / "other"
+        for directory in (trusted, other):
+            directory.mkdir()
+        # ssl_ca_path holds certificates only: no key.
+        key, cert = write_self_signed(self.workdir)
+        (trusted / "ca.pem").write_bytes(cert.read_bytes())
+        other_key, other_cert = write_self_signed(other)
+        other_key.unlink()
+        redis = start_redis(self, tls=(key, cert))
+        self.backends = self.start_http_backends(*HTTP_NAMES)
+        proxies = []
+        for name, certificates in (("good", trusted), ("bad", other)):
+            port = free_port()
+            url = f"rediss://{HOST}:{redis.port}/0?ssl_ca_path={certificates}"
+            config = self.http_proxy_config(port, LEARN)
+            config += "\n".join(toml_table("store", {"url": url})) + "\n"
+            proxy = self.start_proxy_with_config(config, port, config_name=name)
+            proxies.append((proxy, f"http://{HOST}:{port}"))
+        (good, good_url), (bad, bad_url) = proxies
+        self.wait_for_line(good, "store connected: tls:", STARTUP_TIMEOUT)
+        self.wait_for_line(bad, "store unavailable: tls:", STARTUP_TIMEOUT)
+        session, backend = self.login(good_url)
+        key_name = table_key("app-cookie", session)
+        self.wait(
+            lambda: (
+                redis_command(redis.port, "GET", key_name, ca=cert) == backend.encode()
+            ),
+            STARTUP_TIMEOUT,
+            "the session to be in Redis",
+        )
+        self.assert_hits(good_url, session, backend)
+        self.login(bad_url)
+        self.assertNotIn("store connected", bad.output())

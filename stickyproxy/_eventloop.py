@@ -4,11 +4,17 @@ The event loop C{twistd stickyproxy} runs on when nobody chose one.
 Twisted's epoll reactor runs each socket event inside a logging context
 (C{callWithLogger}: the selectable's C{logPrefix}, a context pushed and
 popped, a try block), about nine calls per event, and a proxied request
-makes four events.  The context only names the C{system} of legacy
+makes four events.  The context names the C{system} of legacy
 C{twisted.python.log} messages sent from inside the event; the proxy logs
 with C{twisted.logger} and named fields, which do not use it.  So the proxy
 installs this reactor, which hands each event straight to the epoll
-reactor's own handler; everything else is the epoll reactor's.
+reactor's own handler; everything else is the epoll reactor's.  What is
+lost: the traceback Twisted logs for an exception a protocol raised in
+C{dataReceived} (and the like) has C{-} for its system, not the
+connection's C{logPrefix}; the traceback's frames still name the protocol.
+An exception that escapes the handler itself is caught here, as the
+context did, and logged with the connection's prefix, so the other events
+of the same poll are still handled.
 
 A reactor the user chose (C{twistd --reactor}), or one already installed,
 is kept; a program that embeds the proxy keeps its own.  It is also a
@@ -24,6 +30,9 @@ import sys
 from collections.abc import Callable, Mapping
 
 from twisted.internet.main import installReactor
+from twisted.logger import Logger
+
+_log = Logger()
 
 try:
     from twisted.internet.epollreactor import EPollReactor
@@ -56,9 +65,25 @@ if EPollReactor is not None:
             for fd, event in events:
                 selectable = selectables.get(fd)
                 if selectable is not None:
-                    handle(selectable, fd, event)
+                    try:
+                        handle(selectable, fd, event)
+                    except BaseException:
+                        _log.failure(
+                            "handling an event of {log_system}",
+                            log_system=_prefix(selectable),
+                        )
 
         doIteration = doPoll
+
+
+def _prefix(selectable: object) -> str:
+    """
+    :returns: the connection's log prefix, as the context named it.
+    """
+    try:
+        return str(selectable.logPrefix())  # type: ignore[attr-defined]
+    except Exception:
+        return "-"
 
 
 #: The name of the reactor plugin (C{twisted/plugins/stickyproxy_plugin.py}).

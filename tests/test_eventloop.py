@@ -8,6 +8,8 @@ from __future__ import annotations
 import errno
 import select
 
+from twisted.logger import globalLogPublisher
+
 from stickyproxy._eventloop import (
     PLUGIN_NAME,
     LeanEPollReactor,
@@ -109,6 +111,32 @@ class LeanEPollReactorTests(TestCase):
         reactor.doPoll(0)
         self.assertEqual(lost, [broken])
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_escaping_exception_spares_the_other_events(self):
+        """
+        An exception that escapes an event's handler (a C{connectionLost}
+        that raises while the reactor disconnects its selectable) is logged
+        with the connection's prefix, and the other events of the same poll
+        are still handled, as the logging context made sure.
+        """
+        first, second = Selectable(7), Selectable(8)
+        first.doRead = lambda: 1 / 0
+
+        def lost(selectable, why, inRead):
+            raise RuntimeError("connectionLost failed")
+
+        reactor = self.reactor(FakePoller([(7, select.EPOLLIN), (8, select.EPOLLIN)]))
+        reactor._selectables.update({7: first, 8: second})
+        reactor._disconnectSelectable = lost
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        reactor.doPoll(0)
+        self.assertEqual(second.calls, ["doRead"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.flushLoggedErrors(ZeroDivisionError)
+        [failed] = [e for e in events if "log_failure" in e and e.get("log_system")]
+        self.assertEqual(failed["log_system"], "selectable")
 
 
 class InstallTests(TestCase):

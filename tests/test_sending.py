@@ -10,7 +10,7 @@ import errno
 
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from stickyproxy.core._sending import KNOWN_QUEUE, send_now
 
@@ -42,8 +42,8 @@ class FakeSocket:
         return len(taken)
 
 
-def connection(socket: FakeSocket) -> tuple[tcp.Connection, MemoryReactor]:
-    reactor = MemoryReactor()
+def connection(socket: FakeSocket) -> tuple[tcp.Connection, MemoryReactorClock]:
+    reactor = MemoryReactorClock()
     transport = tcp.Connection(socket, Protocol(), reactor)  # type: ignore[arg-type]
     transport.connected = True
     return transport, reactor
@@ -123,6 +123,17 @@ class SendNowTests(TestCase):
         socket = FakeSocket()
         transport, reactor = connection(socket)
         transport.disconnecting = True
+        send_now(transport, b"chunk")
+        self.assertEqual(socket.sent, [])
+
+    def test_aborted_transport_sends_nothing(self):
+        """
+        After C{abortConnection}, nothing more is sent (Twisted drops later
+        writes; sending at once must not get them out before the reset).
+        """
+        socket = FakeSocket()
+        transport, reactor = connection(socket)
+        transport.abortConnection()
         send_now(transport, b"chunk")
         self.assertEqual(socket.sent, [])
 

@@ -51,6 +51,7 @@ def send_now(transport: ITransport, data: bytes) -> None:
         and not transport.disconnecting
         and not transport._writeDisconnecting
         and not transport._writeDisconnected
+        and not getattr(transport, "_aborting", True)
     ):
         sent = transport.writeSomeData(data)
         if isinstance(sent, int):

@@ -619,6 +619,7 @@ class ProxyService(MultiService):
         self._stopping: Deferred[None] | None = None
         self._drained: Deferred[None] | None = None  # the wait, while it lasts
         self._hurry = False
+        self._accepting = False  # a worker, told to accept
         self._switch(self._plan(config))
 
     def new_backend(self, pool: str, table: Mapping[str, object]) -> Backend:
@@ -897,31 +898,42 @@ class ProxyService(MultiService):
             config.timeout_proxy_header,
             config.timeout_handshake,
             accept=self.role is Role.ALONE,
-            inherited=self._inherited(config, started=listener is not None),
+            inherited=self._inherited(config),
         )
         listener.setName(name)
         plan.listeners[name] = listener
         plan.new_listeners.append(listener)
 
-    def _inherited(self, config: FrontendConfig, started: bool) -> int | None:
+    def _inherited(self, config: FrontendConfig) -> int | None:
         """
-        :param started: whether the frontend listened elsewhere until now.
-        :returns: the socket a worker serves the frontend on, or C{None}
+        :returns: the socket a L{Role.WORKER} serves the frontend on (one
+            it inherited, or was handed since: L{inherit}), or C{None}
             when the process opens its own.
-        :raises ConfigError: the frontend is new, or moved, under workers:
-            they serve only on the sockets their parent opened at start.
+        :raises ConfigError: a worker has no socket for the frontend: its
+            parent does not listen on it (yet).
         """
-        if self.role is Role.ALONE or (self.role is Role.PARENT and not self._bound):
+        if self.role is not Role.WORKER:
             return None
-        socket = self._sockets.get(config.name) if not started else None
+        socket = self._sockets.get(config.name)
         if socket is None:
             raise ConfigError(
                 join_path(config.path, "listen"),
-                "expected a listener the workers already share: they serve "
-                "only on the sockets their parent opened at start, so a new "
-                "or moved listener takes a restart",
+                "expected a listener the parent shares with its workers, "
+                "but the parent has none for this frontend (its running "
+                "configuration lacks it: reload the parent, not a worker)",
             )
         return socket
+
+    def inherit(self, name: str, descriptor: int) -> None:
+        """
+        Take a listening socket the parent of a L{Role.WORKER} opened
+        since it started (its reload added or moved frontend C{name}):
+        the worker's next reload serves the frontend on it.
+        """
+        unused = self._sockets.get(name)
+        if unused is not None:
+            os.close(unused)
+        self._sockets[name] = descriptor
 
     def _plan_admin(self, plan: _Plan, config: ProxyConfig) -> None:
         """
@@ -1077,6 +1089,12 @@ class ProxyService(MultiService):
                     pool.remove_session_source(source)
         for listener in plan.new_listeners:
             listener.setServiceParent(self)
+            if self._accepting:
+                listener.start_accepting()  # a worker's new frontend
+        for name, listener in plan.listeners.items():
+            if listener in plan.new_listeners:
+                # The listener holds the socket now (adopted, or to be).
+                self._sockets.pop(name, None)
         for name, pool in self.pools.items():
             if plan.pools.get(name) is not pool:
                 pool.stop()
@@ -1346,8 +1364,10 @@ class ProxyService(MultiService):
     def start_accepting(self) -> None:
         """
         Have a L{Role.WORKER} accept connections on its frontends: once it
-        knows its backends' states from its parent.
+        knows its backends' states from its parent.  Frontends a reload
+        adds accept at once.
         """
+        self._accepting = True
         for listener in self.listeners.values():
             listener.start_accepting()
 

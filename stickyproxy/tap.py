@@ -509,8 +509,6 @@ def _makeService(
             kill_after=config.shutdown_timeout + KILL_GRACE,
         )
         workers.setServiceParent(proxy)
-        # However asked for (SIGHUP, the admin API), workers reload too.
-        proxy.reloaded.append(lambda _: workers.signal_all(signal.SIGHUP))
 
         def reopen() -> None:
             proxy.reopen_logs()
@@ -640,8 +638,9 @@ def install_signal_handlers(proxy: ProxyService, reactor: Any) -> None:
     handlers only pass the work to the reactor (C{callFromThread}).  For
     C{twistd} only: a program that embeds the proxy keeps its own signals.
 
-    A parent of workers passes each signal on to them (C{SIGHUP} through
-    L{ProxyService.reloaded}: once its own reload succeeded).  A worker
+    A parent of workers passes each signal on to them, but C{SIGHUP}: once
+    its own reload succeeded, its control channels have them reload (see
+    L{ProxyService.reloaded}).  A worker
     ignores C{SIGINT}: a ^C in a terminal reaches every process of the
     group, and its parent stops it.
     """

@@ -15,7 +15,11 @@ import attrs
 from zope.interface import implementer
 
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IProcessTransport, IReactorProcess
+from twisted.internet.interfaces import (
+    IFileDescriptorReceiver,
+    IProcessTransport,
+    IReactorProcess,
+)
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs
@@ -447,6 +451,29 @@ class WorkerSideTests(TestCase):
         protocol.connectionLost(Failure(Exception("closed")))
         self.assertEqual(gone, [True])
 
+    def test_parent_link_descriptors(self):
+        """
+        The descriptors received on the control channel (listening sockets
+        the parent sends) reach the control protocol.
+        """
+        received: list[int] = []
+
+        class Control(Protocol):
+            def fileDescriptorReceived(self, descriptor: int) -> None:
+                received.append(descriptor)
+
+        reactor = MemoryReactorClock()
+        ours, theirs = socket.socketpair()
+        self.addCleanup(theirs.close)
+        link = ParentLink(reactor, Control(), lambda: None, ours.detach())
+        link.startService()
+        [(_, _, factory)] = reactor.adoptedStreamConnections
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        self.assertProvides(IFileDescriptorReceiver, protocol)
+        protocol.fileDescriptorReceived(42)
+        self.assertEqual(received, [42])
+
 
 class FakeListeningPort:
     """
@@ -520,23 +547,25 @@ class RoleTests(TestCase):
         self.assertEqual(list(proxy.monitors), ["p"])
         self.assertIsNotNone(proxy.admin)
 
-    def test_parent_refuses_new_listeners(self):
+    def test_parent_opens_new_listeners(self):
         """
-        A running parent's reload that adds or moves a listener is refused
-        with an error naming it: its workers share the sockets opened at
-        start.
+        A running parent's reload that adds or moves a listener opens its
+        socket, and accepts nothing on it: it is for the workers, to whom
+        L{sockets} gives it.
         """
         reactor = PortReactor()
         proxy = ProxyService(
             load_config(CONFIG, REGISTRY), reactor, REGISTRY, role=Role.PARENT
         )
         proxy.bind()
-        config = dict(CONFIG, frontend=[dict(CONFIG["frontend"][0], listen="tcp:7005")])
-        error = self.assertRaises(
-            ConfigError, proxy.reload, load_config(config, REGISTRY)
+        moved = dict(CONFIG["frontend"][0], listen="tcp:7005")
+        added = dict(CONFIG["frontend"][1], name="new", listen="tcp:7006")
+        config = dict(CONFIG, frontend=[moved, CONFIG["frontend"][1], added])
+        proxy.reload(load_config(config, REGISTRY))
+        self.assertEqual(proxy.sockets(), {"web": 7005, "db": 7001, "new": 7006})
+        self.assertEqual(
+            [port.reading for port in proxy_ports(proxy)], [False, False, False, True]
         )
-        self.assertEqual(error.path, "frontend[0].listen")
-        self.assertIn("so a new or moved listener takes a restart", str(error))
 
     def test_worker(self):
         """
@@ -565,6 +594,33 @@ class RoleTests(TestCase):
         self.assertEqual([p.reading for p in proxy_ports(proxy)], [True, True])
         self.assertEqual(proxy.monitors, {})
         self.assertIsNone(proxy.admin)
+
+    def test_worker_handed_a_socket(self):
+        """
+        A worker handed a socket for a frontend (its parent's reload added
+        or moved it) serves the frontend on it from its own reload; one
+        handed twice before that keeps the last, and closes the other.
+        """
+        reactor = PortReactor()
+        web, db = socket.socket().detach(), socket.socket().detach()
+        proxy = ProxyService(
+            load_config(CONFIG, REGISTRY),
+            reactor,
+            REGISTRY,
+            role=Role.WORKER,
+            sockets={"web": web, "db": db},
+        )
+        proxy.bind()
+        proxy.start_accepting()
+        first, moved = socket.socket().detach(), socket.socket().detach()
+        proxy.inherit("web", first)
+        proxy.inherit("web", moved)
+        self.assertRaises(OSError, socket.socket, fileno=first)
+        config = dict(CONFIG, frontend=[dict(CONFIG["frontend"][0], listen="tcp:7005")])
+        proxy.reload(load_config(config, REGISTRY))
+        self.assertEqual(reactor.adoptedPorts[-1][0], moved)
+        self.assertEqual(list(proxy.listeners), ["web"])
+        self.assertTrue(proxy.listeners["web"].port.reading)  # type: ignore[union-attr]
 
     def test_worker_without_socket(self):
         """
@@ -654,8 +710,8 @@ class MakeServiceTests(TestCase):
     def test_parent_passes_usr1_and_reloads_on(self):
         """
         C{SIGUSR1} to a parent reopens its log files and reaches every
-        worker; each reload of the parent that applied (however asked for)
-        sends every worker C{SIGHUP}, a rejected one does not.
+        worker; a reload of the parent reaches them over their control
+        channels, not by C{SIGHUP} (see L{tests.test_workers_control}).
         """
         reactor = FakeProcessReactor()
         proxy = _makeService(self._options("2"), reactor, environment={})
@@ -671,12 +727,10 @@ class MakeServiceTests(TestCase):
         config = proxy.config
         proxy.reload(config)
         moved = attrs.evolve(config.frontends[0], listen="tcp:7200")
-        self.assertRaises(
-            ConfigError, proxy.reload, attrs.evolve(config, frontends=(moved,))
-        )
+        proxy.reload(attrs.evolve(config, frontends=(moved,)))
         self.assertEqual(
             [spawned[0].signals for spawned in reactor.spawned],
-            [[signal.SIGUSR1, signal.SIGHUP]] * 2,
+            [[signal.SIGUSR1]] * 2,
         )
 
     def test_alone_and_worker(self):

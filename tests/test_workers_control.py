@@ -6,11 +6,14 @@ reactors, their two ends connected through L{iosim}, no processes.
 
 from __future__ import annotations
 
+import socket
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from zope.interface import implementer
 
 from treq.testing import StubTreq
+from twisted.internet.interfaces import IUNIXTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols import amp
 from twisted.test.iosim import IOPump, connect, makeFakeClient, makeFakeServer
@@ -24,7 +27,7 @@ from stickyproxy.metrics._merge import counters_from_json, counters_json, merge
 from stickyproxy.model import ConnectionOpened, Health
 from stickyproxy.persistence._registry import StrategyRegistry
 from stickyproxy.persistence._sourceip import source_ip
-from stickyproxy.service import ProxyService
+from stickyproxy.service import ProxyService, Role
 from stickyproxy.workers import parent_control, worker_control
 from stickyproxy.workers._control import (
     LOAD_INTERVAL,
@@ -36,6 +39,7 @@ from stickyproxy.workers._control import (
 
 from tests._base import TestCase, finished_request
 from tests.test_metrics import Scrape
+from tests.test_workers import PortReactor
 
 REGISTRY = StrategyRegistry.of([source_ip])
 
@@ -609,6 +613,92 @@ class TrafficTests(ChannelTestCase):
         for bad in ({}, {"backends": [["app", "a", {}]], "no_backend": {}}, [1]):
             self.assertRaises(ValueError, counter.add_json, bad)
         self.assertIsNone(counter.take())
+
+
+@implementer(IUNIXTransport)
+class DescriptorTransport(StringTransport):
+    """
+    A transport that keeps what is written and the descriptors sent, as a
+    UNIX socket sends them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.descriptors: list[int] = []
+
+    def sendFileDescriptor(self, descriptor: int) -> None:
+        self.descriptors.append(descriptor)
+
+
+class ListenerTests(TestCase):
+    """
+    A reload of the parent that adds or moves a frontend hands its socket
+    to every worker.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = PortReactor()
+        self.parent = ProxyService(
+            load_config(config_data(), REGISTRY),
+            self.reactor,
+            REGISTRY,
+            role=Role.PARENT,
+        )
+        self.parent.bind()
+
+    def connect(self, worker_id: int) -> DescriptorTransport:
+        transport = DescriptorTransport()
+        parent_control(self.parent, worker_id).makeConnection(transport)
+        transport.clear()
+        return transport
+
+    def test_reload_hands_sockets_then_reloads_workers(self) -> None:
+        """
+        The parent's reload opens the new frontend's socket, and sends it
+        to each worker before having it reload: the worker's reload serves
+        the new frontend on it.  A worker connected since inherited it at
+        start: it is not sent again.
+        """
+        data = config_data()
+        data["frontend"].append(
+            dict(data["frontend"][0], name="new", listen="tcp:7001")
+        )
+        config = load_config(data, REGISTRY)
+        sent = self.connect(1)
+        inherited = socket.socket().detach()
+        reactor = PortReactor()
+        worker = ProxyService(
+            load_config(config_data(), REGISTRY),
+            reactor,
+            REGISTRY,
+            role=Role.WORKER,
+            sockets={"l4": inherited},
+        )
+        worker.bind()
+        worker.config_source = lambda: config
+        channel = worker_control(worker)
+        channel.makeConnection(StringTransport())
+        self.parent.reload(config)
+        self.assertEqual(sent.descriptors, [7001])
+        received = socket.socket().detach()  # its copy, in the worker
+        channel.fileDescriptorReceived(received)
+        channel.dataReceived(sent.value())
+        self.assertEqual(list(worker.listeners), ["l4", "new"])
+        self.assertEqual(reactor.adoptedPorts[-1][0], received)
+        later = self.connect(2)
+        self.parent.reload(config)
+        self.assertEqual(later.descriptors, [])
+        self.assertEqual(sent.descriptors, [7001])
+
+    def test_moved_frontend(self) -> None:
+        """
+        A frontend moved to a new address is handed again, under its name.
+        """
+        sent = self.connect(1)
+        data = config_data()
+        data["frontend"][0]["listen"] = "tcp:7005"
+        self.parent.reload(load_config(data, REGISTRY))
+        self.assertEqual(sent.descriptors, [7005])
 
 
 class MergeTests(TestCase):

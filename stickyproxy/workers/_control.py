@@ -4,9 +4,10 @@ The control channel between the parent process and each worker: AMP
 
 The parent owns the admin state, the health checks and the admin listener;
 the workers serve the traffic.  So the parent tells every worker each
-backend's admin state (ready, drain, maint, weight) and health, and the
-backends added or removed through its admin API; a worker that (re)starts
-first receives all of it.  A worker tells the parent what only it sees:
+backend's admin state (ready, drain, maint, weight) and health, the
+backends added or removed through its admin API, and, when it reloads,
+the listening sockets of frontends the reload added or moved, then to
+reload; a worker that (re)starts first receives all of it.  A worker tells the parent what only it sees:
 passive health signals, how many sessions and connections it holds, and
 (when the parent's C{/metrics} is scraped) its counters.
 """
@@ -17,7 +18,7 @@ import json
 import weakref
 from collections.abc import Mapping
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from prometheus_client import CollectorRegistry
@@ -148,6 +149,27 @@ class RemoveBackend(amp.Command):
 
     arguments = _BACKEND
     response = [(b"applied", amp.Boolean())]
+
+
+class Listen(amp.Command):
+    """
+    A listening socket the parent opened since the worker started (a
+    reload added or moved the frontend): the worker's own reload, which
+    follows, serves on it.
+    """
+
+    arguments = [(b"frontend", amp.Unicode()), (b"socket", amp.Descriptor())]
+    requiresAnswer = False
+
+
+class Reload(amp.Command):
+    """
+    The parent reloaded its configuration: the worker reloads the same
+    file (after every L{Listen} that the reload needs, sent before on the
+    same channel).
+    """
+
+    requiresAnswer = False
 
 
 class Collect(amp.Command):
@@ -308,6 +330,16 @@ class _Workers(IgnoreEvents):
     def __attrs_post_init__(self) -> None:
         # The store's changes too: the workers follow the parent alone.
         self.sync = AdminSync(lambda: self.service.pools, self.publish, peers=True)
+        # However asked for (SIGHUP, the admin API), the workers reload too.
+        self.service.reloaded.append(self.reloaded)
+
+    def reloaded(self, changes: list[str]) -> None:
+        """
+        The parent's reload applied: each worker gets the sockets it lacks
+        (for frontends the reload added or moved), then reloads.
+        """
+        for channel in list(self.channels):
+            channel.reload()
 
     def join(self, channel: ParentControl) -> None:
         if not self.channels:
@@ -424,9 +456,13 @@ class ParentControl(amp.AMP):
             # A proxy, not the service: the entry must not keep its key.
             workers = _WORKERS[service] = _Workers(weakref.proxy(service))
         self._workers = workers
+        # The frontends' ports whose socket the worker has, by name.
+        self._handed: dict[str, object] = {}
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # Its process inherited the sockets of the ports there are now.
+        self._handed = self._ports()
         self._workers.join(self)
         self.send_all()
         self._send(Synced)
@@ -451,6 +487,24 @@ class ParentControl(amp.AMP):
             if backends:
                 names = [backend.name for backend in pool.backends]
                 self._send(KeepBackends, pool=pool.name, backends=names)
+
+    def _ports(self) -> dict[str, object]:
+        """
+        :returns: the frontends' listening ports, by name.
+        """
+        listeners = self.service.listeners.items()
+        return {name: each.port for name, each in listeners if each.port is not None}
+
+    def reload(self) -> None:
+        """
+        Have the worker reload after the parent: send it the sockets it
+        lacks (of frontends a reload added or moved), then L{Reload}.
+        """
+        for name, port in self._ports().items():
+            if self._handed.get(name) is not port:
+                self._handed[name] = port
+                self._send(Listen, frontend=name, socket=cast(Any, port).fileno())
+        self._send(Reload)
 
     @Resync.responder
     def resync(self) -> dict[str, object]:
@@ -682,6 +736,19 @@ class WorkerControl(amp.AMP):
                 pool=name,
             )
         return pool
+
+    @Listen.responder
+    def listen(self, frontend: str, socket: int) -> dict[str, object]:
+        self.service.inherit(frontend, socket)
+        return {}
+
+    @Reload.responder
+    def reload_config(self) -> dict[str, object]:
+        try:
+            self.service.reload_from_source()
+        except ConfigError:
+            pass  # logged by the proxy, whose configuration stays
+        return {}
 
     @Collect.responder
     def collect(self) -> dict[str, object]:

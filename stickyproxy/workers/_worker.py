@@ -10,12 +10,13 @@ import json
 import os
 import socket
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import attrs
+from zope.interface import implementer
 
 from twisted.application.service import Service
-from twisted.internet.interfaces import IProtocol
+from twisted.internet.interfaces import IFileDescriptorReceiver, IProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -50,12 +51,25 @@ def worker_identity(environment: Mapping[str, str]) -> WorkerIdentity | None:
     return WorkerIdentity(int(worker), sockets)
 
 
+@implementer(IFileDescriptorReceiver)
+class _LinkProtocol(ProtocolWrapper):
+    """
+    The control protocol's connection, passing on the descriptors it
+    receives (the parent sends listening sockets).
+    """
+
+    def fileDescriptorReceived(self, descriptor: int) -> None:
+        cast(IFileDescriptorReceiver, self.wrappedProtocol).fileDescriptorReceived(
+            descriptor
+        )
+
+
 class _Link(WrappingFactory):
     """
     Makes the control protocol, and says when its connection is lost.
     """
 
-    protocol = ProtocolWrapper
+    protocol = _LinkProtocol
     noisy = False
 
     def __init__(self, control: IProtocol, lost: Callable[[], object]) -> None:

@@ -34,6 +34,7 @@ MOST_REQUESTS = 3000
 ACCESS = re.compile(
     r'\[worker (\d+)\] main \S+ "GET /n/(\d+)" (\d+) (\S+) (\S+) (\S+)', re.MULTILINE
 )
+EXTRA = re.compile(r'\[worker (\d+)\] extra \S+ "GET /x/\d+"')
 STARTED = re.compile(r"started worker (\d+) \(pid (\d+)\)")
 
 
@@ -49,10 +50,10 @@ class WorkersTests(HTTPE2ETestCase):
         self.backends = self.start_http_backends("b1", "b2")
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
-        config = "workers = 2\n" + self.http_proxy_config(
+        self.config = "workers = 2\n" + self.http_proxy_config(
             self.port, {"strategy": "cookie"}
         )
-        self.proxy = self.start_proxy_with_config(config, self.port)
+        self.proxy = self.start_proxy_with_config(self.config, self.port)
         self.wait(
             lambda: self.ready_workers() == {1, 2},
             STARTUP_TIMEOUT * 2,
@@ -214,6 +215,64 @@ class WorkersTests(HTTPE2ETestCase):
             self.assertIn(f"[worker {worker}] Received SIGTERM", output)
             self.assertIn(f"worker {worker} (pid {pid}) stopped", output)
             self.assertRaises(ProcessLookupError, os.kill, pid, 0)
+
+    def served_on(self, port: int, since: int) -> set[int]:
+        """
+        Make requests to frontend C{extra} on C{port} until both workers
+        have served one (as the access log shows, after character
+        C{since} of the parent's output).
+
+        :returns: the workers that served them.
+        """
+        workers: set[int] = set()
+
+        def both() -> bool:
+            self.requests += 1
+            if self.requests > MOST_REQUESTS:
+                self.fail_with_output(f"still waiting after {MOST_REQUESTS} requests")
+            result = self.curl(f"http://{HOST}:{port}/x/{self.requests}")
+            if result.status != 200:
+                self.fail_with_output(f"extra: status {result.status}")
+            found = EXTRA.findall(self.proxy.output()[since:])
+            workers.update(int(worker) for worker in found)
+            return workers == {1, 2}
+
+        self.wait(both, STARTUP_TIMEOUT * 3, "both workers to serve on extra")
+        return workers
+
+    def test_reload_adds_a_listener(self):
+        """
+        A reload that adds a frontend hands its new socket to both
+        workers, which serve on it; a worker killed since starts again
+        with it (rather than failing, again and again, on a frontend it
+        has no socket for) and serves on it too.
+        """
+        extra = free_port()
+        ports = {name: backend.port for name, backend in self.backends.items()}
+        self.write_config(
+            self.config
+            + http_config(extra, ports, name="extra", frontend={"access_log": True})
+        )
+        mark = len(self.proxy.output())
+        self.proxy.send_signal(signal.SIGHUP)
+        for worker in (1, 2):
+            self.wait_for_line(
+                self.proxy, rf"\[worker {worker}\] reloaded: ", IO_TIMEOUT, mark
+            )
+        self.served_on(extra, mark)
+        pid = self.worker_pids()[1]
+        mark = len(self.proxy.output())
+        os.kill(pid, signal.SIGKILL)
+        self.wait(
+            lambda: 1 in self.ready_workers(mark),
+            STARTUP_TIMEOUT * 3,
+            "worker 1 to be started again",
+            self.proxy,
+        )
+        self.served_on(extra, mark)
+        # Started once, not again and again.
+        started = STARTED.findall(self.proxy.output()[mark:])
+        self.assertEqual([w for w, _ in started], ["1"], self.outputs())
 
 
 class SharedSocketKindsTests(HTTPE2ETestCase):

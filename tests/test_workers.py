@@ -527,6 +527,23 @@ def proxy_ports(proxy: ProxyService) -> list[Any]:
     return [listener.port for listener in listeners if listener is not None]
 
 
+def bound_worker(reactor: PortReactor) -> tuple[ProxyService, int, int]:
+    """
+    :returns: a worker of C{CONFIG}, bound, and the sockets it inherited
+        for its frontends C{web} and C{db}.
+    """
+    web, db = socket.socket().detach(), socket.socket().detach()
+    proxy = ProxyService(
+        load_config(CONFIG, REGISTRY),
+        reactor,
+        REGISTRY,
+        role=Role.WORKER,
+        sockets={"web": web, "db": db},
+    )
+    proxy.bind()
+    return proxy, web, db
+
+
 class RoleTests(TestCase):
     def test_parent(self):
         """
@@ -574,16 +591,7 @@ class RoleTests(TestCase):
         and no admin listener.
         """
         reactor = PortReactor()
-        web = socket.socket().detach()
-        db = socket.socket().detach()
-        proxy = ProxyService(
-            load_config(CONFIG, REGISTRY),
-            reactor,
-            REGISTRY,
-            role=Role.WORKER,
-            sockets={"web": web, "db": db},
-        )
-        proxy.bind()
+        proxy, web, db = bound_worker(reactor)
         self.assertEqual(
             [(fd, family) for fd, family, _ in reactor.adoptedPorts],
             [(web, socket.AF_INET), (db, socket.AF_INET)],
@@ -602,15 +610,7 @@ class RoleTests(TestCase):
         handed twice before that keeps the last, and closes the other.
         """
         reactor = PortReactor()
-        web, db = socket.socket().detach(), socket.socket().detach()
-        proxy = ProxyService(
-            load_config(CONFIG, REGISTRY),
-            reactor,
-            REGISTRY,
-            role=Role.WORKER,
-            sockets={"web": web, "db": db},
-        )
-        proxy.bind()
+        proxy, _, _ = bound_worker(reactor)
         proxy.start_accepting()
         first, moved = socket.socket().detach(), socket.socket().detach()
         proxy.inherit("web", first)

@@ -7,9 +7,10 @@ the workers serve the traffic.  So the parent tells every worker each
 backend's admin state (ready, drain, maint, weight) and health, the
 backends added or removed through its admin API, and, when it reloads,
 the listening sockets of frontends the reload added or moved, then to
-reload; a worker that (re)starts first receives all of it.  A worker tells the parent what only it sees:
-passive health signals, how many sessions and connections it holds, and
-(when the parent's C{/metrics} is scraped) its counters.
+reload; a worker that (re)starts first receives all of it.  A worker
+tells the parent what only it sees: passive health signals, how many
+sessions and connections it holds, the traffic it served, and (when the
+parent's C{/metrics} is scraped) its counters.
 """
 
 from __future__ import annotations

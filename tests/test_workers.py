@@ -231,6 +231,38 @@ class SupervisorTests(TestCase):
         self.assertEqual(made, [1, 2])
         self.assertEqual(sorted(supervisor.workers), [1, 2])
 
+    def test_spawn_failure_retried_with_delays(self):
+        """
+        A worker that cannot even be spawned (its executable denied, after
+        C{twistd --uid}) is logged and tried again after a growing delay,
+        as one that dies young, not at once and again and again.
+        """
+
+        class Spinning(BaseException):
+            pass
+
+        class Denying(FakeProcessReactor):
+            attempts = 0
+
+            def spawnProcess(self, *args: Any, **kwargs: Any) -> Any:
+                self.attempts += 1
+                if self.attempts > 10:
+                    raise Spinning()  # past the supervisor's except: fail
+                raise PermissionError(13, "Permission denied")
+
+        reactor = Denying()
+        supervisor = _supervisor(reactor, count=1)
+        supervisor.startService()
+        reactor.advance(0)
+        self.assertEqual(reactor.attempts, 1)
+        reactor.advance(0.5)
+        self.assertEqual(reactor.attempts, 2)
+        reactor.advance(0.5)
+        self.assertEqual(reactor.attempts, 2)
+        reactor.advance(0.5)
+        self.assertEqual(reactor.attempts, 3)
+        self.assertEqual(len(self.flushLoggedErrors(PermissionError)), 3)
+
     def test_restarts_and_logs(self):
         """
         A worker that dies is logged with its id, pid and exit status, and

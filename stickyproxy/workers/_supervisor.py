@@ -297,6 +297,8 @@ class WorkerSupervisor(Service):
         except Exception:
             self.log.failure("cannot start worker {worker}", worker=worker)
             slot.process = slot.transport = None
+            # As a worker that dies young: again, after a growing delay.
+            slot.failures += 1
             self._schedule(worker, slot)
             return
         finally:

@@ -40,7 +40,6 @@ from stickyproxy.core._endpoints import no_delay
 from stickyproxy.core._events import EventStream
 from stickyproxy.core._proxyheader import HEADERS
 from stickyproxy.core._router import NoBackendAvailable, Router
-from stickyproxy.core._sending import send_now
 from stickyproxy.core._timers import Deadline, IdleTimer, TimerWheel
 from stickyproxy.http._backend import BackendConnections, BackendHTTP
 from stickyproxy.http._context import HTTPRoutingContext
@@ -257,7 +256,7 @@ class _Exchange:
                     client_transport.getPeer(), client_transport.getHost()
                 )
             )
-        send_now(transport, self._request_head())
+        transport.write(self._request_head())
         if self.waiting_body:
             for chunk in self.waiting_body:
                 self._send_body(chunk)
@@ -431,9 +430,7 @@ class _Exchange:
         elif self.version == "1.0":
             extra.append(b"connection: keep-alive\r\n")
         client_transport: Any = self.client.transport
-        send_now(
-            client_transport, self._response_head(status, ctx.response_headers, extra)
-        )
+        client_transport.write(self._response_head(status, ctx.response_headers, extra))
         self.response_started = True
         if factory.events.active:
             self.head_time = factory.clock.seconds() - self.started
@@ -476,7 +473,7 @@ class _Exchange:
         if self.chunked_out:
             write_body(self.client.transport, data, True)
         else:
-            send_now(self.client.transport, data)
+            self.client.transport.write(data)
 
     def response_complete(self) -> None:
         if self.chunked_out:

@@ -852,7 +852,8 @@ class ProxyService(MultiService):
             router = self._new_router(plan, config, pool)
         elif router.pool is not pool or not same(old.persistence, config.persistence):
             plan.changes.append(
-                f"{prefix}: new pool or persistence (its in-memory stick tables start empty)"
+                f"{prefix}: new pool or persistence"
+                " (its in-memory stick tables start empty)"
             )
             router = self._new_router(plan, config, pool)
         else:

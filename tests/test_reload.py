@@ -268,7 +268,9 @@ class KeptTests(ReloadTestCase):
         self.frontend(data, "db")["persistence"]["timeout"] = 60
         self.assertEqual(
             self.reload(data),
-            ["frontend db: new pool or persistence (its in-memory stick tables start empty)"],
+            [
+                "frontend db: new pool or persistence (its in-memory stick tables start empty)"
+            ],
         )
         self.assertIsNot(self.proxy.routers["db"].strategies[0], old)
         self.assertEqual(len(pool.session_sources), len(before))

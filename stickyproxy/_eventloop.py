@@ -21,6 +21,19 @@ is kept; a program that embeds the proxy keeps its own.  It is also a
 reactor plugin, C{--reactor stickyproxy-epoll}, which is how the workers
 (started with C{python -m twisted}, which installs its default reactor
 before the proxy is made) get it too.
+
+It also writes behind.  Twisted's TCP transport queues every write and
+asks epoll to watch the socket for writability (an C{epoll_ctl}); a turn
+of the loop later it sends, and stops watching (another).  A proxied
+request is written twice (the request to the backend, the response to the
+client), so that is four C{epoll_ctl} calls and two more events per
+request.  Here, a transport that asks to be watched is remembered instead,
+and once the events at hand (or the timed calls) are handled, each such
+transport is given its write event directly: what it wrote in the
+meantime (a response's head and body alike) goes out in one C{send}, and
+only a socket that does not take it all is watched, as before.  A
+protocol sees no difference: writes are still sent after the call that
+made them returns, only sooner, and in the same order.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ from __future__ import annotations
 import errno
 import sys
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from twisted.internet.main import installReactor
 from twisted.logger import Logger
@@ -35,6 +49,8 @@ from twisted.logger import Logger
 _log = Logger()
 
 try:
+    from select import EPOLLOUT
+
     from twisted.internet.epollreactor import EPollReactor
 except ImportError:  # pragma: no cover (no epoll: not Linux)
     EPollReactor = None  # type: ignore[assignment,misc]
@@ -44,14 +60,73 @@ if EPollReactor is not None:
 
     class LeanEPollReactor(EPollReactor):
         """
-        The epoll reactor, without a logging context around each event.
+        The epoll reactor, without a logging context around each event, and
+        writing behind.
         """
+
+        def __init__(self) -> None:
+            # Writers waiting for their write event from us, in the order
+            # they asked (a dict as an ordered set).
+            self._behind: dict[Any, None] = {}
+            super().__init__()
+
+        def addWriter(self, writer: Any) -> None:
+            """
+            Remember C{writer}, to be written for once the events at hand are
+            handled; it is watched by epoll only if that does not empty it.
+            """
+            if writer not in self._behind and writer.fileno() not in self._writes:
+                self._behind[writer] = None
+
+        def removeWriter(self, writer: Any) -> None:
+            if self._behind.pop(writer, _ABSENT) is _ABSENT:
+                super().removeWriter(writer)
+
+        def getWriters(self) -> list[Any]:
+            return super().getWriters() + list(self._behind)  # type: ignore[no-any-return]
+
+        def removeAll(self) -> list[Any]:
+            behind = list(self._behind)
+            self._behind.clear()
+            removed: list[Any] = super().removeAll()
+            return removed + [writer for writer in behind if writer not in removed]
+
+        def write_behind(self) -> None:
+            """
+            Give each remembered writer its write event now, as epoll would
+            have a turn later: a writer still wanting to write after it (its
+            socket took only part) is then watched by epoll.  Writers that
+            ask while this runs get their turn after the others, up to a
+            few rounds.
+            """
+            behind = self._behind
+            for _ in range(_ROUNDS):
+                if not behind:
+                    return
+                for writer in list(behind):
+                    if writer not in behind:
+                        continue  # stopped writing meanwhile (it was closed)
+                    self._handle(writer, writer.fileno(), EPOLLOUT)
+                    if behind.pop(writer, _ABSENT) is not _ABSENT:
+                        EPollReactor.addWriter(self, writer)
+            for writer in list(behind):
+                del behind[writer]
+                EPollReactor.addWriter(self, writer)
+
+        def runUntilCurrent(self) -> None:
+            super().runUntilCurrent()
+            if self._behind:
+                self.write_behind()
 
         def doPoll(self, timeout: float | None) -> None:
             """
-            Wait for events (up to C{timeout} seconds, or for ever), and
-            handle each as the epoll reactor does, minus the context.
+            Wait for events (up to C{timeout} seconds, or for ever), handle
+            each as the epoll reactor does, minus the context, then write
+            behind.
             """
+            if self._behind:  # written outside the loop's turn (at startup)
+                self.write_behind()
+                timeout = 0  # what that ran may have work due now
             try:
                 events = self._poller.poll(
                     -1 if timeout is None else timeout, len(self._selectables)
@@ -60,20 +135,34 @@ if EPollReactor is not None:
                 if error.errno == errno.EINTR:
                     return
                 raise
-            handle = self._doReadOrWrite
             selectables = self._selectables
             for fd, event in events:
                 selectable = selectables.get(fd)
                 if selectable is not None:
-                    try:
-                        handle(selectable, fd, event)
-                    except BaseException:
-                        _log.failure(
-                            "handling an event of {log_system}",
-                            log_system=_prefix(selectable),
-                        )
+                    self._handle(selectable, fd, event)
+            if self._behind:
+                self.write_behind()
+
+        def _handle(self, selectable: Any, fd: int, event: int) -> None:
+            """
+            Handle one event; an exception that escapes the handler is
+            logged with the connection's prefix, and the loop goes on.
+            """
+            try:
+                self._doReadOrWrite(selectable, fd, event)
+            except BaseException:
+                _log.failure(
+                    "handling an event of {log_system}",
+                    log_system=_prefix(selectable),
+                )
 
         doIteration = doPoll
+
+
+#: Stands for "not remembered" where C{None} is the remembered value.
+_ABSENT = object()
+#: Rounds of writing behind before the rest are left to epoll.
+_ROUNDS = 4
 
 
 def _prefix(selectable: object) -> str:

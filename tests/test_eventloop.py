@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import errno
 import select
+import socket
 
+from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
 from twisted.logger import globalLogPublisher
 
 from stickyproxy._eventloop import (
@@ -26,11 +29,22 @@ class FakePoller:
         self.error = error
         self.asked = []
 
+        self.watched = []  # epoll_ctl calls
+
     def poll(self, timeout, most):
         self.asked.append((timeout, most))
         if self.error is not None:
             raise self.error
         return self.events
+
+    def register(self, fd, flags):
+        self.watched.append(("register", fd, flags))
+
+    def modify(self, fd, flags):
+        self.watched.append(("modify", fd, flags))
+
+    def unregister(self, fd):
+        self.watched.append(("unregister", fd))
 
 
 class Selectable:
@@ -137,6 +151,151 @@ class LeanEPollReactorTests(TestCase):
         self.flushLoggedErrors(ZeroDivisionError)
         [failed] = [e for e in events if "log_failure" in e and e.get("log_system")]
         self.assertEqual(failed["log_system"], "selectable")
+
+
+class Sent(Protocol):
+    """
+    Records its connection's loss.
+    """
+
+    lost = None
+
+    def connectionLost(self, reason):
+        self.lost = reason
+
+
+class WriteBehindTests(TestCase):
+    """
+    Writes made during a turn of the loop go out at its end, one C{send}
+    per transport, and epoll watches only a socket that did not take all.
+    """
+
+    def setUp(self):
+        self.reactor = LeanEPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+
+    def fake_poller(self, events=()):
+        """
+        Poll a L{FakePoller} from now on.
+        """
+        real, self.reactor._poller = self.reactor._poller, FakePoller(events)
+        self.addCleanup(setattr, self.reactor, "_poller", real)
+        return self.reactor._poller
+
+    def connection(self):
+        """
+        :returns: a TCP transport on one end of a socket pair, its sends
+            counted, and the other end.
+        """
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        self.protocol = protocol = Sent()
+        transport = tcp.Connection(ours, protocol, self.reactor)
+        transport.connected = True
+        protocol.makeConnection(transport)
+        sends = []
+        send = transport.writeSomeData
+
+        def counted(data):
+            sends.append(bytes(data))
+            return send(data)
+
+        transport.writeSomeData = counted
+        return transport, theirs, sends
+
+    def test_turn_writes_go_out_together(self):
+        """
+        Two writes made while an event is handled (a response's head and
+        body) leave in one C{send} when the events are handled, and the
+        socket is never watched for writing.
+        """
+        transport, theirs, sends = self.connection()
+        poller = self.fake_poller([(7, select.EPOLLIN)])
+        reader = Selectable(7)
+        reader.doRead = lambda: transport.write(b"head,") or transport.write(b"body")
+        self.reactor._selectables[7] = reader
+        self.reactor.doPoll(0)
+        self.assertEqual(sends, [b"head,body"])
+        self.assertEqual(theirs.recv(100), b"head,body")
+        self.assertEqual((poller.watched, self.reactor.getWriters()), ([], []))
+
+    def test_timed_writes_go_out(self):
+        """
+        A write made by a timed call goes out when the timed calls have
+        run, before the loop waits.
+        """
+        transport, theirs, sends = self.connection()
+        self.reactor.callLater(0, transport.write, b"timed")
+        self.reactor.runUntilCurrent()
+        self.assertEqual(theirs.recv(100), b"timed")
+
+    def test_early_writes_go_out_without_waiting(self):
+        """
+        Writes made outside a turn (at startup) go out before the loop
+        polls, and that poll does not wait, for what they ran may be due.
+        """
+        transport, theirs, sends = self.connection()
+        transport.write(b"early")
+        self.assertEqual(self.reactor.getWriters(), [transport])
+        poller = self.fake_poller()
+        self.reactor.doPoll(5)
+        self.assertEqual(theirs.recv(100), b"early")
+        self.assertEqual(poller.asked[0][0], 0)
+
+    def test_full_socket_is_watched(self):
+        """
+        What a full socket does not take waits for epoll's write event, as
+        in Twisted's reactor, and goes out in order when it comes.
+        """
+        transport, theirs, sends = self.connection()
+        data = bytes(range(256)) * 40000  # more than the socket pair buffers
+        transport.write(data)
+        self.reactor.write_behind()
+        self.assertIn(transport.fileno(), self.reactor._writes)
+        received = b""
+        while len(received) < len(data):
+            try:
+                received += theirs.recv(1 << 20)
+            except BlockingIOError:
+                self.reactor.doPoll(1)
+        self.reactor.doPoll(0)  # the last write event: empty now, unwatched
+        self.assertEqual(received, data)
+        self.assertNotIn(transport.fileno(), self.reactor._writes)
+
+    def test_closed_before_the_turn_ends(self):
+        """
+        A transport aborted after writing sends nothing and is not watched.
+        """
+        transport, theirs, sends = self.connection()
+        transport.write(b"never")
+        transport.abortConnection()
+        self.reactor.write_behind()
+        self.assertEqual((sends, self.reactor.getWriters()), ([], []))
+
+    def test_failed_send_loses_the_connection(self):
+        """
+        A send that fails (the peer gone) loses the connection, as the
+        write event would.
+        """
+        transport, theirs, sends = self.connection()
+        theirs.close()
+        transport.write(b"x" * 100)
+        self.reactor.write_behind()
+        self.assertIsNotNone(self.protocol.lost)
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_remove_all_includes_writers_behind(self):
+        """
+        Stopping the reactor disconnects the transports waiting to write
+        too.
+        """
+        transport, theirs, sends = self.connection()
+        transport.write(b"pending")
+        self.assertIn(transport, self.reactor.removeAll())
+        self.assertEqual(self.reactor.getWriters(), [])
 
 
 class InstallTests(TestCase):

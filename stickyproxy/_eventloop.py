@@ -65,9 +65,11 @@ if EPollReactor is not None:
         """
 
         def __init__(self) -> None:
-            # Writers waiting for their write event from us, in the order
-            # they asked (a dict as an ordered set).
-            self._behind: dict[Any, None] = {}
+            # Writers waiting for their write event from us, and readers for
+            # epoll to watch, each in the order they asked (a dict as an
+            # ordered set).
+            self._to_write: dict[Any, None] = {}
+            self._to_watch: dict[Any, None] = {}
             super().__init__()
 
         def addWriter(self, writer: Any) -> None:
@@ -75,21 +77,38 @@ if EPollReactor is not None:
             Remember C{writer}, to be written for once the events at hand are
             handled; it is watched by epoll only if that does not empty it.
             """
-            if writer not in self._behind and writer.fileno() not in self._writes:
-                self._behind[writer] = None
+            if writer not in self._to_write and writer.fileno() not in self._writes:
+                self._to_write[writer] = None
 
         def removeWriter(self, writer: Any) -> None:
-            if self._behind.pop(writer, _ABSENT) is _ABSENT:
+            if self._to_write.pop(writer, _ABSENT) is _ABSENT:
                 super().removeWriter(writer)
 
+        def addReader(self, reader: Any) -> None:
+            """
+            Remember C{reader}, for epoll to watch from the end of this turn:
+            a reader that stops reading before then (a client connection
+            paused until its backend connects) costs epoll nothing.
+            """
+            if reader not in self._to_watch and reader.fileno() not in self._reads:
+                self._to_watch[reader] = None
+
+        def removeReader(self, reader: Any) -> None:
+            if self._to_watch.pop(reader, _ABSENT) is _ABSENT:
+                super().removeReader(reader)
+
         def getWriters(self) -> list[Any]:
-            return super().getWriters() + list(self._behind)  # type: ignore[no-any-return]
+            return super().getWriters() + list(self._to_write)  # type: ignore[no-any-return]
+
+        def getReaders(self) -> list[Any]:
+            return super().getReaders() + list(self._to_watch)  # type: ignore[no-any-return]
 
         def removeAll(self) -> list[Any]:
-            behind = list(self._behind)
-            self._behind.clear()
+            self._watch()
+            to_write = list(self._to_write)
+            self._to_write.clear()
             removed: list[Any] = super().removeAll()
-            return removed + [writer for writer in behind if writer not in removed]
+            return removed + [writer for writer in to_write if writer not in removed]
 
         def write_behind(self) -> None:
             """
@@ -99,34 +118,54 @@ if EPollReactor is not None:
             ask while this runs get their turn after the others, up to a
             few rounds.
             """
-            behind = self._behind
+            to_write = self._to_write
             for _ in range(_ROUNDS):
-                if not behind:
+                if not to_write:
                     return
-                for writer in list(behind):
-                    if writer not in behind:
+                for writer in list(to_write):
+                    if writer not in to_write:
                         continue  # stopped writing meanwhile (it was closed)
                     self._handle(writer, writer.fileno(), EPOLLOUT)
-                    if behind.pop(writer, _ABSENT) is not _ABSENT:
+                    if to_write.pop(writer, _ABSENT) is not _ABSENT:
                         EPollReactor.addWriter(self, writer)
-            for writer in list(behind):
-                del behind[writer]
+            for writer in list(to_write):
+                del to_write[writer]
                 EPollReactor.addWriter(self, writer)
+
+        def _watch(self) -> None:
+            """
+            Have epoll watch the readers remembered this turn.
+            """
+            to_watch = self._to_watch
+            while to_watch:
+                reader = next(iter(to_watch))
+                del to_watch[reader]
+                if reader.fileno() != -1:
+                    EPollReactor.addReader(self, reader)
+
+        def _end_turn(self) -> None:
+            """
+            Write behind, then have epoll watch what should be watched: the
+            loop may wait now.
+            """
+            if self._to_write:
+                self.write_behind()
+            if self._to_watch:
+                self._watch()
 
         def runUntilCurrent(self) -> None:
             super().runUntilCurrent()
-            if self._behind:
-                self.write_behind()
+            self._end_turn()
 
         def doPoll(self, timeout: float | None) -> None:
             """
             Wait for events (up to C{timeout} seconds, or for ever), handle
-            each as the epoll reactor does, minus the context, then write
-            behind.
+            each as the epoll reactor does, minus the context, then end the
+            turn.
             """
-            if self._behind:  # written outside the loop's turn (at startup)
-                self.write_behind()
-                timeout = 0  # what that ran may have work due now
+            if self._to_write:  # written outside the loop's turn (at startup)
+                timeout = 0  # what writing runs may have work due now
+            self._end_turn()
             try:
                 events = self._poller.poll(
                     -1 if timeout is None else timeout, len(self._selectables)
@@ -140,8 +179,7 @@ if EPollReactor is not None:
                 selectable = selectables.get(fd)
                 if selectable is not None:
                     self._handle(selectable, fd, event)
-            if self._behind:
-                self.write_behind()
+            self._end_turn()
 
         def _handle(self, selectable: Any, fd: int, event: int) -> None:
             """

@@ -220,7 +220,8 @@ class WriteBehindTests(TestCase):
         self.reactor.doPoll(0)
         self.assertEqual(sends, [b"head,body"])
         self.assertEqual(theirs.recv(100), b"head,body")
-        self.assertEqual((poller.watched, self.reactor.getWriters()), ([], []))
+        watched_out = [call for call in poller.watched if call[-1] & select.EPOLLOUT]
+        self.assertEqual((watched_out, self.reactor.getWriters()), ([], []))
 
     def test_timed_writes_go_out(self):
         """
@@ -296,6 +297,76 @@ class WriteBehindTests(TestCase):
         transport.write(b"pending")
         self.assertIn(transport, self.reactor.removeAll())
         self.assertEqual(self.reactor.getWriters(), [])
+
+
+class WatchAtTurnEndTests(TestCase):
+    """
+    Readers are watched by epoll from the end of the turn that added them.
+    """
+
+    def setUp(self):
+        self.reactor = LeanEPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.reactor._end_turn()  # the reactor's own waker
+        real, self.reactor._poller = self.reactor._poller, FakePoller()
+        self.addCleanup(setattr, self.reactor, "_poller", real)
+
+    def test_watched_when_the_turn_ends(self):
+        """
+        A reader added by a timed call is watched once the timed calls have
+        run, before the loop waits; it is counted as reading meanwhile.
+        """
+        reader = Selectable(7)
+        self.reactor.callLater(0, self.reactor.addReader, reader)
+        self.reactor.runUntilCurrent()
+        self.assertEqual(
+            self.reactor._poller.watched, [("register", 7, select.EPOLLIN)]
+        )
+        self.assertIn(reader, self.reactor.getReaders())
+        self.reactor.addReader(reader)  # watched already: nothing more
+        self.reactor.doPoll(0)
+        self.assertEqual(len(self.reactor._poller.watched), 1)
+
+    def test_paused_in_the_same_turn(self):
+        """
+        A reader that stops reading in the turn that started it (a client
+        paused until its backend connects) costs epoll nothing, and is not
+        counted as reading.
+        """
+        reader = Selectable(7)
+        self.reactor._poller.events = [(9, select.EPOLLIN)]
+        accepting = Selectable(9)
+
+        def accept():
+            self.reactor.addReader(reader)
+            self.assertIn(reader, self.reactor.getReaders())
+            self.reactor.removeReader(reader)
+
+        accepting.doRead = accept
+        self.reactor._selectables[9] = accepting
+        self.reactor.doPoll(0)
+        self.assertEqual(self.reactor._poller.watched, [])
+        self.assertNotIn(reader, self.reactor.getReaders())
+
+    def test_closed_before_watched(self):
+        """
+        A reader whose descriptor closed before the turn ended is not
+        handed to epoll.
+        """
+        reader = Selectable(7)
+        self.reactor.addReader(reader)
+        reader.fd = -1
+        self.reactor.doPoll(0)
+        self.assertEqual(self.reactor._poller.watched, [])
+
+    def test_remove_all_includes_readers_to_watch(self):
+        """
+        Stopping the reactor disconnects the readers not watched yet too.
+        """
+        reader = Selectable(7)
+        self.reactor.addReader(reader)
+        self.assertIn(reader, self.reactor.removeAll())
+        self.assertNotIn(reader, self.reactor.getReaders())
 
 
 class InstallTests(TestCase):

@@ -77,7 +77,11 @@ if EPollReactor is not None:
             Remember C{writer}, to be written for once the events at hand are
             handled; it is watched by epoll only if that does not empty it.
             """
-            if writer not in self._to_write and writer.fileno() not in self._writes:
+            if (
+                writer not in self._to_write
+                and writer.fileno() not in self._writes
+                and not self._continuousPolling.isWriting(writer)
+            ):
                 self._to_write[writer] = None
 
         def removeWriter(self, writer: Any) -> None:
@@ -90,7 +94,11 @@ if EPollReactor is not None:
             a reader that stops reading before then (a client connection
             paused until its backend connects) costs epoll nothing.
             """
-            if reader not in self._to_watch and reader.fileno() not in self._reads:
+            if (
+                reader not in self._to_watch
+                and reader.fileno() not in self._reads
+                and not self._continuousPolling.isReading(reader)
+            ):
                 self._to_watch[reader] = None
 
         def removeReader(self, reader: Any) -> None:
@@ -125,12 +133,16 @@ if EPollReactor is not None:
                 for writer in list(to_write):
                     if writer not in to_write:
                         continue  # stopped writing meanwhile (it was closed)
-                    self._handle(writer, writer.fileno(), EPOLLOUT)
+                    try:
+                        fd = writer.fileno()
+                    except BaseException:
+                        fd = -1  # the handler asks again, and disconnects it
+                    self._handle(writer, fd, EPOLLOUT)
                     if to_write.pop(writer, _ABSENT) is not _ABSENT:
-                        EPollReactor.addWriter(self, writer)
+                        self._register(EPollReactor.addWriter, writer)
             for writer in list(to_write):
                 del to_write[writer]
-                EPollReactor.addWriter(self, writer)
+                self._register(EPollReactor.addWriter, writer)
 
         def _watch(self) -> None:
             """
@@ -140,8 +152,20 @@ if EPollReactor is not None:
             while to_watch:
                 reader = next(iter(to_watch))
                 del to_watch[reader]
-                if reader.fileno() != -1:
-                    EPollReactor.addReader(self, reader)
+                self._register(EPollReactor.addReader, reader)
+
+        def _register(self, add: Callable[[Any, Any], None], selectable: Any) -> None:
+            """
+            Have epoll watch C{selectable} (C{add} is the epoll reactor's
+            own C{addReader} or C{addWriter}), unless it was closed
+            meanwhile: one whose descriptor is gone is dropped, and logged if
+            it could not even say so.
+            """
+            try:
+                if selectable.fileno() != -1:
+                    add(self, selectable)
+            except BaseException:
+                _log.failure("watching {log_system}", log_system=_prefix(selectable))
 
         def _end_turn(self) -> None:
             """
@@ -156,6 +180,14 @@ if EPollReactor is not None:
         def runUntilCurrent(self) -> None:
             super().runUntilCurrent()
             self._end_turn()
+
+        def timeout(self) -> float | None:
+            """
+            How long the loop may wait: not at all once stopped, since what
+            ran at the end of the turn (a connection's close) may have
+            stopped the reactor after it looked.
+            """
+            return 0 if self._justStopped else super().timeout()
 
         def doPoll(self, timeout: float | None) -> None:
             """

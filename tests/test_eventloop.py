@@ -10,6 +10,7 @@ import select
 import socket
 
 from twisted.internet import tcp
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.protocol import Protocol
 from twisted.logger import globalLogPublisher
 
@@ -21,6 +22,22 @@ from stickyproxy._eventloop import (
 )
 
 from tests._base import TestCase
+
+
+def lean_reactor(test):
+    """
+    :returns: a L{LeanEPollReactor} (never run), its epoll and waker closed
+        when C{test} ends.
+    """
+    reactor = LeanEPollReactor()
+
+    def close():
+        for reader in reactor._internalReaders:
+            reader.connectionLost(None)
+        reactor._poller.close()
+
+    test.addCleanup(close)
+    return reactor
 
 
 class FakePoller:
@@ -68,9 +85,9 @@ class Selectable:
 
 class LeanEPollReactorTests(TestCase):
     def reactor(self, poller):
-        reactor = LeanEPollReactor()
-        self.addCleanup(reactor._poller.close)
-        reactor._poller = poller
+        reactor = lean_reactor(self)
+        real, reactor._poller = reactor._poller, poller
+        self.addCleanup(setattr, reactor, "_poller", real)
         return reactor
 
     def test_events_reach_their_selectables(self):
@@ -171,8 +188,7 @@ class WriteBehindTests(TestCase):
     """
 
     def setUp(self):
-        self.reactor = LeanEPollReactor()
-        self.addCleanup(self.reactor._poller.close)
+        self.reactor = lean_reactor(self)
 
     def fake_poller(self, events=()):
         """
@@ -256,8 +272,13 @@ class WriteBehindTests(TestCase):
         transport.write(data)
         self.reactor.write_behind()
         self.assertIn(transport.fileno(), self.reactor._writes)
+        transport.write(b"more")  # watched already: not remembered again
+        self.assertNotIn(transport, self.reactor._to_write)
+        data += b"more"
         received = b""
-        while len(received) < len(data):
+        for _ in range(10000):
+            if len(received) == len(data):
+                break
             try:
                 received += theirs.recv(1 << 20)
             except BlockingIOError:
@@ -288,6 +309,85 @@ class WriteBehindTests(TestCase):
         self.assertIsNotNone(self.protocol.lost)
         self.assertEqual(self.reactor.getWriters(), [])
 
+    def test_aborted_by_another_writer(self):
+        """
+        A transport that another's write event aborts (both wrote in the
+        turn) sends nothing after the abort.
+        """
+        transport, theirs, sends = self.connection()
+        transport.write(b"never")
+        aborting = Selectable(7)
+        aborting.doWrite = transport.abortConnection
+        self.reactor._to_write = {aborting: None, **self.reactor._to_write}
+        self.reactor.write_behind()
+        self.assertEqual(sends, [])
+
+    def test_stopped_by_another_writer(self):
+        """
+        A writer that stops writing because of another's write event (it
+        was closed) gets no write event of its own.
+        """
+        first, second = Selectable(7), Selectable(8)
+        first.doWrite = lambda: self.reactor.removeWriter(second)
+        self.reactor.addWriter(first)
+        self.reactor.addWriter(second)
+        self.reactor.write_behind()
+        self.assertEqual(second.calls, [])
+
+    def test_writes_made_while_writing_behind(self):
+        """
+        A transport that writes because another's write event ran (its
+        producer resumed, its peer's close) is written for in the same
+        turn, not left for epoll.
+        """
+        transport, theirs, sends = self.connection()
+        first = Selectable(7)
+        first.doWrite = lambda: transport.write(b"after")
+        self.reactor.addWriter(first)
+        self.reactor.write_behind()
+        self.assertEqual(sends, [b"after"])
+        self.assertNotIn(transport.fileno(), self.reactor._writes)
+
+    def test_stopped_while_writing_behind(self):
+        """
+        A reactor stopped by what writing behind ran (a connection's close)
+        does not wait in its next poll: it goes on to shut down.
+        """
+        transport, theirs, sends = self.connection()
+        self.reactor.startRunning(installSignalHandlers=False)
+        self.protocol.connectionLost = lambda reason: self.reactor.stop()
+        theirs.close()
+        transport.write(b"x")
+        self.reactor.runUntilCurrent()
+        self.assertEqual(self.reactor.timeout(), 0)
+        self.reactor.runUntilCurrent()  # the shutdown
+        self.assertFalse(self.reactor.running)
+
+    def test_broken_writer_dropped(self):
+        """
+        A writer whose C{fileno} raises by its write event (its file closed
+        underneath) is disconnected and dropped, once, not tried every
+        turn.
+        """
+
+        class Broken(FileDescriptor):
+            closed = False
+
+            def fileno(self):
+                if self.closed:
+                    raise ValueError("I/O operation on closed file")
+                return 7
+
+        broken = Broken(self.reactor)
+        broken.connected = True
+        broken.write(b"x")
+        broken.closed = True
+        self.reactor.write_behind()
+        self.assertNotIn(broken, self.reactor._to_write)
+        self.assertTrue(self.flushLoggedErrors(ValueError))
+        self.reactor.write_behind()
+        self.assertEqual(self.flushLoggedErrors(ValueError), [])
+
     def test_remove_all_includes_writers_behind(self):
         """
         Stopping the reactor disconnects the transports waiting to write
@@ -305,8 +405,7 @@ class WatchAtTurnEndTests(TestCase):
     """
 
     def setUp(self):
-        self.reactor = LeanEPollReactor()
-        self.addCleanup(self.reactor._poller.close)
+        self.reactor = lean_reactor(self)
         self.reactor._end_turn()  # the reactor's own waker
         real, self.reactor._poller = self.reactor._poller, FakePoller()
         self.addCleanup(setattr, self.reactor, "_poller", real)
@@ -398,8 +497,7 @@ class WorkerReactorTests(TestCase):
         A process on the lean reactor starts its workers with the reactor
         plugin's name; on any other reactor, with the default.
         """
-        reactor = LeanEPollReactor()
-        self.addCleanup(reactor._poller.close)
+        reactor = lean_reactor(self)
         self.assertEqual(reactor_option(reactor), ["--reactor", PLUGIN_NAME])
         self.assertEqual(reactor_option(object()), [])
 

@@ -186,15 +186,8 @@ if EPollReactor is not None:
 
         def runUntilCurrent(self) -> None:
             super().runUntilCurrent()
-            self._end_turn()
-
-        def timeout(self) -> float | None:
-            """
-            How long the loop may wait: not at all once stopped, since what
-            ran at the end of the turn (a connection's close) may have
-            stopped the reactor after it looked.
-            """
-            return 0 if self._justStopped else super().timeout()
+            if self._to_write or self._to_watch:
+                self._end_turn()
 
         def doPoll(self, timeout: float | None) -> None:
             """
@@ -202,9 +195,14 @@ if EPollReactor is not None:
             each as the epoll reactor does, minus the context, then end the
             turn.
             """
-            if self._to_write:  # written outside the loop's turn (at startup)
-                timeout = 0  # what writing runs may have work due now
-            self._end_turn()
+            if self._to_write or self._to_watch:  # from outside a turn (startup)
+                if self._to_write:
+                    timeout = 0  # what writing runs may have work due now
+                self._end_turn()
+            if self._justStopped:
+                # What ended the last turn (a connection's close) stopped the
+                # reactor after it chose how long to wait: shut down now.
+                timeout = 0
             try:
                 events = self._poller.poll(
                     -1 if timeout is None else timeout, len(self._selectables)
@@ -218,7 +216,8 @@ if EPollReactor is not None:
                 selectable = selectables.get(fd)
                 if selectable is not None:
                     self._handle(selectable, fd, event)
-            self._end_turn()
+            if self._to_write or self._to_watch:
+                self._end_turn()
 
         def _handle(self, selectable: Any, fd: int, event: int) -> None:
             """

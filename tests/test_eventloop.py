@@ -359,7 +359,9 @@ class WriteBehindTests(TestCase):
         theirs.close()
         transport.write(b"x")
         self.reactor.runUntilCurrent()
-        self.assertEqual(self.reactor.timeout(), 0)
+        poller = self.fake_poller()
+        self.reactor.doPoll(None)  # no timed call: it would wait for ever
+        self.assertEqual(poller.asked[0][0], 0)
         self.reactor.runUntilCurrent()  # the shutdown
         self.assertFalse(self.reactor.running)
 

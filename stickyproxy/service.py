@@ -1090,12 +1090,11 @@ class ProxyService(MultiService):
                     pool.remove_session_source(source)
         for listener in plan.new_listeners:
             listener.setServiceParent(self)
+            if listener.name is not None:
+                # The listener holds the socket now (adopted, or to be).
+                self._sockets.pop(listener.name, None)
             if self._accepting:
                 listener.start_accepting()  # a worker's new frontend
-        for name, listener in plan.listeners.items():
-            if listener in plan.new_listeners:
-                # The listener holds the socket now (adopted, or to be).
-                self._sockets.pop(name, None)
         for name, pool in self.pools.items():
             if plan.pools.get(name) is not pool:
                 pool.stop()

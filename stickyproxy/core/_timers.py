@@ -189,6 +189,23 @@ class _Timer:
         Its tick came: fire if it is due by tick C{now}, else file it
         again for the tick it is due at by now.
         """
+        wheel = self._wheel
+        due = wheel.tick_of(self._moment())
+        if due > now:
+            wheel.file(self, due)
+        else:
+            self._fire()
+
+    def _moment(self) -> float:
+        """
+        :returns: when it is due, as things stand now.
+        """
+        raise NotImplementedError
+
+    def _fire(self) -> None:
+        """
+        It is due: call what was asked.
+        """
         raise NotImplementedError
 
 
@@ -238,13 +255,11 @@ class IdleTimer(_Timer):
             wheel.unfile(self)
             wheel.file(self, due)
 
-    def _expire(self, now: int) -> None:
-        wheel = self._wheel
-        due = wheel.tick_of(self._last + self.timeout)
-        if due > now:
-            wheel.file(self, due)
-        else:
-            self._on_idle()
+    def _moment(self) -> float:
+        return self._last + self.timeout
+
+    def _fire(self) -> None:
+        self._on_idle()
 
 
 class Deadline(_Timer):
@@ -270,10 +285,8 @@ class Deadline(_Timer):
         self._on_late = on_late
         wheel.file(self, wheel.tick_of(due()))
 
-    def _expire(self, now: int) -> None:
-        wheel = self._wheel
-        due = wheel.tick_of(self._due())
-        if due > now:
-            wheel.file(self, due)
-        else:
-            self._on_late()
+    def _moment(self) -> float:
+        return self._due()
+
+    def _fire(self) -> None:
+        self._on_late()

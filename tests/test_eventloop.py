@@ -368,8 +368,7 @@ class WriteBehindTests(TestCase):
     def test_broken_writer_dropped(self):
         """
         A writer whose C{fileno} raises by its write event (its file closed
-        underneath) is disconnected and dropped, once, not tried every
-        turn.
+        underneath) is dropped, once, not tried every turn.
         """
 
         class Broken(FileDescriptor):
@@ -449,6 +448,28 @@ class WatchAtTurnEndTests(TestCase):
         self.assertEqual(self.reactor._poller.watched, [])
         self.assertNotIn(reader, self.reactor.getReaders())
 
+    def test_started_by_writing_behind(self):
+        """
+        A reader started by what writing behind ran (a connect that
+        completed) is watched at the same end of turn, and listed once
+        however often it is started.
+        """
+        reader, writer = Selectable(7), Selectable(8)
+
+        def connected():
+            self.reactor.removeWriter(writer)
+            self.reactor.addReader(reader)
+            self.reactor.addReader(reader)
+
+        writer.doWrite = connected
+        self.reactor.addWriter(writer)
+        self.reactor.runUntilCurrent()
+        self.assertEqual(
+            self.reactor._poller.watched, [("register", 7, select.EPOLLIN)]
+        )
+        self.reactor.addReader(reader)
+        self.assertEqual(self.reactor.getReaders().count(reader), 1)
+
     def test_closed_before_watched(self):
         """
         A reader whose descriptor closed before the turn ended is not
@@ -468,6 +489,7 @@ class WatchAtTurnEndTests(TestCase):
         self.reactor.addReader(reader)
         self.assertIn(reader, self.reactor.removeAll())
         self.assertNotIn(reader, self.reactor.getReaders())
+        self.assertEqual(self.reactor._poller.watched, [])  # never watched
 
 
 class InstallTests(TestCase):

@@ -41,16 +41,22 @@ _SCAN_COUNT = 1000
 KEEP_ALIVE_SHARE = 1 / 3
 
 
-def _weakly(method: Callable[[], None]) -> Callable[[], None]:
+def _weakly(
+    method: Callable[[], None], gone: Callable[[], object] = lambda: None
+) -> Callable[[], None]:
     """
     C{method}, held weakly: a table that a reload replaced is not kept
-    alive (nor written back) by the store's callbacks.
+    alive (nor written back) by the store's callbacks or its own round.
+
+    :param gone: called instead, once the table is gone.
     """
     reference = weakref.WeakMethod(method)
 
     def call() -> None:
         alive = reference()
-        if alive is not None:
+        if alive is None:
+            gone()
+        else:
             alive()
 
     return call
@@ -61,16 +67,7 @@ def _keeper(table: RedisStickTable) -> LoopingCall:
     Start the round that keeps C{table}'s held bindings alive in the
     store, held weakly: a table that a reload replaced ends its round.
     """
-    reference = weakref.ref(table)
-
-    def keep_alive() -> None:
-        alive = reference()
-        if alive is None:
-            keeper.stop()
-        else:
-            alive._keep_alive()
-
-    keeper = LoopingCall(keep_alive)
+    keeper = LoopingCall(_weakly(table._keep_alive, gone=lambda: keeper.stop()))
     keeper.clock = table.clock
     keeper.start(table.timeout * KEEP_ALIVE_SHARE, now=False)
     return keeper
